@@ -1,0 +1,47 @@
+# mmcal: calibration of multimodal LLMs as one Snakemake DAG.
+#   data → models → scoring (one forward pass per item) → metrics / recalibration / IDK /
+#   prompt search → figures/ and paper/tables/.
+# Default study: `snakemake --cores all`; paper scale: add `--configfile config/paper.yaml`.
+import os
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from mmcal import study  # noqa: E402
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+RUNS = study.expand_runs(config)
+
+container: "docker://ghcr.io/mmcal/mmcal:0.1.0"
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_.\-]+",
+    dataset=r"[A-Za-z0-9_.\-]+",
+    scenario=r"[A-Za-z0-9_.\-]+",
+    prompt=r"[A-Za-z0-9_.\-]+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/inference.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/paper.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

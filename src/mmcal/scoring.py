@@ -1,0 +1,464 @@
+"""The one scoring engine: one forward pass per item gives every readout.
+
+For each item the chat prompt (image + question + options, up to the opened assistant turn) is the
+*shared prefix*. Everything a readout needs is a short *continuation* of it:
+
+- letter readouts: the answer prefix ("Answer: (") — the next-token logits give the option letters'
+  scores (``letter_restricted``: softmax over the letters; ``letter_full_vocab``: the reference
+  study's full-vocabulary probability of each letter, and the letters' total mass);
+- ``option_loglik``: option_prefix + " " + option text — the length-normalised log-likelihood of
+  each option's tokens;
+- the prompt search: many candidate answer prefixes.
+
+When an item needs a single continuation, prefix + continuation run as one forward pass. When it
+needs several, the prefix runs once with ``use_cache=True`` and all continuations run as one batch
+on copies of its KV cache. Items are batched only with items whose prefix has exactly the same
+token length, so no padding ever enters a prefix: results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import LETTERS
+from .chat import render_prompt
+from .errors import MmcalError
+from .items import MCItem
+from .modeling import LoadedModel
+from .prompts import PromptVariant, build_messages
+from .records import READOUTS, meta_json, readout_row, unscorable_rows
+from .scenarios import Scenario, description_for, shift_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """An item ready for the model: prefix token ids plus processor tensors (batch dim 1)."""
+
+    pos: int
+    item: MCItem
+    prefix_ids: list[int] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    status: str = "ok"
+
+    def bucket_key(self) -> tuple:
+        return (len(self.prefix_ids),) + tuple(
+            (k, tuple(v.shape)) for k, v in sorted(self.extra.items())
+        )
+
+
+@dataclass
+class Row:
+    """One continuation of an item's prefix: ``ids`` appended; tokens ids[span_from:] are scored."""
+
+    enc_index: int
+    ids: list[int]
+    span_from: int
+
+
+@dataclass
+class RowOut:
+    last_logits: object  # torch tensor [V]: logits after the row's last token
+    span_logprob: float
+    span_len: int
+
+
+def load_image(path: Path):
+    """Open an image as RGB; raise ValueError with the reason if it cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise ValueError(f"image missing: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"image unreadable: {path}: {exc}") from None
+
+
+def encode_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def letter_token_ids(tokenizer, answer_prefix: str, n: int) -> list[int]:
+    """Token id of each option letter as the model would emit it right after ``answer_prefix``.
+
+    "A", " A" and "(A" tokenise differently; the letter's id is the token that the tokenizer
+    produces for prefix+letter beyond the prefix's own tokens. Letters that do not come out as one
+    clean extra token are an error (the readout would be ill-defined).
+    """
+    base = encode_ids(tokenizer, answer_prefix) if answer_prefix else []
+    ids = []
+    for letter in LETTERS[:n]:
+        full = encode_ids(tokenizer, answer_prefix + letter)
+        if full[: len(base)] == base and len(full) == len(base) + 1:
+            ids.append(full[-1])
+            continue
+        # The prefix's last token merged with the letter: fall back to the letter's own token.
+        variant = letter if (not answer_prefix or answer_prefix[-1] in " (\n") else " " + letter
+        alone = encode_ids(tokenizer, variant)
+        if len(alone) != 1:
+            raise MmcalError(
+                f"option letter {letter!r} after answer prefix {answer_prefix!r} is not a single "
+                f"token for this tokenizer ({alone}); change the prompt's answer_prefix"
+            )
+        ids.append(alone[0])
+    if len(set(ids)) != len(ids):
+        raise MmcalError(f"option letters map to repeated token ids {ids}")
+    return ids
+
+
+class Engine:
+    """Scores items for one loaded model with one prompt variant."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        prompt: PromptVariant,
+        readouts: Iterable[str] = READOUTS,
+        batch_size: int = 8,
+        max_prompt_tokens: int | None = None,
+        image_root: str | Path = ".",
+    ):
+        self.lm = lm
+        self.prompt = prompt
+        self.readouts = tuple(readouts)
+        bad = set(self.readouts) - set(READOUTS)
+        if bad:
+            raise MmcalError(f"unknown readouts {sorted(bad)}; known: {READOUTS}")
+        if "option_loglik" in self.readouts and not prompt.option_prefix:
+            raise MmcalError(f"prompt {prompt.name!r}: option_loglik needs a non-empty option_prefix")
+        self.batch_size = max(1, int(batch_size))
+        cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
+        self.max_prompt_tokens = max_prompt_tokens or getattr(cfg, "max_position_embeddings", 4096)
+        self.image_root = Path(image_root)
+        self.tok = lm.tokenizer
+        self._letter_cache: dict[tuple[str, int], list[int]] = {}
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
+    # ---- encoding -----------------------------------------------------------------------
+    def letters(self, answer_prefix: str, n: int) -> list[int]:
+        key = (answer_prefix, n)
+        if key not in self._letter_cache:
+            self._letter_cache[key] = letter_token_ids(self.tok, answer_prefix, n)
+        return self._letter_cache[key]
+
+    def _add_special(self, text: str) -> bool:
+        bos = getattr(self.tok, "bos_token", None)
+        return not (bos and text.startswith(bos))
+
+    def encode(self, pos: int, item: MCItem, scenario: Scenario, descriptions=None) -> Encoded:
+        """Render and tokenise one item; problems become a status, never an exception."""
+        item = shift_options(item, scenario.option_shift)
+        enc = Encoded(pos=pos, item=item)
+        if not item.options:
+            enc.status = "no options"
+            return enc
+        if len(item.options) > len(LETTERS):
+            enc.status = f"too many options ({len(item.options)} > {len(LETTERS)})"
+            return enc
+        with_image = scenario.image
+        if with_image and not self.lm.multimodal:
+            enc.status = "text-only model cannot take an image"
+            return enc
+        image = None
+        if with_image:
+            if not item.image:
+                enc.status = "item has no image"
+                return enc
+            try:
+                image = load_image(self.image_root / item.image)
+            except ValueError as exc:
+                enc.status = str(exc)
+                return enc
+        context = description_for(scenario, item, descriptions)
+        messages = build_messages(item, self.prompt, with_image=with_image, context=context)
+        text = render_prompt(self.lm.processor, messages, multimodal=self.lm.multimodal)
+        special = self._add_special(text)
+        try:
+            if self.lm.multimodal:
+                kwargs = {"text": [text], "return_tensors": "pt", "add_special_tokens": special}
+                if image is not None:
+                    kwargs["images"] = [image]
+                batch = self.lm.processor(**kwargs)
+            else:
+                batch = self.tok([text], return_tensors="pt", add_special_tokens=special)
+        except Exception as exc:  # a processor rejecting one input must not kill the job
+            enc.status = f"processor failed: {type(exc).__name__}: {exc}"
+            return enc
+        ids = batch["input_ids"][0].tolist()
+        if len(ids) + 32 > self.max_prompt_tokens:
+            enc.status = f"prompt too long ({len(ids)} tokens, limit {self.max_prompt_tokens})"
+            return enc
+        enc.prefix_ids = ids
+        enc.extra = {
+            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "shape")
+        }
+        return enc
+
+    # ---- forward passes -----------------------------------------------------------------
+    def _extra_for(self, encs: list[Encoded], copies: list[int] | None = None) -> dict:
+        """Concatenate processor tensors along dim 0 (works for [1, C, H, W] and flat patches)."""
+        import torch
+
+        if not encs[0].extra:
+            return {}
+        out = {}
+        for k in encs[0].extra:
+            parts = []
+            for j, e in enumerate(encs):
+                parts.extend([e.extra[k]] * (copies[j] if copies else 1))
+            out[k] = torch.cat(parts, dim=0).to(self.lm.device)
+            if out[k].is_floating_point():
+                out[k] = out[k].to(self.lm.model.dtype)
+        return out
+
+    def run_rows(self, encs: list[Encoded], rows: list[Row]) -> list[RowOut]:
+        """Forward passes for continuations of same-length prefixes; returns one RowOut per row."""
+        import torch
+
+        per_item = np.bincount([r.enc_index for r in rows], minlength=len(encs))
+        with torch.inference_mode():
+            if per_item.max() == 1 and len({len(r.ids) for r in rows}) == 1:
+                return self._run_joined(encs, rows)
+            if self.lm.prefix_cache_ok:
+                return self._run_cached(encs, rows)
+            return self._run_full(encs, rows)
+
+    def _span(self, logprobs, ids, span_from, offset) -> tuple[float, int]:
+        """Sum of log p(ids[j]) for j >= span_from; logprobs[t] predicts token at t+1."""
+        total, n = 0.0, 0
+        for j in range(span_from, len(ids)):
+            total += float(logprobs[offset + j - 1, ids[j]])
+            n += 1
+        return total, n
+
+    def _run_joined(self, encs, rows) -> list[RowOut]:
+        """One pass per item: prefix + its single continuation (the common letter-only case)."""
+        import torch
+
+        order = sorted(range(len(rows)), key=lambda i: rows[i].enc_index)
+        rows_sorted = [rows[i] for i in order]
+        ids = torch.tensor(
+            [encs[r.enc_index].prefix_ids + r.ids for r in rows_sorted], device=self.lm.device
+        )
+        keep = len(rows_sorted[0].ids) + 1  # logits from the prefix's last token onwards
+        out = self.lm.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            logits_to_keep=keep,
+            **self._extra_for(encs),
+        )
+        logits = out.logits.float()
+        L = 1  # position of the prefix's last token within the kept logits
+        results = [None] * len(rows)
+        for b, (i, r) in enumerate(zip(order, rows_sorted)):
+            span = (0.0, 0)
+            if r.span_from < len(r.ids):
+                span = self._span(torch.log_softmax(logits[b], -1), r.ids, r.span_from, L)
+            results[i] = RowOut(logits[b, -1].cpu(), *span)
+        return results
+
+    def _pad_rows(self, rows, lengths_prefix: int = 0):
+        import torch
+
+        width = max(max(len(r.ids) for r in rows), 1)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
+            mask[b, : len(r.ids)] = 1
+        return ids.to(self.lm.device), mask.to(self.lm.device)
+
+    def _run_cached(self, encs, rows) -> list[RowOut]:
+        """Prefix once per item (KV cache), then every continuation as one right-padded batch."""
+        import torch
+
+        ids = torch.tensor([e.prefix_ids for e in encs], device=self.lm.device)
+        out = self.lm.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            use_cache=True,
+            logits_to_keep=1,
+            **self._extra_for(encs),
+        )
+        prefix_last = out.logits[:, -1].float()
+        cache = out.cache
+        L = ids.shape[1]
+        live = [r for r in rows if r.ids]
+        results: list[RowOut | None] = [None] * len(rows)
+        if live:
+            cache.batch_select_indices(torch.tensor([r.enc_index for r in live], device=self.lm.device))
+            cids, cmask = self._pad_rows(live)
+            mask = torch.cat([torch.ones((len(live), L), dtype=torch.long, device=self.lm.device), cmask], 1)
+            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache)
+            logits = cout.logits.float()
+        k = 0
+        for i, r in enumerate(rows):
+            if not r.ids:
+                results[i] = RowOut(prefix_last[r.enc_index].cpu(), 0.0, 0)
+                continue
+            row_logits = logits[k]
+            lp = torch.log_softmax(row_logits, -1)
+            # Token 0 of the continuation is predicted by the prefix's last position.
+            first = torch.log_softmax(prefix_last[r.enc_index], -1)
+            total, n = 0.0, 0
+            for j in range(r.span_from, len(r.ids)):
+                src = first if j == 0 else lp[j - 1]
+                total += float(src[r.ids[j]])
+                n += 1
+            results[i] = RowOut(row_logits[len(r.ids) - 1].cpu(), total, n)
+            k += 1
+        return results
+
+    def _run_full(self, encs, rows) -> list[RowOut]:
+        """No cache reuse (position ids depend on the whole sequence): full right-padded rows."""
+        import torch
+
+        results = []
+        for i, r in enumerate(rows):
+            e = encs[r.enc_index]
+            seq = e.prefix_ids + r.ids
+            ids = torch.tensor([seq], device=self.lm.device)
+            out = self.lm.model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **self._extra_for([e])
+            )
+            logits = out.logits[0].float()
+            span = (0.0, 0)
+            if r.span_from < len(r.ids):
+                span = self._span(torch.log_softmax(logits, -1), r.ids, r.span_from, len(e.prefix_ids))
+            results.append(RowOut(logits[-1].cpu(), *span))
+        return results
+
+    # ---- readouts -----------------------------------------------------------------------
+    def item_rows(self, enc: Encoded, enc_index: int) -> list[Row]:
+        """Continuations needed for this item's readouts: first the answer prefix, then options."""
+        rows = []
+        if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
+            rows.append(Row(enc_index, encode_ids(self.tok, self.prompt.answer_prefix), 10**9))
+        if "option_loglik" in self.readouts:
+            head = encode_ids(self.tok, self.prompt.option_prefix)
+            for opt in enc.item.options:
+                rows.append(Row(enc_index, head + encode_ids(self.tok, " " + opt), len(head)))
+        return rows
+
+    def readout_rows(self, enc: Encoded, outs: list[RowOut]) -> list[dict]:
+        import torch
+
+        n = len(enc.item.options)
+        gold = enc.item.gold
+        res = []
+        k = 0
+        option_mass = float("nan")
+        letter_logits = full_lp = None
+        if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
+            last = outs[0].last_logits
+            letter_ids = self.letters(self.prompt.answer_prefix, n)
+            full = torch.log_softmax(last, -1)
+            full_lp = full[letter_ids].double().numpy()
+            letter_logits = last[letter_ids].double().numpy()
+            option_mass = float(np.exp(full_lp).sum())
+            k = 1
+        for readout in self.readouts:
+            if readout == "option_loglik":
+                opt_outs = outs[k : k + n]
+                scores = np.array([o.span_logprob / max(o.span_len, 1) for o in opt_outs])
+                res.append(readout_row(readout, scores, gold, option_mass))
+            else:
+                res.append(readout_row(readout, letter_logits, gold, option_mass, full_lp))
+        return res
+
+    # ---- public API ---------------------------------------------------------------------
+    def score(
+        self,
+        items: list[MCItem],
+        scenario: Scenario,
+        descriptions: dict | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[dict]:
+        """Score ``items``; returns record rows (without provenance columns) in item order."""
+        encs = [self.encode(i, it, scenario, descriptions) for i, it in enumerate(items)]
+        rows_by_pos: dict[int, list[dict]] = {}
+        for e in encs:
+            if e.status != "ok":
+                rows_by_pos[e.pos] = self._finish(e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), e.status))
+                if progress:
+                    progress(1)
+        for batch in self._batches([e for e in encs if e.status == "ok"]):
+            rows = [r for j, e in enumerate(batch) for r in self.item_rows(e, j)]
+            try:
+                outs = self.run_rows(batch, rows)
+            except Exception as exc:  # e.g. out of memory on one batch: record, keep going
+                log.exception("forward pass failed for %d items", len(batch))
+                for e in batch:
+                    reason = f"forward failed: {type(exc).__name__}: {exc}"[:300]
+                    rows_by_pos[e.pos] = self._finish(e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), reason))
+                if progress:
+                    progress(len(batch))
+                continue
+            for j, e in enumerate(batch):
+                mine = [o for r, o in zip(rows, outs) if r.enc_index == j]
+                rows_by_pos[e.pos] = self._finish(e, self.readout_rows(e, mine))
+            if progress:
+                progress(len(batch))
+        return [r for pos in range(len(items)) for r in rows_by_pos[pos]]
+
+    def _finish(self, enc: Encoded, rows: list[dict]) -> list[dict]:
+        it = enc.item
+        for r in rows:
+            r.setdefault("status", "ok")
+            r.update(
+                item_id=it.item_id,
+                cluster_id=it.cluster_id,
+                split=it.split,
+                n_options=len(it.options),
+                meta=meta_json(it.metadata),
+            )
+            if r["status"] == "ok" and not all(math.isfinite(v) for v in r["option_scores"]):
+                r["status"] = "non-finite scores"
+        return rows
+
+    def _batches(self, encs: list[Encoded]):
+        """Batches of items whose prefixes have identical length and tensor shapes."""
+        buckets: dict[tuple, list[Encoded]] = {}
+        for e in encs:
+            buckets.setdefault(e.bucket_key(), []).append(e)
+        for key in sorted(buckets, key=lambda k: min(e.pos for e in buckets[k])):
+            group = buckets[key]
+            for i in range(0, len(group), self.batch_size):
+                yield group[i : i + self.batch_size]
+
+    def score_answer_prefixes(
+        self, items: list[MCItem], scenario: Scenario, prefixes: list[str], descriptions=None
+    ) -> dict[str, list[dict]]:
+        """Letter readout for many candidate answer prefixes, sharing each item's prefix pass.
+
+        Used by the prompt search: returns, per candidate, ``letter_restricted`` rows.
+        """
+        encs = [self.encode(i, it, scenario, descriptions) for i, it in enumerate(items)]
+        result: dict[str, list[dict]] = {p: [] for p in prefixes}
+        cand_ids = [encode_ids(self.tok, p) for p in prefixes]
+        for e in encs:
+            if e.status != "ok":
+                for p in prefixes:
+                    result[p] += self._finish(e, unscorable_rows(["letter_restricted"], e.item.gold, len(e.item.options), e.status))
+        for batch in self._batches([e for e in encs if e.status == "ok"]):
+            rows = [Row(j, ids, 10**9) for j in range(len(batch)) for ids in cand_ids]
+            outs = self.run_rows(batch, rows)
+            for j, e in enumerate(batch):
+                n = len(e.item.options)
+                for c, p in enumerate(prefixes):
+                    last = outs[j * len(prefixes) + c].last_logits
+                    ids = self.letters(p, n)
+                    lp = np.asarray(__import__("torch").log_softmax(last, -1)[ids].double())
+                    row = readout_row("letter_restricted", last[ids].double().numpy(), e.item.gold, float(np.exp(lp).sum()), lp)
+                    result[p] += self._finish(e, [row])
+        return result

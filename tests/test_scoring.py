@@ -1,0 +1,144 @@
+"""The scoring engine: readouts against a hand computation, bad inputs recorded, batch invariance,
+several real architectures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mmcal.chat import render_prompt
+from mmcal.modeling import load_model
+from mmcal.prompts import PromptVariant, build_messages
+from mmcal.scenarios import Scenario
+from mmcal.scoring import Engine, letter_token_ids, load_image
+
+
+def _by(rows, item_id, readout):
+    return next(r for r in rows if r["item_id"] == item_id and r["readout"] == readout)
+
+
+def _hand_readouts(lm, item, image, prompt):
+    """Independent computation: full sequences, no KV cache, no batching, plain softmax maths."""
+    proc, tok = lm.processor, lm.tokenizer
+    text = render_prompt(proc, build_messages(item, prompt, with_image=True), multimodal=True)
+
+    def logits_for(suffix):
+        enc = proc(text=[text + suffix], images=[image], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            return lm.model(**enc).logits[0].double(), enc["input_ids"][0]
+
+    logits, _ = logits_for(prompt.answer_prefix)
+    last = logits[-1]
+    letters = letter_token_ids(tok, prompt.answer_prefix, len(item.options))
+    letter_logits = last[letters]
+    p_restricted = torch.softmax(letter_logits, 0)
+    p_full = torch.softmax(last, 0)[letters]
+    option_scores = []
+    for opt in item.options:
+        logits, ids = logits_for(prompt.option_prefix + " " + opt)
+        n_opt = len(tok(" " + opt, add_special_tokens=False)["input_ids"])
+        lp = torch.log_softmax(logits, -1)
+        total = sum(float(lp[t - 1, ids[t]]) for t in range(len(ids) - n_opt, len(ids)))
+        option_scores.append(total / n_opt)
+    p_opt = torch.softmax(torch.tensor(option_scores), 0)
+    return p_restricted.numpy(), p_full.numpy(), p_opt.numpy()
+
+
+def test_three_readouts_match_hand_computation(tiny_llava_dir, fmnist_items):
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    prompt = PromptVariant()
+    rows = Engine(lm, prompt, batch_size=3, image_root=root).score(items, Scenario())
+    for item in items[:3]:
+        image = load_image(root / item.image)
+        p_r, p_f, p_o = _hand_readouts(lm, item, image, prompt)
+        r = _by(rows, item.item_id, "letter_restricted")
+        np.testing.assert_allclose(np.exp(r["option_scores"]), p_r, atol=1e-5)
+        assert r["confidence"] == pytest.approx(p_r.max(), abs=1e-5)
+        assert r["pred"] == int(p_r.argmax())
+        f = _by(rows, item.item_id, "letter_full_vocab")
+        np.testing.assert_allclose(np.exp(f["option_scores"]), p_f, rtol=1e-4, atol=1e-9)
+        assert f["option_mass"] == pytest.approx(p_f.sum(), rel=1e-4)
+        assert f["confidence"] == pytest.approx(p_f.max(), rel=1e-4)
+        o = _by(rows, item.item_id, "option_loglik")
+        np.testing.assert_allclose(np.exp(o["option_scores"]), p_o, atol=1e-5)
+        # entropy of the readout's distribution over options
+        assert r["entropy"] == pytest.approx(float(-(p_r * np.log(p_r)).sum()), abs=1e-5)
+
+
+def test_results_do_not_depend_on_batch_size(tiny_llava_dir, fmnist_items):
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    a = Engine(lm, PromptVariant(), batch_size=1, image_root=root).score(items, Scenario())
+    b = Engine(lm, PromptVariant(), batch_size=8, image_root=root).score(items, Scenario())
+    for x, y in zip(a, b):
+        assert (x["item_id"], x["readout"]) == (y["item_id"], y["readout"])
+        np.testing.assert_allclose(x["option_scores"], y["option_scores"], atol=1e-5)
+
+
+def test_bad_items_are_recorded_not_dropped(tiny_llava_dir, fmnist_items, tmp_path):
+    root, items = fmnist_items
+    (root / "images/corrupt.png").write_bytes(b"this is not a png")
+    bad_image = replace(items[0], item_id="corrupt", image="images/corrupt.png")
+    missing = replace(items[1], item_id="missing", image="images/nope.png")
+    no_options = replace(items[2], item_id="empty", options=[], gold=0)
+    lm = load_model("tiny", str(tiny_llava_dir))
+    engine = Engine(lm, PromptVariant(), image_root=root)
+    rows = engine.score([bad_image, items[3], missing, no_options], Scenario())
+    status = {r["item_id"]: r["status"] for r in rows}
+    assert len(rows) == 4 * 3  # every item × readout is present
+    assert status["corrupt"].startswith("image unreadable") and "corrupt.png" in status["corrupt"]
+    assert status["missing"].startswith("image missing")
+    assert status["empty"] == "no options"
+    assert status[items[3].item_id] == "ok"
+    assert all(math.isnan(r["confidence"]) for r in rows if r["status"] != "ok")
+    long_engine = Engine(lm, PromptVariant(), image_root=root, max_prompt_tokens=20)
+    assert long_engine.score([items[3]], Scenario())[0]["status"].startswith("prompt too long")
+
+
+def test_blind_and_description_scenarios(tiny_llava_dir, fmnist_items):
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    engine = Engine(lm, PromptVariant(), readouts=["letter_restricted"], image_root=root)
+    blind = engine.score(items[:2], Scenario(name="blind", image=False))
+    assert all(r["status"] == "ok" for r in blind)
+    desc = {it.item_id: {"consistent": "Description: a shoe.", "conflicting": "Description: a bag."} for it in items[:2]}
+    rows = engine.score(items[:2], Scenario(name="d", image=True, description="conflicting"), desc)
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_option_shift_moves_gold(tiny_llava_dir, fmnist_items):
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    engine = Engine(lm, PromptVariant(), readouts=["letter_restricted"], image_root=root)
+    rows = engine.score(items[:4], Scenario(name="s1", option_shift=1))
+    for it, r in zip(items[:4], rows):
+        assert r["gold"] == (it.gold + 1) % len(it.options)
+
+
+def test_text_only_llm_and_other_mllm_family(smollm2_dir, tiny_idefics3_dir, fmnist_items):
+    root, items = fmnist_items
+    llm = load_model("smollm2", str(smollm2_dir), kind="llm")
+    assert not llm.multimodal
+    rows = Engine(llm, PromptVariant(), image_root=root).score(items[:2], Scenario(name="blind", image=False))
+    assert {r["status"] for r in rows} == {"ok"}
+    refused = Engine(llm, PromptVariant(), image_root=root).score(items[:1], Scenario())
+    assert refused[0]["status"] == "text-only model cannot take an image"
+    idefics = load_model("idefics3", str(tiny_idefics3_dir))
+    assert idefics.model_type == "idefics3"
+    rows = Engine(idefics, PromptVariant(), image_root=root).score(items[:2], Scenario())
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_letter_ids_resolve_after_parenthesis(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ids = letter_token_ids(tok, "Answer: (", 4)
+    assert [tok.decode([i]) for i in ids] == ["A", "B", "C", "D"]
+    spaced = letter_token_ids(tok, "Answer:", 4)
+    assert [tok.decode([i]).strip() for i in spaced] == ["A", "B", "C", "D"]

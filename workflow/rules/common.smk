@@ -1,0 +1,52 @@
+# Helpers shared by the rule files: config lookups and the list of final targets.
+import json
+
+
+def dataset_cfg(name):
+    return config["datasets"][name]
+
+
+def score_inputs(wildcards):
+    """Items, the model folder when the DAG builds it, descriptions when the scenario needs them."""
+    inputs = {"items": f"data/datasets/{wildcards.dataset}/items.jsonl"}
+    local = study.model_dir(config, wildcards.model)
+    if local:
+        inputs["model"] = local
+    if study.scenario_needs_descriptions(config, wildcards.scenario):
+        inputs["descriptions"] = f"data/datasets/{wildcards.dataset}/descriptions.json"
+    return inputs
+
+
+def score_params(wildcards):
+    run = study.run_for(
+        config, wildcards.model, wildcards.dataset, wildcards.scenario, wildcards.prompt
+    )
+    mcfg = config["models"][wildcards.model]
+    return {
+        "model_cfg": mcfg,
+        "prompt_cfg": config["prompts"][wildcards.prompt] or {},
+        "scenario_cfg": config["scenarios"][wildcards.scenario] or {},
+        "splits": run["splits"],
+        "readouts": config["readouts"],
+        "device": config["device"],
+        "dtype": mcfg.get("dtype", config["dtype"]),
+        "batch_size": mcfg.get("batch_size", config["scoring"]["batch_size"]),
+        "shard_size": config["scoring"]["shard_size"],
+        "limit_per_split": config["scoring"]["limit_per_split"],
+    }
+
+
+def model_gpus(wildcards):
+    return int((config["models"][wildcards.model].get("resources") or {}).get("gpu", 0))
+
+
+def all_records():
+    return study.all_records(config)
+
+
+def all_targets():
+    return [
+        "data/metrics/summary.csv",
+        "data/metrics/comparisons.csv",
+        "paper/main.tex",
+    ] + figure_targets() + table_targets()

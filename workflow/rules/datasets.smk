@@ -1,0 +1,38 @@
+# Data sets: every builder writes items in the common schema plus a manifest.
+
+
+rule build_dataset:
+    output:
+        items="data/datasets/{dataset}/items.jsonl",
+        manifest="data/datasets/{dataset}/manifest.json",
+    params:
+        cfg=lambda wildcards: dataset_cfg(wildcards.dataset),
+        classes=config["classes"],
+        fmnist_root=config["fmnist_root"],
+        seed=config["seed"],
+    log:
+        "logs/datasets/{dataset}.log",
+    benchmark:
+        "benchmarks/datasets/{dataset}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/build_dataset.py"
+
+
+rule describe_images:
+    input:
+        items="data/datasets/{dataset}/items.jsonl",
+    output:
+        "data/datasets/{dataset}/descriptions.json",
+    params:
+        describer=config["describer"],
+        seed=config["seed"],
+    log:
+        "logs/datasets/{dataset}.describe.log",
+    benchmark:
+        "benchmarks/datasets/{dataset}.describe.tsv"
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/describe_images.py"

@@ -1,0 +1,21 @@
+# Scoring: model × dataset × scenario × prompt → records (one forward pass per item).
+
+
+rule score:
+    input:
+        unpack(score_inputs),
+    output:
+        study.RECORDS,
+    params:
+        cfg=score_params,
+    threads: config["threads"]
+    resources:
+        gpu=model_gpus,
+    log:
+        "logs/score/{model}/{dataset}/{scenario}/{prompt}.log",
+    benchmark:
+        "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
+    conda:
+        "../../envs/models.yaml"
+    script:
+        "../scripts/score.py"

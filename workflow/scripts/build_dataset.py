@@ -1,0 +1,16 @@
+"""Rule build_dataset: write data/datasets/{dataset}/items.jsonl + manifest.json."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _setup import start  # noqa: E402
+
+log = start(snakemake)  # noqa: F821
+from mmcal.datasets import build_dataset  # noqa: E402
+
+sm = snakemake  # noqa: F821
+info = build_dataset(
+    sm.wildcards.dataset, dict(sm.params.cfg), sm.output.items, sm.output.manifest,
+    dict(sm.params.classes), sm.params.fmnist_root, int(sm.params.seed),
+)
+log.info("built %s: %s", sm.wildcards.dataset, info["per_split"])
