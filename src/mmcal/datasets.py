@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def manifest(items: list[MCItem], content_hash: str, cfg: dict) -> dict:
     }
 
 
-def build_items(name: str, cfg: dict, out_dir: Path, classes: dict, fmnist_root: str, seed: int) -> list[MCItem]:
+def build_items(name: str, cfg: dict, out_dir: Path, classes: dict, fmnist_root: str, seed: int):
+    """Items of the configured builder; some builders also return a report of excluded rows."""
     builder = cfg["builder"]
     n_options = int(cfg.get("n_options", 4))
     splits = cfg.get("splits") or {}
@@ -60,10 +62,26 @@ def build_items(name: str, cfg: dict, out_dir: Path, classes: dict, fmnist_root:
     if builder == "llava_json":
         from .data.idk import read_llava_conversation_json
 
+        image_root = cfg.get("image_root", str(Path(cfg["path"]).parent))
         return read_llava_conversation_json(
-            cfg["path"], cfg.get("image_root", str(Path(cfg["path"]).parent)), dataset=name,
-            split=cfg.get("split", "test"), idk_text=cfg.get("idk_text", "I don't know"),
+            cfg["path"], image_root, dataset=name, split=cfg.get("split", "test"),
+            idk_text=cfg.get("idk_text", "I don't know"), image_rel=os.path.relpath(image_root, out_dir),
+            calib_fraction=cfg.get("calib_fraction"), seed=seed,
         )
+    if builder == "dated_news":
+        from .data.idk import build_dated_news_idk, load_news_records
+
+        path = Path(cfg["path"])
+        image_root = cfg.get("image_root", str(path.parent))
+        return build_dated_news_idk(
+            load_news_records(str(path)), cfg["cutoff"], image_root=image_root,
+            image_rel=os.path.relpath(image_root, out_dir), n_options=n_options, seed=seed, idk_text=cfg.get("idk_text", "I don't know"),
+            gold=cfg.get("gold", "idk"), dataset=name,
+        )
+    if builder == "hub_mcq":
+        from .data.hub_mcq import build_hub_mcq_items
+
+        return build_hub_mcq_items(name, cfg, out_dir, seed=seed)
     if builder == "jsonl":
         from .items import read_items
 
@@ -74,8 +92,11 @@ def build_items(name: str, cfg: dict, out_dir: Path, classes: dict, fmnist_root:
 def build_dataset(name: str, cfg: dict, items_path: str, manifest_path: str, classes: dict,
                   fmnist_root: str, seed: int) -> dict:
     out_dir = Path(items_path).parent
-    items = build_items(name, cfg, out_dir, classes, fmnist_root, seed)
+    built = build_items(name, cfg, out_dir, classes, fmnist_root, seed)
+    items, report = built if isinstance(built, tuple) else (built, None)
     content_hash = write_items(items, items_path)
     info = manifest(items, content_hash, cfg)
+    if report is not None:
+        info["build_report"] = report
     Path(manifest_path).write_text(json.dumps(info, indent=2, sort_keys=True))
     return info

@@ -148,3 +148,23 @@ def read_records(paths) -> pd.DataFrame:
 
 def meta_json(meta: dict) -> str:
     return json.dumps(meta, sort_keys=True)
+
+
+def option_probs(df: pd.DataFrame) -> np.ndarray:
+    """[n, K] probabilities exp(option_scores); rows with fewer options are padded with 0."""
+    scores = df["option_scores"].tolist()
+    width = max((len(s) for s in scores), default=0)
+    out = np.zeros((len(scores), width))
+    for i, s in enumerate(scores):
+        out[i, : len(s)] = np.exp(np.asarray(s, dtype=np.float64))
+    return out
+
+
+def metric_arrays(df: pd.DataFrame) -> dict:
+    """The arrays the metrics library takes, from scored ('ok') record rows of one readout."""
+    return {
+        "confidence": df["confidence"].to_numpy(dtype=np.float64),
+        "correct": df["correct"].to_numpy(dtype=bool),
+        "probs": option_probs(df),
+        "gold": df["gold"].to_numpy(dtype=np.int64),
+    }

@@ -50,3 +50,26 @@ def all_targets():
         "data/metrics/comparisons.csv",
         "paper/main.tex",
     ] + figure_targets() + table_targets()
+
+
+IDK_BUILDERS = ("fmnist_idk", "llava_json", "dated_news")
+
+
+def idk_records():
+    idk_sets = {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
+    return [study.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
+
+
+def recalibration_records():
+    targets = study.expand_runs(
+        {**config, "runs": config["recalibration"].get("targets") or []}, key="runs"
+    ) if config["recalibration"].get("targets") else [
+        r for r in RUNS if "calib" in r["splits"] and r["dataset"] not in
+        {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
+        and r["scenario"] == "image"
+    ]
+    return [study.records_path(r) for r in targets]
+
+
+def promptopt_cfg():
+    return config["promptopt"]

@@ -1,13 +1,21 @@
 # Models the DAG builds: the SmolLM2 checkpoint and the tiny-LLaVA stages.
 
 
-def training_cfg(stage, **extra):
-    shared = {
+def training_cfg(section, idk=False):
+    """The tiny-LLaVA training config for one stage: shared keys + that stage's section only,
+    so changing stage 2 settings never re-trains the vision tower or stage 1."""
+    t = config["training"]
+    shared = {k: v for k, v in t.items() if k not in ("vision", "stage1", "stage2", "stage2_idk")}
+    cfg = {
+        **shared,
         "train_classes": config["classes"]["known"],
         "fmnist_root": config["fmnist_root"],
-        "seed": config["seed"],
+        section: {"seed": config["seed"], **(t.get(section) or {})},
     }
-    return {**shared, **(config["training"].get(stage) or {}), **extra}
+    if idk:
+        cfg[section].update(t.get("stage2_idk") or {})
+        cfg[section]["idk_train_classes"] = config["classes"]["idk_train"]
+    return cfg
 
 
 rule convert_smollm2:
@@ -82,11 +90,7 @@ rule train_stage2_idk:
     output:
         model_dir=directory(study.BUILD_PATHS["stage2_idk"]),
     params:
-        cfg={
-            **training_cfg("stage2"),
-            **(config["training"].get("stage2_idk") or {}),
-            "idk_train_classes": config["classes"]["idk_train"],
-        },
+        cfg=training_cfg("stage2", idk=True),
     threads: config["threads"]
     log:
         "logs/models/stage2_idk.log",

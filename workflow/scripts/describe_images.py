@@ -1,6 +1,7 @@
 """Rule describe_images: text descriptions of each item's image (for the text-vs-image scenarios)."""
 
 import sys
+from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
@@ -13,7 +14,8 @@ sm = snakemake  # noqa: F821
 items = read_items(sm.input.items)
 cfg = dict(sm.params.describer)
 descriptions = build_descriptions(
-    items, error_rate=float(cfg.get("error_rate", 0.1)), seed=int(sm.params.seed), describer=cfg
+    items, error_rate=float(cfg.get("error_rate", 0.1)), seed=int(sm.params.seed), describer=cfg,
+    image_root=Path(sm.input.items).parent,
 )
 write_descriptions(descriptions, sm.output[0])
 log.info("described %d items; measured error rate %.3f", len(descriptions), measured_error_rate(descriptions))

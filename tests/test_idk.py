@@ -1,0 +1,590 @@
+"""IDK data sets (Fashion-MNIST held-out classes, dated news, LLaVA JSON) and IDK metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mmcal.data.fashion_mnist import CLASSES, load_fashion_mnist
+from mmcal.data.idk import (
+    build_dated_news_idk,
+    build_fmnist_idk_items,
+    hf_rows_to_records,
+    idk_manifest,
+    load_news_records,
+    parse_mc_prompt,
+    read_llava_conversation_json,
+)
+from mmcal.errors import ConfigError, DataError
+from mmcal.idk_metrics import idk_metrics_with_ci, idk_point_metrics, idk_table
+from mmcal.items import read_items, write_items
+from mmcal.records import read_records, write_records
+
+FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FIXTURES = Path(__file__).parent / "fixtures" / "idk"
+HELD_OUT = [8, 9]
+KNOWN = list(range(8))
+N_PER_KIND = {"unknown_class": 12, "control": 12, "no_information": 6}
+CUTOFF = "2024-07-31"
+
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST_ROOT / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Fashion-MNIST IDK set
+# --------------------------------------------------------------------------------------------
+
+
+def build(tmp_path, **kw):
+    args = dict(
+        root=FMNIST_ROOT,
+        image_dir=tmp_path / "images",
+        image_rel="images",
+        held_out_classes=HELD_OUT,
+        known_classes=KNOWN,
+        n_per_kind=N_PER_KIND,
+        n_options=4,
+        seed=3,
+        calib_fraction=0.25,
+    )
+    args.update(kw)
+    return build_fmnist_idk_items(**args)
+
+
+@pytest.fixture(scope="module")
+def fmnist_items(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("idk"))
+
+
+def by_kind(items, kind):
+    return [it for it in items if it.metadata["kind"] == kind]
+
+
+@needs_fmnist
+def test_fmnist_counts_per_kind_and_manifest(fmnist_items):
+    counts = Counter(it.metadata["kind"] for it in fmnist_items)
+    assert counts == N_PER_KIND
+    manifest = idk_manifest(fmnist_items)
+    assert manifest["n_items"] == 30
+    for kind, n in N_PER_KIND.items():
+        per_split = manifest["by_kind_split"][kind]
+        assert sum(per_split.values()) == n
+        assert per_split["calib"] == round(0.25 * n)  # calib fraction per kind
+    assert manifest["n_answerable"] == 12
+
+
+@needs_fmnist
+def test_fmnist_held_out_classes_never_in_options_or_control_images(fmnist_items):
+    held_out_names = {CLASSES[c] for c in HELD_OUT}
+    for it in fmnist_items:
+        assert not held_out_names & set(it.options), it.item_id
+    for it in by_kind(fmnist_items, "control"):
+        assert it.metadata["label"] in KNOWN
+    for it in by_kind(fmnist_items, "unknown_class"):
+        assert it.metadata["label"] in HELD_OUT
+    assert {it.metadata["label"] for it in by_kind(fmnist_items, "unknown_class")} == set(HELD_OUT)
+
+
+@needs_fmnist
+def test_fmnist_gold_and_idk_option(fmnist_items):
+    for it in fmnist_items:
+        idk = it.metadata["idk_index"]
+        assert idk == 3 and it.options[idk] == "I don't know"  # idk_position="last"
+        assert len(it.options) == 4 and len(set(it.options)) == 4
+        if it.metadata["kind"] == "control":
+            assert it.metadata["answerable"] is True
+            assert it.gold != idk and it.options[it.gold] == CLASSES[it.metadata["label"]]
+        else:
+            assert it.metadata["answerable"] is False
+            assert it.gold == idk
+    gold_positions = Counter(it.gold for it in by_kind(fmnist_items, "control"))
+    assert gold_positions == {0: 4, 1: 4, 2: 4}  # balanced over the non-IDK slots
+
+
+@needs_fmnist
+def test_fmnist_images_come_from_t10k_and_clusters_do_not_cross_splits(fmnist_items):
+    _, labels = load_fashion_mnist(FMNIST_ROOT, "test")
+    for it in by_kind(fmnist_items, "control") + by_kind(fmnist_items, "unknown_class"):
+        assert it.source.startswith("fashion-mnist/t10k#")
+        assert labels[int(it.source.split("#")[1])] == it.metadata["label"]
+    split_of = {}
+    for it in fmnist_items:
+        assert split_of.setdefault(it.cluster_id, it.split) == it.split
+    assert len({it.item_id for it in fmnist_items}) == len(fmnist_items)
+
+
+@needs_fmnist
+def test_fmnist_png_pixels_and_no_information_images(tmp_path):
+    items = build(tmp_path, n_per_kind={"control": 2, "no_information": 2})
+    images, _ = load_fashion_mnist(FMNIST_ROOT, "test")
+    control = by_kind(items, "control")[0]
+    png = np.array(Image.open(tmp_path / control.image))
+    assert np.array_equal(png, images[int(control.source.split("#")[1])])
+    for it in by_kind(items, "no_information"):
+        arr = np.array(Image.open(tmp_path / it.image))
+        assert arr.shape == (28, 28) and arr.std() > 50  # uniform noise, not a garment
+        assert it.metadata["label"] is None and it.gold == it.metadata["idk_index"]
+
+
+@needs_fmnist
+def test_fmnist_idk_position_random_and_fixed(tmp_path):
+    items = build(tmp_path, idk_position="random", n_per_kind={"unknown_class": 8, "control": 12})
+    unk = Counter(it.metadata["idk_index"] for it in by_kind(items, "unknown_class"))
+    assert unk == {0: 2, 1: 2, 2: 2, 3: 2}
+    control = by_kind(items, "control")
+    assert Counter(it.gold for it in control) == {0: 3, 1: 3, 2: 3, 3: 3}
+    assert all(it.gold != it.metadata["idk_index"] for it in control)
+    first = build(tmp_path, idk_position=0, n_per_kind={"unknown_class": 3, "control": 3})
+    assert all(it.metadata["idk_index"] == 0 and it.options[0] == "I don't know" for it in first)
+
+
+@needs_fmnist
+def test_fmnist_is_deterministic_and_round_trips_jsonl(tmp_path):
+    a = build(tmp_path / "a", n_per_kind={"unknown_class": 4, "no_information": 2})
+    b = build(tmp_path / "b", n_per_kind={"unknown_class": 4, "no_information": 2})
+    assert [x.to_dict() for x in a] == [y.to_dict() for y in b]
+    write_items(a, tmp_path / "idk.jsonl")
+    assert [x.to_dict() for x in read_items(tmp_path / "idk.jsonl")] == [x.to_dict() for x in a]
+
+
+@needs_fmnist
+def test_fmnist_scramble_style_keeps_histogram(tmp_path):
+    items = build(
+        tmp_path, n_per_kind={"control": 4, "no_information": 2}, no_information_style="scramble"
+    )
+    images, _ = load_fashion_mnist(FMNIST_ROOT, "test")
+    control_clusters = {it.cluster_id for it in by_kind(items, "control")}
+    for it in by_kind(items, "no_information"):
+        assert it.cluster_id not in control_clusters  # sources disjoint from control images
+        src = int(it.source.split("#")[1].split(":")[0])
+        arr = np.array(Image.open(tmp_path / it.image))
+        assert sorted(arr.ravel()) == sorted(images[src].ravel())
+
+
+def test_fmnist_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="both held out and known"):
+        build(tmp_path, known_classes=[0, 1, 8])
+    with pytest.raises(ConfigError, match="unknown kinds"):
+        build(tmp_path, n_per_kind={"unknown": 3})
+    with pytest.raises(ConfigError, match="known classes"):
+        build(tmp_path, known_classes=[0, 1], n_options=4)
+    with pytest.raises(ConfigError, match="idk_position"):
+        build(tmp_path, idk_position="first")
+
+
+# --------------------------------------------------------------------------------------------
+# 2a. Dated news
+# --------------------------------------------------------------------------------------------
+
+
+def news(**kw):
+    records = load_news_records(FIXTURES / "news.jsonl")
+    args = dict(cutoff=CUTOFF, image_root=FIXTURES, seed=1, calib_fraction=0.0)
+    args.update(kw)
+    return build_dated_news_idk(records, **args)
+
+
+def test_news_keeps_only_after_cutoff_and_counts_excluded():
+    items, report = news()
+    assert {it.metadata["record_id"] for it in items} == {"n1", "n2", "n3", "n6", "n7"}
+    assert report["n_records"] == 7 and report["n_kept"] == 5
+    # n4 is dated on the cutoff (not strictly after), n5 before it.
+    assert report["n_excluded_not_after_cutoff"] == 2
+    assert report["excluded_ids"] == ["n4", "n5"]
+    assert report["kept_date_range"] == ["2024-08-02", "2024-10-05"]
+
+
+def test_news_options_gold_semantics_and_clusters():
+    items, _ = news()
+    for it in items:
+        meta = it.metadata
+        assert len(it.options) == 4 and len(set(it.options)) == 4
+        assert it.options[meta["idk_index"]] == "I don't know" and meta["idk_index"] == 3
+        assert it.gold == meta["idk_index"] and meta["answerable"] is False  # gold="idk"
+        assert it.options[meta["answer_index"]] == meta["headline"]
+    by_id = {it.metadata["record_id"]: it for it in items}
+    assert by_id["n3"].metadata["headline"] == "Volcano erupts near coastal village"  # caption
+    assert by_id["n3"].metadata["extra"] == {"source": "wire"}
+    # Same event cluster: n6's headline is never a distractor for n1 and vice versa.
+    assert "Residents evacuated as river floods" not in by_id["n1"].options
+    assert by_id["n1"].cluster_id == by_id["n6"].cluster_id
+    # Same image -> same cluster; custom question uses the record's own distractors.
+    assert by_id["n2"].cluster_id == by_id["n7"].cluster_id
+    assert by_id["n7"].question == "Which team won the final shown in the photo?"
+    own = {"The Harbour Hawks", "The Valley Foxes", "The City Lions", "The River Otters"}
+    assert set(by_id["n7"].options) <= own | {"I don't know"}
+    # A custom question's answer is not a plausible headline distractor.
+    assert all("The Harbour Hawks" not in by_id[r].options for r in ("n1", "n2", "n3", "n6"))
+
+    answer_items, report = news(gold="answer", idk_position="random")
+    for it in answer_items:
+        assert it.gold == it.metadata["answer_index"] != it.metadata["idk_index"]
+        assert it.metadata["answerable"] is True
+    assert report["gold"] == "answer"
+
+
+def test_news_calib_split_by_cluster_and_determinism():
+    items, report = news(calib_fraction=0.5)
+    assert sum(report["by_split"].values()) == 5 and report["by_split"].get("calib", 0) >= 1
+    split_of = {}
+    for it in items:
+        assert split_of.setdefault(it.cluster_id, it.split) == it.split
+    again, _ = news(calib_fraction=0.5)
+    assert [x.to_dict() for x in items] == [y.to_dict() for y in again]
+
+
+def test_news_csv_and_json_loaders(tmp_path):
+    csv_records = load_news_records(FIXTURES / "news.csv")
+    items, report = build_dated_news_idk(csv_records, CUTOFF, image_root=FIXTURES, n_options=3)
+    assert report["n_kept"] == 3 and report["excluded_ids"] == ["c4"]
+    assert any("Marathon winner breaks record, again" in it.options for it in items)
+    path = tmp_path / "news.json"
+    path.write_text(json.dumps(load_news_records(FIXTURES / "news.jsonl")))
+    assert len(load_news_records(path)) == 7
+    with pytest.raises(DataError, match="unsupported"):
+        (tmp_path / "news.txt").write_text("x")
+        load_news_records(tmp_path / "news.txt")
+
+
+def test_news_malformed_records_raise_naming_record_and_field():
+    records = load_news_records(FIXTURES / "news_malformed.jsonl")
+    with pytest.raises(DataError, match=r"#1 \(id 'bad-date'\).*2024-13-45"):
+        build_dated_news_idk(records, CUTOFF, image_root=FIXTURES)
+    good = load_news_records(FIXTURES / "news.jsonl")
+    missing_headline = [*good, {"id": "x9", "image": "images/news1.png", "date": "2024-08-03"}]
+    with pytest.raises(DataError, match=r"'x9'.*headline"):
+        build_dated_news_idk(missing_headline, CUTOFF, image_root=FIXTURES)
+    missing_date = [*good, {"id": "x8", "image": "images/news1.png", "headline": "Hi"}]
+    with pytest.raises(DataError, match=r"'x8'.*'date'"):
+        build_dated_news_idk(missing_date, CUTOFF, image_root=FIXTURES)
+    missing_image = [
+        *good,
+        {"id": "x7", "image": "images/gone.png", "headline": "H", "date": "2024-09-09"},
+    ]
+    with pytest.raises(DataError, match=r"'x7'.*gone.png does not exist"):
+        build_dated_news_idk(missing_image, CUTOFF, image_root=FIXTURES)
+    # A malformed record is an error even when it would have been excluded by date.
+    old_bad = [*good, {"id": "x6", "headline": "H", "date": "2020-01-01"}]
+    with pytest.raises(DataError, match=r"'x6'.*'image'"):
+        build_dated_news_idk(old_bad, CUTOFF, image_root=FIXTURES)
+
+
+def test_news_too_few_distractors_and_field_map(tmp_path):
+    records = load_news_records(FIXTURES / "news.jsonl")[:2]
+    with pytest.raises(DataError, match="distractors"):
+        build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, n_options=4)
+    items, _ = build_dated_news_idk(
+        records, CUTOFF, image_root=FIXTURES, n_options=4, distractor_pool=["A", "B", "C"]
+    )
+    assert len(items) == 2
+    renamed = [
+        {"title": r["headline"], "published": r["date"], "image": r["image"], "id": r["id"]}
+        for r in records
+    ]
+    items, _ = build_dated_news_idk(
+        renamed,
+        CUTOFF,
+        image_root=FIXTURES,
+        n_options=2,
+        field_map={"headline": "title", "date": "published"},
+    )
+    assert [it.metadata["headline"] for it in items] == [r["title"] for r in renamed]
+
+
+def test_hf_source_is_optional(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # make `import datasets` fail
+    with pytest.raises(DataError, match="'datasets' package"):
+        load_news_records("hf:someone/news", image_dir=tmp_path)
+    rows = [{"id": "r/1", "image": Image.new("RGB", (4, 4)), "headline": "H", "date": "2024-08-01"}]
+    records = hf_rows_to_records(rows, tmp_path)
+    assert records[0]["image"] == "00000-r_1.png" and (tmp_path / "00000-r_1.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# 2b. LLaVA conversation JSON
+# --------------------------------------------------------------------------------------------
+
+
+def test_llava_parses_formats_answers_and_idk_option():
+    items = read_llava_conversation_json(FIXTURES / "llava_idk.json", FIXTURES, "july24", "test")
+    by_id = {it.metadata["record_id"]: it for it in items}
+    q1 = by_id["q-001"]
+    assert q1.question == "Who won the election held in the city shown in August 2024?"
+    assert q1.options == ["Alice Smith", "Bob Jones", "Carol White", "I don't know"]
+    assert q1.gold == 3 and q1.metadata["idk_index"] == 3 and q1.metadata["answerable"] is False
+    assert q1.metadata["instruction"].startswith("Answer with the option")
+    q2 = by_id["q-002"]  # "(A) x" format, "I do not know", answer "(C)"
+    assert q2.options == ["Red", "I do not know", "Blue"]
+    assert (q2.gold, q2.metadata["idk_index"], q2.metadata["answerable"]) == (2, 1, True)
+    q3 = by_id["q-003"]  # "A) x" format, <image> at the end, answer "B. Three"
+    assert q3.question == "How many people are in the photo?" and "<image>" not in q3.options[-1]
+    assert (q3.gold, q3.metadata["idk_index"]) == (1, 2)
+    q4 = by_id["q-004"]  # inline options, curly apostrophe, answer given as option text
+    assert q4.options == ["A parade", "A concert", "I don\u2019t know"]
+    assert q4.gold == 2 == q4.metadata["idk_index"]
+    q5 = by_id["5"]  # "A: x" format, no IDK option
+    assert q5.options == ["Winter", "Summer"] and q5.metadata["idk_index"] is None
+    assert q1.cluster_id == q4.cluster_id  # same image
+    assert all(it.split == "test" and it.item_id.startswith("july24-") for it in items)
+
+
+def test_llava_gold_idk_mode_and_calib_split():
+    path = FIXTURES / "llava_idk.json"
+    with pytest.raises(DataError, match=r"id 5.*no option reads like"):
+        read_llava_conversation_json(path, FIXTURES, "j", "test", gold="idk")
+    items = read_llava_conversation_json(path, FIXTURES, "j", "test", calib_fraction=0.5)
+    split_of = {}
+    for it in items:
+        assert split_of.setdefault(it.cluster_id, it.split) == it.split
+    assert {it.split for it in items} == {"calib", "test"}
+
+
+def test_llava_malformed_record_names_id(tmp_path):
+    with pytest.raises(DataError, match=r"id 'q-bad'.*answer letter E but only 4 options"):
+        read_llava_conversation_json(FIXTURES / "llava_idk_malformed.json", FIXTURES, "j", "test")
+    good = json.loads((FIXTURES / "llava_idk.json").read_text())
+
+    def bad_file(record):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(good[:1] + [record]))
+        return path
+
+    cases = [
+        ({"id": "m1", "image": "images/q1.png"}, r"id 'm1'.*conversations"),
+        (
+            {"id": "m2", "image": "images/nope.png", "conversations": good[0]["conversations"]},
+            r"id 'm2'.*nope.png does not exist",
+        ),
+        (
+            {
+                "id": "m3",
+                "image": "images/q1.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nNo options here"},
+                    {"from": "gpt", "value": "A"},
+                ],
+            },
+            r"id 'm3'.*lettered options",
+        ),
+        (
+            {"id": "m4", "image": "images/q1.png", "conversations": [good[0]["conversations"][0]]},
+            r"id 'm4'.*answer turn",
+        ),
+        (
+            {"id": "q-001", "image": "images/q1.png", "conversations": good[0]["conversations"]},
+            r"duplicate ids \['q-001'\]",
+        ),
+    ]
+    for record, pattern in cases:
+        with pytest.raises(DataError, match=pattern):
+            read_llava_conversation_json(bad_file(record), FIXTURES, "j", "test")
+
+
+def test_parse_mc_prompt_trailer_and_inline():
+    q, opts, trailer = parse_mc_prompt("Q?\n(A) one\n(B) two\nPick one.", "x")
+    assert (q, opts, trailer) == ("Q?", ["one", "two"], "Pick one.")
+    q, opts, _ = parse_mc_prompt("<image> Which? (A) x y (B) z (C) I don't know", "x")
+    assert q == "Which?" and opts == ["x y", "z", "I don't know"]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. IDK metrics
+# --------------------------------------------------------------------------------------------
+
+# id, kind, answerable, gold, pred, confidence, option probabilities (IDK = index 2), cluster
+ROWS = [
+    ("c1", "control", True, 0, 0, 0.90, [0.90, 0.05, 0.05], "k1"),
+    ("c2", "control", True, 1, 1, 0.60, [0.30, 0.60, 0.10], "k2"),
+    ("c3", "control", True, 0, 1, 0.70, [0.20, 0.70, 0.10], "k3"),
+    ("c4", "control", True, 1, 2, 0.50, [0.25, 0.25, 0.50], "k4"),
+    ("u1", "unknown_class", False, 2, 2, 0.60, [0.20, 0.20, 0.60], "k5"),
+    ("u2", "unknown_class", False, 2, 0, 0.85, [0.85, 0.10, 0.05], "k6"),
+    ("n1", "no_information", False, 2, 1, 0.55, [0.25, 0.55, 0.20], "k7"),
+    ("n2", "no_information", False, 2, 0, 0.40, [0.40, 0.30, 0.30], "k8"),
+]
+
+
+def records_frame(rows=ROWS, readout="letter_restricted", unscored=True):
+    out = []
+    for item_id, kind, answerable, gold, pred, conf, probs, cluster in rows:
+        meta = {"kind": kind, "answerable": answerable, "idk_index": 2}
+        out.append(
+            {
+                "item_id": item_id,
+                "cluster_id": cluster,
+                "split": "test",
+                "model": "m",
+                "dataset": "idk",
+                "scenario": "image",
+                "prompt": "default",
+                "readout": readout,
+                "gold": gold,
+                "pred": pred,
+                "correct": pred == gold,
+                "confidence": conf,
+                "option_scores": [math.log(p) for p in probs],
+                "meta": json.dumps(meta),
+                "status": "ok",
+            }
+        )
+    if unscored:  # an unscorable row: left out of every rate, counted
+        bad = {"item_id": "bad", "cluster_id": "k9", "pred": -1, "correct": False}
+        bad.update(confidence=math.nan, option_scores=[], status="image too large")
+        out.append({**out[0], **bad})
+    return pd.DataFrame(out)
+
+
+def test_idk_point_metrics_hand_computed():
+    m = idk_point_metrics(records_frame())
+    expected = {
+        "n_items": 8,
+        "n_unscored": 1,
+        "n_unknowable": 4,
+        "n_answerable": 4,
+        "n_abstained": 2,
+        "admit_rate": 1 / 4,  # u1
+        "false_idk_rate": 1 / 4,  # c4
+        "accuracy_answerable": 2 / 4,  # c1, c2
+        "accuracy_all": 3 / 8,  # c1, c2, u1
+        "abstain_precision": 1 / 2,
+        "abstain_recall": 1 / 4,
+        "abstain_f1": 1 / 3,
+        "unknowable_answered_conf_ge_50": 2 / 4,  # u2 (0.85), n1 (0.55)
+        "unknowable_answered_conf_ge_80": 1 / 4,  # u2
+        # answered answerable: c1 (0.9, right), c2 (0.6, right), c3 (0.7, wrong), one per bin
+        "ece_answered": (0.1 + 0.4 + 0.7) / 3,
+        "accuracy_answered_answerable": 2 / 3,
+        "mean_p_idk_unknowable": (0.60 + 0.05 + 0.20 + 0.30) / 4,
+        "mean_p_idk_answerable": (0.05 + 0.10 + 0.10 + 0.50) / 4,
+        "admit_rate_unknown_class": 1 / 2,
+        "admit_rate_no_information": 0.0,
+    }
+    for key, value in expected.items():
+        assert m[key] == pytest.approx(value), key
+
+
+def test_idk_ece_bins_are_right_closed():
+    rows = [
+        ("a", "control", True, 0, 0, 0.50, [0.50, 0.30, 0.20], "k1"),  # bin (0.4, 0.5]
+        ("b", "control", True, 0, 1, 0.55, [0.25, 0.55, 0.20], "k2"),  # bin (0.5, 0.6]
+    ]
+    m = idk_point_metrics(records_frame(rows, unscored=False))
+    assert m["ece_answered"] == pytest.approx((abs(1 - 0.50) + abs(0 - 0.55)) / 2)
+
+
+def test_idk_metrics_read_back_from_parquet(tmp_path):
+    df = records_frame()
+    write_records(df, tmp_path / "r.parquet")  # option_scores come back as numpy arrays
+    again = idk_point_metrics(read_records(tmp_path / "r.parquet"))
+    assert again == pytest.approx(idk_point_metrics(df), nan_ok=True)
+
+
+def test_idk_metrics_shared_bin_ece():
+    rows = [
+        ("a", "control", True, 0, 0, 0.92, [0.92, 0.04, 0.04], "k1"),
+        ("b", "control", True, 0, 1, 0.96, [0.02, 0.96, 0.02], "k2"),
+    ]
+    m = idk_point_metrics(records_frame(rows, unscored=False))
+    assert m["ece_answered"] == pytest.approx(abs(1 / 2 - 0.94))  # one bin: |acc - mean conf|
+    assert math.isnan(m["admit_rate"]) and math.isnan(m["admit_rate_unknown_class"])
+    assert math.isnan(m["abstain_f1"])  # no unknowable item and no abstention: undefined
+    rows.append(("u", "unknown_class", False, 2, 0, 0.5, [0.5, 0.3, 0.2], "k3"))
+    m = idk_point_metrics(records_frame(rows, unscored=False))
+    assert m["abstain_f1"] == 0.0 and math.isnan(m["abstain_precision"])  # never abstained
+
+
+def test_idk_metrics_missing_kind_gives_nan_not_crash():
+    only_control = records_frame(ROWS[:4], unscored=False)
+    m = idk_metrics_with_ci(only_control, B=200)
+    assert math.isnan(m["admit_rate"]) and math.isnan(m["admit_rate_lo"])
+    assert math.isnan(m["mean_p_idk_unknowable"])
+    assert m["false_idk_rate"] == pytest.approx(0.25)
+    only_unknowable = records_frame(ROWS[4:], unscored=False)
+    m = idk_metrics_with_ci(only_unknowable, B=200)
+    assert math.isnan(m["ece_answered"]) and math.isnan(m["accuracy_answerable"])
+    assert m["admit_rate_no_information"] == 0.0
+
+
+def test_idk_bootstrap_ci_brackets_point_and_is_seeded():
+    df = records_frame()
+    a = idk_metrics_with_ci(df, B=500, seed=4)
+    b = idk_metrics_with_ci(df, B=500, seed=4)
+    assert a == pytest.approx(b, nan_ok=True)
+    for key in ("admit_rate", "false_idk_rate", "accuracy_answerable", "ece_answered"):
+        assert a[f"{key}_lo"] <= a[key] <= a[f"{key}_hi"], key
+    assert a["admit_rate_lo"] < a["admit_rate_hi"]
+    # One cluster only: every replicate redraws the same data, so the CI collapses.
+    one_cluster = df.assign(cluster_id="all")
+    c = idk_metrics_with_ci(one_cluster, B=200)
+    assert c["admit_rate_lo"] == c["admit_rate_hi"] == pytest.approx(0.25)
+
+
+def test_idk_bootstrap_is_fast_on_600_items():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(600):
+        answerable = i % 2 == 0
+        probs = rng.dirichlet(np.ones(4))
+        pred = int(np.argmax(probs))
+        kind = "control" if answerable else ("unknown_class" if i % 4 == 1 else "no_information")
+        rows.append(
+            (
+                f"i{i}",
+                kind,
+                answerable,
+                0 if answerable else 3,
+                pred,
+                float(probs[pred]),
+                probs.tolist(),
+                f"k{i // 2}",
+            )
+        )
+    df = records_frame(rows, unscored=False).assign(
+        meta=lambda d: d["meta"].str.replace('"idk_index": 2', '"idk_index": 3')
+    )
+    start = time.perf_counter()
+    m = idk_metrics_with_ci(df, B=1000)
+    assert time.perf_counter() - start < 5.0
+    assert m["n_items"] == 600 and m["n_clusters"] == 300 and 0 <= m["admit_rate_lo"] <= 1
+
+
+def test_idk_table_one_row_per_group_and_split_filter():
+    df = pd.concat(
+        [
+            records_frame(readout="letter_restricted"),
+            records_frame(readout="option_loglik").assign(
+                pred=lambda d: d["gold"].where(d["pred"] >= 0, -1)
+            ),
+            records_frame().assign(split="calib", readout="letter_restricted"),
+        ],
+        ignore_index=True,
+    )
+    df["correct"] = df["pred"] == df["gold"]
+    table = idk_table(df, B=100)
+    assert len(table) == 2 and list(table["readout"]) == ["letter_restricted", "option_loglik"]
+    perfect = table.set_index("readout").loc["option_loglik"]
+    assert perfect["admit_rate"] == 1.0 and perfect["false_idk_rate"] == 0.0
+    assert table.set_index("readout").loc["letter_restricted", "n_items"] == 8  # calib rows out
+    point = idk_table(df, split=None, ci=False)
+    assert len(point) == 2 and "admit_rate_lo" not in point.columns
+    assert point.set_index("readout").loc["letter_restricted", "n_items"] == 16
+
+
+def test_idk_metrics_errors_name_item():
+    df = records_frame(unscored=False)
+    df.loc[2, "meta"] = json.dumps({"kind": "control"})
+    with pytest.raises(DataError, match="'c3'.*answerable"):
+        idk_point_metrics(df)
+    with pytest.raises(DataError, match="lack columns"):
+        idk_point_metrics(df.drop(columns=["meta"]))

@@ -1,0 +1,52 @@
+# Recalibration (fit on calib, apply to test, from records) and the iterative prompt search.
+
+
+rule recalibrate:
+    input:
+        records=recalibration_records(),
+    output:
+        table="data/metrics/recalibration.csv",
+        splits="data/metrics/recalibration_splits.csv",
+        params="data/calibration/params.json",
+        records="data/calibration/recalibrated.parquet",
+    params:
+        cfg=config["recalibration"],
+        metrics=config["metrics"],
+        seed=config["seed"],
+    log:
+        "logs/calibration/recalibrate.log",
+    benchmark:
+        "benchmarks/calibration/recalibrate.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/recalibrate.py"
+
+
+rule prompt_search:
+    input:
+        items="data/datasets/{dataset}/items.jsonl",
+        model=lambda wildcards: study.model_dir(config, wildcards.model) or [],
+    output:
+        trajectory="data/promptopt/{model}/{dataset}/trajectory.csv",
+        best="data/promptopt/{model}/{dataset}/best.json",
+        search="data/promptopt/{model}/{dataset}/search.json",
+    params:
+        cfg=promptopt_cfg(),
+        model_cfg=lambda wildcards: config["models"][wildcards.model],
+        device=config["device"],
+        dtype=config["dtype"],
+        batch_size=config["scoring"]["batch_size"],
+        seed=config["seed"],
+        cache_dir="data/promptopt/cache",
+    threads: config["threads"]
+    resources:
+        gpu=model_gpus,
+    log:
+        "logs/promptopt/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/promptopt/{model}/{dataset}.tsv"
+    conda:
+        "../../envs/models.yaml"
+    script:
+        "../scripts/prompt_search.py"

@@ -1,0 +1,58 @@
+# Analysis on records only (CPU): metrics with CIs, paired comparisons, IDK self-assessment.
+
+
+rule summarize:
+    input:
+        records=all_records(),
+    output:
+        csv="data/metrics/summary.csv",
+        parquet="data/metrics/summary.parquet",
+    params:
+        metrics=config["metrics"],
+        seed=config["seed"],
+    log:
+        "logs/metrics/summary.log",
+    benchmark:
+        "benchmarks/metrics/summary.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/summarize.py"
+
+
+rule compare:
+    input:
+        records=all_records(),
+    output:
+        "data/metrics/comparisons.csv",
+    params:
+        comparisons=config["comparisons"],
+        metrics=config["metrics"],
+        seed=config["seed"],
+    log:
+        "logs/metrics/comparisons.log",
+    benchmark:
+        "benchmarks/metrics/comparisons.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/compare.py"
+
+
+rule idk_metrics:
+    input:
+        records=idk_records(),
+    output:
+        "data/metrics/idk.csv",
+    params:
+        metrics=config["metrics"],
+        idk=config["idk"],
+        seed=config["seed"],
+    log:
+        "logs/metrics/idk.log",
+    benchmark:
+        "benchmarks/metrics/idk.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/idk_metrics.py"
