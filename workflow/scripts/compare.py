@@ -12,8 +12,7 @@ from mmcal.summarize import compare  # noqa: E402
 sm = snakemake  # noqa: F821
 m = sm.params.metrics
 records = read_records(list(sm.input.records))
-records = records[records["split"] == m["split"]]
-table = compare(records, [dict(c) for c in sm.params.comparisons], B=int(m["bootstrap"]),
-                seed=int(sm.params.seed), level=float(m["level"]), margin_default=float(m["margin"]))
+table = compare(records, [dict(c) for c in sm.params.comparisons], B=int(m["comparison_bootstrap"]),
+                seed=int(sm.params.seed), level=float(m["level"]), margin_default=float(m["margin"]), split=m["split"])
 table.to_csv(sm.output[0], index=False)
 log.info("comparisons: %d rows", len(table))
