@@ -39,7 +39,7 @@ def score_from_params(params: dict, wildcards, inputs, out_path: str) -> dict:
     from .scenarios import scenario_from_config
     from .scoring_job import JobSpec, run_job
 
-    items_path = inputs.items
+    items_path = inputs.item_file
     model_cfg = params["model_cfg"]
     model_path = inputs.model if "model" in inputs.keys() else model_cfg["path"]
     spec = JobSpec(
@@ -83,7 +83,7 @@ def cmd_score(args) -> int:
         "shard_size": 64,
         "limit_per_split": args.limit,
     }
-    inputs = _W(items=args.items, model=args.model_path)
+    inputs = _W(item_file=args.items, model=args.model_path)
     if args.descriptions:
         inputs.descriptions = args.descriptions
     wc = _W(model=args.model_name, dataset=Path(args.items).parent.name, scenario=args.scenario,

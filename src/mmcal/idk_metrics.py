@@ -123,6 +123,7 @@ def item_table(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         unknowable = not bool(meta["answerable"])
         rows.append(
             {
+                "item_id": str(item_id),
                 "cluster_id": str(cluster),
                 "kind": str(meta.get("kind", "unknowable" if unknowable else "answerable")),
                 "unknowable": unknowable,
@@ -132,7 +133,7 @@ def item_table(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                 "p_idk": _idk_probability(scores, idk),
             }
         )
-    columns = ["cluster_id", "kind", "unknowable", "abstained", "correct", "confidence", "p_idk"]
+    columns = ["item_id", "cluster_id", "kind", "unknowable", "abstained", "correct", "confidence", "p_idk"]
     return pd.DataFrame(rows, columns=columns), n_unscored
 
 

@@ -25,7 +25,7 @@ rule recalibrate:
 
 rule prompt_search:
     input:
-        items="data/datasets/{dataset}/items.jsonl",
+        item_file="data/datasets/{dataset}/items.jsonl",
         model=lambda wildcards: study.model_dir(config, wildcards.model) or [],
     output:
         trajectory="data/promptopt/{model}/{dataset}/trajectory.csv",

@@ -8,7 +8,7 @@ def dataset_cfg(name):
 
 def score_inputs(wildcards):
     """Items, the model folder when the DAG builds it, descriptions when the scenario needs them."""
-    inputs = {"items": f"data/datasets/{wildcards.dataset}/items.jsonl"}
+    inputs = {"item_file": f"data/datasets/{wildcards.dataset}/items.jsonl"}
     local = study.model_dir(config, wildcards.model)
     if local:
         inputs["model"] = local
@@ -60,6 +60,12 @@ def idk_records():
     return [study.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
 
 
+def idk_comparisons():
+    """Configured comparisons on IDK data sets (also tested on self-assessment rates)."""
+    idk_sets = {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
+    return [c for c in config["comparisons"] if (c.get("where") or {}).get("dataset") in idk_sets]
+
+
 def recalibration_records():
     targets = study.expand_runs(
         {**config, "runs": config["recalibration"].get("targets") or []}, key="runs"
@@ -73,3 +79,30 @@ def recalibration_records():
 
 def promptopt_cfg():
     return config["promptopt"]
+
+
+from mmcal import report  # noqa: E402
+
+FIGURES = report.figure_plan(config, RUNS)
+
+
+def figure_targets():
+    return [f"figures/{kind}.{ext}" for kind in FIGURES for ext in ("pdf", "png")]
+
+
+def table_inputs():
+    inputs = {
+        "summary": "data/metrics/summary.csv",
+        "comparisons": "data/metrics/comparisons.csv",
+    }
+    if "idk_tradeoff" in FIGURES:
+        inputs["idk"] = "data/metrics/idk.csv"
+    if "recalibration_ece" in FIGURES:
+        inputs["recalibration"] = "data/metrics/recalibration.csv"
+    if "promptopt_trajectory" in FIGURES:
+        inputs["best"] = FIGURES["promptopt_trajectory"]["best"][0]
+    return inputs
+
+
+def table_targets():
+    return ["paper/tables/main_results.tex"]

@@ -3,7 +3,7 @@
 
 rule build_dataset:
     output:
-        items="data/datasets/{dataset}/items.jsonl",
+        item_file="data/datasets/{dataset}/items.jsonl",
         manifest="data/datasets/{dataset}/manifest.json",
     params:
         cfg=lambda wildcards: dataset_cfg(wildcards.dataset),
@@ -22,7 +22,7 @@ rule build_dataset:
 
 rule describe_images:
     input:
-        items="data/datasets/{dataset}/items.jsonl",
+        item_file="data/datasets/{dataset}/items.jsonl",
     output:
         "data/datasets/{dataset}/descriptions.json",
     params:

@@ -43,8 +43,10 @@ rule idk_metrics:
     input:
         records=idk_records(),
     output:
-        "data/metrics/idk.csv",
+        table="data/metrics/idk.csv",
+        comparisons="data/metrics/idk_comparisons.csv",
     params:
+        comparisons=idk_comparisons(),
         metrics=config["metrics"],
         idk=config["idk"],
         seed=config["seed"],

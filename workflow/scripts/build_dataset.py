@@ -10,7 +10,7 @@ from mmcal.datasets import build_dataset  # noqa: E402
 
 sm = snakemake  # noqa: F821
 info = build_dataset(
-    sm.wildcards.dataset, dict(sm.params.cfg), sm.output.items, sm.output.manifest,
+    sm.wildcards.dataset, dict(sm.params.cfg), sm.output.item_file, sm.output.manifest,
     dict(sm.params.classes), sm.params.fmnist_root, int(sm.params.seed),
 )
 log.info("built %s: %s", sm.wildcards.dataset, info["per_split"])

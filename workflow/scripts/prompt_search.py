@@ -17,8 +17,8 @@ mcfg = sm.params.model_cfg
 lm = load_model(sm.wildcards.model, sm.input.model or mcfg["path"], kind=mcfg.get("kind", "auto"),
                 device=sm.params.device, dtype=mcfg.get("dtype", sm.params.dtype))
 engine = Engine(lm, PromptVariant(), readouts=["letter_restricted"], batch_size=int(sm.params.batch_size),
-                image_root=str(Path(sm.input.items).parent))
+                image_root=str(Path(sm.input.item_file).parent))
 cfg = {k: v for k, v in dict(sm.params.cfg).items() if k not in ("enabled", "model", "dataset")}
 cfg["cache_dir"] = sm.params.cache_dir
-best = run_prompt_search(engine, sm.input.items, Path(sm.output.best).parent, cfg, seed=int(sm.params.seed))
+best = run_prompt_search(engine, sm.input.item_file, Path(sm.output.best).parent, cfg, seed=int(sm.params.seed))
 log.info("best prompt %r: %s", best["text"], best["test"])

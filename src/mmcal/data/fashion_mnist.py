@@ -36,8 +36,8 @@ _PARTS = {"train": "train", "test": "t10k"}
 def _missing_message(path: Path) -> str:
     return (
         f"Fashion-MNIST file {path} not found. Install the Debian package "
-        "'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) or set the config key "
-        "datasets.<name>.root to a folder holding the IDX files "
+        "'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) or set the config key fmnist_root "
+        "(or datasets.<name>.root) to a folder holding the IDX files "
         "({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz)."
     )
 

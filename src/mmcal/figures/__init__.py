@@ -1,0 +1,45 @@
+"""Every figure of the study. Each ``plot_*`` function takes pandas frames (records, metric
+tables) and ``out_stem``, writes ``<out_stem>.pdf`` (vector) and ``<out_stem>.png`` (``dpi``),
+and returns the two paths. The look is defined once in :mod:`mmcal.figures.style`."""
+
+from .confidence import plot_confidence_histograms
+from .forest import plot_forest
+from .idk import canonical_idk_columns, idk_items, plot_idk_confidence, plot_idk_tradeoff
+from .option_order import permutation_average, plot_position_bias, position_bias
+from .promptopt import best_per_round, plot_prompt_trajectory
+from .recalibration import (plot_recalibration_ece, plot_recalibration_metric,
+                            plot_recalibration_reliability)
+from .reliability import (plot_reliability, plot_reliability_groups, plot_reliability_pair,
+                          plot_reliability_panels, reliability_band, reliability_bins)
+from .risk_coverage import plot_risk_coverage, risk_coverage_curve
+from .style import set_model_order
+from .text_image import entropy_shift, plot_entropy_shift, plot_text_vs_image
+
+__all__ = [
+    "best_per_round",
+    "canonical_idk_columns",
+    "entropy_shift",
+    "idk_items",
+    "permutation_average",
+    "plot_confidence_histograms",
+    "plot_entropy_shift",
+    "plot_forest",
+    "plot_idk_confidence",
+    "plot_idk_tradeoff",
+    "plot_position_bias",
+    "plot_prompt_trajectory",
+    "plot_recalibration_ece",
+    "plot_recalibration_metric",
+    "plot_recalibration_reliability",
+    "plot_reliability",
+    "plot_reliability_groups",
+    "plot_reliability_pair",
+    "plot_reliability_panels",
+    "plot_risk_coverage",
+    "plot_text_vs_image",
+    "position_bias",
+    "reliability_band",
+    "reliability_bins",
+    "risk_coverage_curve",
+    "set_model_order",
+]

@@ -1,0 +1,322 @@
+"""Figures: every plotting function writes a non-empty PDF and PNG from small synthetic inputs
+of the real table shapes, and the numbers the figures show are computed correctly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmcal import figures as F
+from mmcal.records import readout_row, to_frame
+
+DPI = 60  # small PNGs keep the tests fast; the figures' layout does not depend on dpi
+SUMMARY_METRICS = ["accuracy", "mean_confidence", "ece_10", "brier", "nll", "auroc", "mean_entropy"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Synthetic inputs
+# ------------------------------------------------------------------------------------------------
+
+
+def make_records(models=("m-small", "m-large"), scenarios=("image",), prompts=("default",),
+                 dataset="fmnist", n_items=60, idk=False, seed=0) -> pd.DataFrame:
+    """Records of the contract's shape. Each item has a fixed gold option across scenarios;
+    ``image-shift<k>`` rotates the options by k (gold moves along, as in mmcal.scenarios)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m, model in enumerate(models):
+        for scenario in scenarios:
+            shift = int(scenario.rsplit("shift", 1)[1]) if "shift" in scenario else 0
+            for prompt in prompts:
+                for i in range(n_items):
+                    kind = ("unknown_class", "no_information", "control")[i % 3] if idk else None
+                    gold0 = 3 if idk and kind != "control" else i % (3 if idk else 4)
+                    gold = (gold0 + shift) % 4
+                    logits = rng.normal(0.0, 1.0, 4)
+                    logits[gold] += 1.0 + m
+                    full = logits - np.log(np.exp(logits).sum()) - 0.1
+                    row = readout_row("letter_restricted", logits, gold, float(np.exp(full).sum()), full)
+                    meta = {"class": gold0}
+                    if shift:
+                        meta["option_shift"] = shift
+                    if idk:
+                        meta.update(kind=kind, answerable=kind == "control", idk_index=3)
+                    row.update(item_id=f"it{i}", cluster_id=f"c{i // 2}", split="test", model=model,
+                               dataset=dataset, scenario=scenario, prompt=prompt, prompt_hash="h",
+                               model_fingerprint="f", n_options=4, meta=json.dumps(meta), status="ok")
+                    rows.append(row)
+    return to_frame(rows)
+
+
+def make_summary(scenarios=("image", "blind", "text-desc", "image-desc-consistent")) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for model in ("m-small", "m-large"):
+        for scenario in scenarios:
+            row = {"model": model, "dataset": "fmnist", "scenario": scenario, "prompt": "default",
+                   "readout": "letter_restricted", "n": 100, "n_unscorable": 0}
+            for metric in SUMMARY_METRICS:
+                v = float(rng.uniform(0.1, 0.9))
+                row.update({metric: v, f"{metric}_lo": v - 0.05, f"{metric}_hi": v + 0.05})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_comparisons() -> pd.DataFrame:
+    rows = []
+    for k, name in enumerate(["visual fine-tuning", "image vs blind"]):
+        for metric in ["accuracy", "ece_10", "nll"]:
+            d = 0.02 * (k + 1) * (-1) ** len(metric)
+            rows.append({"comparison": name, "metric": metric, "a_label": "A", "b_label": "B",
+                         "n_paired": 100, "value_a": 0.5, "value_b": 0.5 + d, "diff": d,
+                         "diff_lo": d - 0.01, "diff_hi": d + 0.01, "p_value": 0.01, "p_holm": 0.03 * (k + 1),
+                         "tost_p": 0.4, "margin": 0.02, "equivalent": False, "significant": k == 0})
+    return pd.DataFrame(rows)
+
+
+def make_idk_table(names=("admit_rate", "false_idk_rate")) -> pd.DataFrame:
+    rows = []
+    for m, model in enumerate(["m-small", "m-large"]):
+        for p, prompt in enumerate(["idk-neutral", "idk-hint"]):
+            row = {"model": model, "dataset": "idk", "scenario": "image", "prompt": prompt,
+                   "readout": "letter_restricted", "n_unknowable": 40, "n_answerable": 20}
+            for j, name in enumerate(names):
+                v = 0.2 + 0.1 * m + 0.15 * p + 0.05 * j
+                row.update({name: v, f"{name}_lo": v - 0.05, f"{name}_hi": v + 0.05})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_recal_table() -> pd.DataFrame:
+    rows = []
+    for model in ("m-small", "m-large"):
+        for k, method in enumerate(["none", "temperature", "isotonic"]):
+            ece = 0.15 / (k + 1)
+            rows.append({"model": model, "dataset": "fmnist", "scenario": "image", "prompt": "default",
+                         "readout": "letter_restricted", "recalibrator": method,
+                         "params": json.dumps({"temperature": 1.7}) if method == "temperature" else "{}",
+                         "accuracy": 0.7, "accuracy_lo": 0.65, "accuracy_hi": 0.75,
+                         "ece_10": ece, "ece_10_lo": ece - 0.02, "ece_10_hi": ece + 0.02})
+    return pd.DataFrame(rows)
+
+
+def make_trajectory() -> pd.DataFrame:
+    rows = []
+    for r in range(3):
+        for i in range(4):
+            rows.append({"round": r, "text": f"prompt {r}.{i}", "source": "seed" if r == 0 else "paraphrase",
+                         "parent": None, "accuracy": 0.6 + 0.01 * i, "ece_10": 0.2 / (r + 1) + 0.01 * i,
+                         "rank": i + 1, "survived": i < 2})
+    return pd.DataFrame(rows)
+
+
+BEST = {"text": "Answer with the letter.", "calib": {"accuracy": 0.62, "ece_10": 0.05},
+        "test": {"accuracy": 0.6, "accuracy_lo": 0.55, "accuracy_hi": 0.65,
+                 "ece_10": 0.07, "ece_10_lo": 0.04, "ece_10_hi": 0.1}}
+
+
+def assert_written(paths, stem):
+    assert [p.name for p in paths] == [stem.name + ".pdf", stem.name + ".png"]
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 1000, p
+    assert paths[0].read_bytes().startswith(b"%PDF")
+    assert paths[1].read_bytes().startswith(b"\x89PNG")
+
+
+# ------------------------------------------------------------------------------------------------
+# Every plotting function writes its files
+# ------------------------------------------------------------------------------------------------
+
+
+def test_reliability_single_group(tmp_path):
+    records = make_records(models=("m-large",))
+    stem = tmp_path / "reliability"
+    assert_written(F.plot_reliability(records, stem, n_boot=50, dpi=DPI), stem)
+
+
+def test_reliability_refuses_several_groups(tmp_path):
+    with pytest.raises(ValueError, match="one group"):
+        F.plot_reliability(make_records(), tmp_path / "x", dpi=DPI)
+
+
+def test_reliability_groups_and_pair(tmp_path):
+    records = make_records()
+    paths = F.plot_reliability_groups(records, tmp_path, n_boot=20, dpi=DPI)
+    assert len(paths) == 4
+    assert paths[0].name == "reliability_m-large_fmnist_image_default_letter_restricted.pdf"
+    stem = tmp_path / "pair"
+    a, b = (records[records["model"] == m] for m in ("m-small", "m-large"))
+    assert_written(F.plot_reliability_pair(a, b, stem, labels=("small", "large"), n_boot=20, dpi=DPI), stem)
+
+
+def test_confidence_histograms(tmp_path):
+    stem = tmp_path / "hist"
+    assert_written(F.plot_confidence_histograms(make_records(scenarios=("image", "blind")), stem, dpi=DPI), stem)
+
+
+def test_risk_coverage(tmp_path):
+    stem = tmp_path / "rc"
+    assert_written(F.plot_risk_coverage(make_records(scenarios=("image", "blind")), stem, dpi=DPI), stem)
+
+
+def test_forest(tmp_path):
+    stem = tmp_path / "forest"
+    assert_written(F.plot_forest(make_comparisons(), stem, dpi=DPI), stem)
+
+
+def test_text_vs_image_skips_missing_metric(tmp_path):
+    summary = make_summary().drop(columns=["mean_entropy", "mean_entropy_lo", "mean_entropy_hi"])
+    stem = tmp_path / "ti"
+    assert_written(F.plot_text_vs_image(summary, stem, dpi=DPI), stem)
+
+
+def test_entropy_shift_plot(tmp_path):
+    records = make_records(scenarios=("image", "image-desc-consistent", "image-desc-conflicting"))
+    stem = tmp_path / "es"
+    assert_written(F.plot_entropy_shift(records, stem, n_boot=20, dpi=DPI), stem)
+
+
+def test_position_bias(tmp_path):
+    records = make_records(models=("m-large",), scenarios=("image", "image-shift1", "image-shift2", "image-shift3"))
+    stem = tmp_path / "pos"
+    assert_written(F.plot_position_bias(records, stem, n_boot=20, dpi=DPI), stem)
+
+
+def test_idk_figures(tmp_path):
+    stem = tmp_path / "tradeoff"
+    # the column names mmcal.idk_metrics writes are accepted as well as the canonical ones
+    assert_written(F.plot_idk_tradeoff(make_idk_table(), stem, dpi=DPI), stem)
+    records = make_records(dataset="idk", prompts=("idk-neutral", "idk-hint"), idk=True)
+    for value in ("confidence", "p_idk"):
+        stem = tmp_path / f"idk_{value}"
+        assert_written(F.plot_idk_confidence(records, stem, value=value, dpi=DPI), stem)
+
+
+def test_recalibration_figures(tmp_path):
+    from mmcal.recalibration import apply_to_records, fit_on_records
+
+    records = make_records(models=("m-large",), n_items=80)
+    records["split"] = np.where(np.arange(len(records)) % 2 == 0, "calib", "test")
+    recal = fit_on_records(records, "temperature", readout="letter_restricted", split="calib")
+    test = records[records["split"] == "test"]
+    after = apply_to_records(test, recal)
+    stem = tmp_path / "recal_rel"
+    assert_written(F.plot_recalibration_reliability(test, after, stem, n_boot=20, dpi=DPI), stem)
+    stem = tmp_path / "recal_bar"
+    assert_written(F.plot_recalibration_ece(make_recal_table(), stem, dpi=DPI), stem)
+
+
+def test_prompt_trajectory(tmp_path):
+    stem = tmp_path / "traj"
+    assert_written(F.plot_prompt_trajectory(make_trajectory(), stem, best=BEST, dpi=DPI), stem)
+    stem = tmp_path / "traj2"
+    frames = {"m-small": make_trajectory(), "m-large": make_trajectory()}
+    assert_written(F.plot_prompt_trajectory(frames, stem, dpi=DPI), stem)
+
+
+def test_empty_input_is_a_clear_error(tmp_path):
+    records = make_records()
+    records["status"] = "image missing"
+    with pytest.raises(ValueError, match="nothing to plot"):
+        F.plot_confidence_histograms(records, tmp_path / "x", dpi=DPI)
+
+
+# ------------------------------------------------------------------------------------------------
+# The numbers behind the figures
+# ------------------------------------------------------------------------------------------------
+
+
+def test_reliability_bins_by_hand():
+    # bins (0, .5], (.5, 1]: 0.3 and 0.5 fall in the first (0.5 is on its right edge)
+    table = F.reliability_bins([0.3, 0.5, 0.9, 1.0], [1, 0, 1, 1], bins=2)
+    assert table["count"].tolist() == [2, 2]
+    assert table["accuracy"].tolist() == [0.5, 1.0]
+    assert np.allclose(table["confidence"], [0.4, 0.95])
+    from mmcal.figures.reliability import expected_calibration_error
+
+    assert expected_calibration_error(table) == pytest.approx((2 * 0.1 + 2 * 0.05) / 4)
+
+
+def test_reliability_band_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.25, 1, 300)
+    correct = rng.uniform(size=300) < conf
+    clusters = np.arange(300) // 3
+    lo, hi = F.reliability_band(conf, correct, clusters, bins=5, n_boot=100, seed=3)
+    lo2, hi2 = F.reliability_band(conf, correct, clusters, bins=5, n_boot=100, seed=3)
+    assert np.array_equal(lo, lo2, equal_nan=True) and np.array_equal(hi, hi2, equal_nan=True)
+    acc = F.reliability_bins(conf, correct, 5)["accuracy"].to_numpy()
+    filled = np.isfinite(acc)
+    assert np.isnan(lo[0])  # nothing below 0.2
+    assert np.all((lo[filled] <= acc[filled] + 1e-12) & (acc[filled] <= hi[filled] + 1e-12))
+
+
+def test_risk_coverage_curve_with_ties():
+    curve = F.risk_coverage_curve([0.9, 0.9, 0.6, 0.3], [1, 0, 1, 0])
+    assert curve["coverage"].tolist() == [0.5, 0.75, 1.0]
+    assert np.allclose(curve["risk"], [0.5, 1 / 3, 0.5])
+    # each item is accepted at the risk of its tie group
+    assert curve.attrs["aurc"] == pytest.approx((0.5 + 0.5 + 1 / 3 + 0.5) / 4)
+
+
+def test_permutation_average_undoes_the_rotation():
+    """A model that always puts 0.7 on letter A: every rotation's confidence is 0.7 but only the
+    rotation with the gold at A is right; averaging over the 4 rotations (aligned back to the
+    original options) gives a uniform distribution."""
+    rows = []
+    for k in range(4):
+        scores = np.log([0.7, 0.1, 0.1, 0.1])
+        gold = (2 + k) % 4
+        rows.append({"model": "m", "dataset": "d", "prompt": "p", "readout": "r", "item_id": "x",
+                     "cluster_id": "x", "scenario": f"image-shift{k}" if k else "image",
+                     "option_scores": list(scores), "confidence": 0.7, "pred": 0,
+                     "correct": gold == 0, "gold": gold, "status": "ok",
+                     "meta": json.dumps({"option_shift": k} if k else {})})
+    out = F.permutation_average(pd.DataFrame(rows))
+    assert len(out) == 1
+    assert out["averaged_confidence"].iloc[0] == pytest.approx(0.25)
+    assert out["mean_accuracy"].iloc[0] == pytest.approx(0.25)
+
+
+def test_permutation_average_recovers_content_preference():
+    """A model that prefers the gold *content* wherever it is put is right after averaging."""
+    rows = []
+    for k in range(3):
+        p = np.roll([0.1, 0.6, 0.2, 0.1], k)  # original option 1 (the gold) moved to 1 + k
+        rows.append({"model": "m", "item_id": "x", "cluster_id": "x",
+                     "scenario": f"image-shift{k}", "option_scores": list(np.log(p)),
+                     "confidence": 0.6, "pred": 1 + k, "correct": True, "gold": 1 + k,
+                     "status": "ok", "meta": "{}"})
+    out = F.permutation_average(pd.DataFrame(rows))
+    assert bool(out["averaged_correct"].iloc[0])
+    assert out["averaged_confidence"].iloc[0] == pytest.approx(0.6)
+
+
+def test_entropy_shift_matches_items():
+    records = make_records(models=("m-large",), scenarios=("image", "image-desc-conflicting"), n_items=10)
+    shifts = F.entropy_shift(records)
+    assert set(shifts["condition"]) == {"conflicting"}
+    assert len(shifts) == 10
+    base = records[records["scenario"] == "image"].set_index("item_id")["entropy"]
+    other = records[records["scenario"] == "image-desc-conflicting"].set_index("item_id")["entropy"]
+    expected = (other - base).loc[shifts["item_id"]].to_numpy()
+    assert np.allclose(shifts["delta_entropy"], expected)
+
+
+def test_idk_items_reads_meta():
+    items = F.idk_items(make_records(models=("m",), dataset="idk", idk=True, n_items=6))
+    assert items["answerable"].tolist() == [False, False, True] * 2
+    assert items["kind"].iloc[0] == "unknown_class"
+    assert items["p_idk"].between(0, 1).all()
+
+
+def test_model_colours_are_consistent():
+    from mmcal.figures.style import model_color, set_model_order
+
+    set_model_order(["b", "a"])
+    assert model_color("b") != model_color("a")
+    first = model_color("a")
+    assert model_color("a") == first

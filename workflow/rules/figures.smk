@@ -1,0 +1,26 @@
+# Figures: one job per figure kind (see mmcal.report.figure_plan); figure options are params of
+# these rules only, so changing them re-runs figures and nothing upstream.
+
+
+rule figure:
+    input:
+        unpack(lambda wildcards: FIGURES[wildcards.kind]),
+    output:
+        pdf="figures/{kind}.pdf",
+        png=report(
+            "figures/{kind}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
+    params:
+        figures=config["figures"],
+    wildcard_constraints:
+        kind="|".join(FIGURES) if FIGURES else "none",
+    log:
+        "logs/figures/{kind}.log",
+    benchmark:
+        "benchmarks/figures/{kind}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/figure.py"

@@ -1,0 +1,17 @@
+"""Rule tables: every booktabs table of the study under paper/tables/."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _setup import start  # noqa: E402
+
+log = start(snakemake)  # noqa: F821
+from mmcal.report import make_tables  # noqa: E402
+
+sm = snakemake  # noqa: F821
+inputs = {name: sm.input[name] for name in sm.input.keys()}
+written = make_tables(inputs, Path(sm.output.main).parent, sm.config)
+Path(sm.output.manifest).write_text(json.dumps({"tables": [str(p) for p in written], "inputs": inputs}, indent=2))
+log.info("wrote %d tables", len(written))
