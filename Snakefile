@@ -19,8 +19,12 @@ from mmcal import study  # noqa: E402
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 RUNS = study.expand_runs(config)
+
 
 container: "docker://ghcr.io/mmcal/mmcal:0.1.0"
 
@@ -37,11 +41,12 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/calibration.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

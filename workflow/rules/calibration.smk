@@ -9,16 +9,16 @@ rule recalibrate:
         splits="data/metrics/recalibration_splits.csv",
         params="data/calibration/params.json",
         records="data/calibration/recalibrated.parquet",
-    params:
-        cfg=config["recalibration"],
-        metrics=config["metrics"],
-        seed=config["seed"],
     log:
         "logs/calibration/recalibrate.log",
     benchmark:
         "benchmarks/calibration/recalibrate.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        cfg=config["recalibration"],
+        metrics=config["metrics"],
+        seed=config["seed"],
     script:
         "../scripts/recalibrate.py"
 
@@ -31,6 +31,15 @@ rule prompt_search:
         trajectory="data/promptopt/{model}/{dataset}/trajectory.csv",
         best="data/promptopt/{model}/{dataset}/best.json",
         search="data/promptopt/{model}/{dataset}/search.json",
+    log:
+        "logs/promptopt/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/promptopt/{model}/{dataset}.tsv"
+    conda:
+        "../../envs/models.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=model_gpus,
     params:
         cfg=promptopt_cfg(),
         model_cfg=lambda wildcards: config["models"][wildcards.model],
@@ -39,14 +48,5 @@ rule prompt_search:
         batch_size=config["scoring"]["batch_size"],
         seed=config["seed"],
         cache_dir="data/promptopt/cache",
-    threads: config["threads"]
-    resources:
-        gpu=model_gpus,
-    log:
-        "logs/promptopt/{model}/{dataset}.log",
-    benchmark:
-        "benchmarks/promptopt/{model}/{dataset}.tsv"
-    conda:
-        "../../envs/models.yaml"
     script:
         "../scripts/prompt_search.py"

@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config lookups and the list of final targets.
+# Helpers shared by the workflow: config lookups and the list of final targets.
 import json
 
 
@@ -45,35 +45,56 @@ def all_records():
 
 
 def all_targets():
-    return [
-        "data/metrics/summary.csv",
-        "data/metrics/comparisons.csv",
-        "paper/main.tex",
-    ] + figure_targets() + table_targets()
+    return (
+        [
+            "data/metrics/summary.csv",
+            "data/metrics/comparisons.csv",
+            "paper/main.tex",
+        ]
+        + figure_targets()
+        + table_targets()
+    )
 
 
 IDK_BUILDERS = ("fmnist_idk", "llava_json", "dated_news")
 
 
 def idk_records():
-    idk_sets = {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
+    idk_sets = {
+        n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
+    }
     return [study.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
 
 
 def idk_comparisons():
     """Configured comparisons on IDK data sets (also tested on self-assessment rates)."""
-    idk_sets = {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
-    return [c for c in config["comparisons"] if (c.get("where") or {}).get("dataset") in idk_sets]
+    idk_sets = {
+        n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
+    }
+    return [
+        c
+        for c in config["comparisons"]
+        if (c.get("where") or {}).get("dataset") in idk_sets
+    ]
 
 
 def recalibration_records():
-    targets = study.expand_runs(
-        {**config, "runs": config["recalibration"].get("targets") or []}, key="runs"
-    ) if config["recalibration"].get("targets") else [
-        r for r in RUNS if "calib" in r["splits"] and r["dataset"] not in
-        {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
-        and r["scenario"] == "image"
-    ]
+    targets = (
+        study.expand_runs(
+            {**config, "runs": config["recalibration"].get("targets") or []}, key="runs"
+        )
+        if config["recalibration"].get("targets")
+        else [
+            r
+            for r in RUNS
+            if "calib" in r["splits"]
+            and r["dataset"]
+            not in {
+                n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
+            }
+            and r["scenario"] == "image"
+        ]
+    )
     return [study.records_path(r) for r in targets]
 
 
@@ -81,9 +102,9 @@ def promptopt_cfg():
     return config["promptopt"]
 
 
-from mmcal import report  # noqa: E402
+from mmcal import report as study_report  # noqa: E402
 
-FIGURES = report.figure_plan(config, RUNS)
+FIGURES = study_report.figure_plan(config, RUNS)
 
 
 def figure_targets():
@@ -106,3 +127,24 @@ def table_inputs():
 
 def table_targets():
     return ["paper/tables/main_results.tex"]
+
+
+def training_cfg(section, idk=False):
+    """The tiny-LLaVA training config for one stage: shared keys + that stage's section only,
+    so changing stage 2 settings never re-trains the vision tower or stage 1."""
+    t = config["training"]
+    shared = {
+        k: v
+        for k, v in t.items()
+        if k not in ("vision", "stage1", "stage2", "stage2_idk")
+    }
+    cfg = {
+        **shared,
+        "train_classes": config["classes"]["known"],
+        "fmnist_root": config["fmnist_root"],
+        section: {"seed": config["seed"], **(t.get(section) or {})},
+    }
+    if idk:
+        cfg[section].update(t.get("stage2_idk") or {})
+        cfg[section]["idk_train_classes"] = config["classes"]["idk_train"]
+    return cfg

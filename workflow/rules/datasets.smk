@@ -5,17 +5,17 @@ rule build_dataset:
     output:
         item_file="data/datasets/{dataset}/items.jsonl",
         manifest="data/datasets/{dataset}/manifest.json",
-    params:
-        cfg=lambda wildcards: dataset_cfg(wildcards.dataset),
-        classes=config["classes"],
-        fmnist_root=config["fmnist_root"],
-        seed=config["seed"],
     log:
         "logs/datasets/{dataset}.log",
     benchmark:
         "benchmarks/datasets/{dataset}.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=lambda wildcards: dataset_cfg(wildcards.dataset),
+        classes=config["classes"],
+        fmnist_root=config["fmnist_root"],
+        seed=config["seed"],
     script:
         "../scripts/build_dataset.py"
 
@@ -25,14 +25,14 @@ rule describe_images:
         item_file="data/datasets/{dataset}/items.jsonl",
     output:
         "data/datasets/{dataset}/descriptions.json",
-    params:
-        describer=config["describer"],
-        seed=config["seed"],
     log:
         "logs/datasets/{dataset}.describe.log",
     benchmark:
         "benchmarks/datasets/{dataset}.describe.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        describer=config["describer"],
+        seed=config["seed"],
     script:
         "../scripts/describe_images.py"

@@ -12,15 +12,15 @@ rule figure:
             caption="../report/figure.rst",
             category="Figures",
         ),
-    params:
-        figures=config["figures"],
-    wildcard_constraints:
-        kind="|".join(FIGURES) if FIGURES else "none",
     log:
         "logs/figures/{kind}.log",
     benchmark:
         "benchmarks/figures/{kind}.tsv"
+    wildcard_constraints:
+        kind="|".join(FIGURES) if FIGURES else "none",
     conda:
         "../../envs/analysis.yaml"
+    params:
+        figures=config["figures"],
     script:
         "../scripts/figure.py"

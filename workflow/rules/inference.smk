@@ -6,16 +6,16 @@ rule score:
         unpack(score_inputs),
     output:
         study.RECORDS,
-    params:
-        cfg=score_params,
-    threads: config["threads"]
-    resources:
-        gpu=model_gpus,
     log:
         "logs/score/{model}/{dataset}/{scenario}/{prompt}.log",
     benchmark:
         "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
     conda:
         "../../envs/models.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=model_gpus,
+    params:
+        cfg=score_params,
     script:
         "../scripts/score.py"

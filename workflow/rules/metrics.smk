@@ -7,15 +7,15 @@ rule summarize:
     output:
         csv="data/metrics/summary.csv",
         parquet="data/metrics/summary.parquet",
-    params:
-        metrics=config["metrics"],
-        seed=config["seed"],
     log:
         "logs/metrics/summary.log",
     benchmark:
         "benchmarks/metrics/summary.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        metrics=config["metrics"],
+        seed=config["seed"],
     script:
         "../scripts/summarize.py"
 
@@ -25,16 +25,16 @@ rule compare:
         records=all_records(),
     output:
         "data/metrics/comparisons.csv",
-    params:
-        comparisons=config["comparisons"],
-        metrics=config["metrics"],
-        seed=config["seed"],
     log:
         "logs/metrics/comparisons.log",
     benchmark:
         "benchmarks/metrics/comparisons.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        comparisons=config["comparisons"],
+        metrics=config["metrics"],
+        seed=config["seed"],
     script:
         "../scripts/compare.py"
 
@@ -45,16 +45,16 @@ rule idk_metrics:
     output:
         table="data/metrics/idk.csv",
         comparisons="data/metrics/idk_comparisons.csv",
-    params:
-        comparisons=idk_comparisons(),
-        metrics=config["metrics"],
-        idk=config["idk"],
-        seed=config["seed"],
     log:
         "logs/metrics/idk.log",
     benchmark:
         "benchmarks/metrics/idk.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        comparisons=idk_comparisons(),
+        metrics=config["metrics"],
+        idk=config["idk"],
+        seed=config["seed"],
     script:
         "../scripts/idk_metrics.py"
