@@ -31,6 +31,7 @@ def expand_runs(config: dict, key: str = "runs") -> list[dict]:
                 raise ConfigError(f"{where}: needs a non-empty list '{section}'")
             _check_names(config, section, run[section], where)
         splits = list(run.get("splits") or ["calib", "test"])
+        limit = run.get("limit")
         for m, d, s, p in product(run["models"], run["datasets"], run["scenarios"], run["prompts"]):
             mcfg = config["models"][m]
             scfg = config["scenarios"][s] or {}
@@ -42,9 +43,10 @@ def expand_runs(config: dict, key: str = "runs") -> list[dict]:
             if combo in seen:  # listed by two runs: score the union of their splits
                 prev = next(r for r in out if (r["model"], r["dataset"], r["scenario"], r["prompt"]) == combo)
                 prev["splits"] = sorted(set(prev["splits"]) | set(splits))
+                prev["limit"] = None if prev["limit"] is None or limit is None else max(prev["limit"], limit)
                 continue
             seen.add(combo)
-            out.append({"model": m, "dataset": d, "scenario": s, "prompt": p, "splits": splits})
+            out.append({"model": m, "dataset": d, "scenario": s, "prompt": p, "splits": splits, "limit": limit})
     return out
 
 

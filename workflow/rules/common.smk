@@ -32,7 +32,7 @@ def score_params(wildcards):
         "dtype": mcfg.get("dtype", config["dtype"]),
         "batch_size": mcfg.get("batch_size", config["scoring"]["batch_size"]),
         "shard_size": config["scoring"]["shard_size"],
-        "limit_per_split": config["scoring"]["limit_per_split"],
+        "limit_per_split": run["limit"] or config["scoring"]["limit_per_split"],
     }
 
 

@@ -1,0 +1,14 @@
+"""Rule train_vision: pretrain the tiny-LLaVA vision tower (logic: mmcal.models.vision)."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
+from _setup import start  # noqa: E402
+
+log = start(snakemake)  # noqa: F821
+from mmcal.models.vision import train_vision  # noqa: E402
+
+summary = train_vision(
+    snakemake.params.cfg, snakemake.output.model_dir, threads=snakemake.threads  # noqa: F821
+)
+log.info("vision tower: %s", summary)
