@@ -12,7 +12,7 @@ rule score:
         "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: config["scoring"]["threads"]
     resources:
         gpu=model_gpus,
     params:

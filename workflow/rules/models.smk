@@ -51,7 +51,7 @@ rule train_stage1:
 
 rule train_stage2:
     input:
-        stage1=study.BUILD_PATHS["stage1"],
+        start=study.BUILD_PATHS["stage1"],
     output:
         model_dir=directory(study.BUILD_PATHS["stage2"]),
     log:
@@ -67,9 +67,11 @@ rule train_stage2:
         "../scripts/train_stage2.py"
 
 
+# The IDK-trained variant continues from stage 2 (same recipe, IDK examples mixed in),
+# so it does not pay stage 2's plateau again.
 rule train_stage2_idk:
     input:
-        stage1=study.BUILD_PATHS["stage1"],
+        start=study.BUILD_PATHS["stage2"],
     output:
         model_dir=directory(study.BUILD_PATHS["stage2_idk"]),
     log:

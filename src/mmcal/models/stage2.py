@@ -125,6 +125,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
              "name": "projector"},
         ],
         weight_decay=0.0,
+        betas=tuple(float(b) for b in s2["betas"]),
     )
     steps, batch = int(s2["steps"]), int(s2["batch_size"])
     pad_id = processor.tokenizer.pad_token_id
