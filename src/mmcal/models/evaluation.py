@@ -92,11 +92,12 @@ def score_accuracy(model, processor, items: list[MCItem], image_root, readouts) 
 
 def evaluate_stage(model, processor, data, cfg: dict, readouts, idk_text: str | None = None,
                    indices=None, candidates=None, tag: str = "val") -> dict:
-    """Score ``cfg['n_eval']`` validation-slice items (or ``indices``) with 4 class options."""
+    """Score ``cfg['n_eval']`` validation-slice items (or ``indices``) with 4 options (the last an
+    IDK option when ``idk_text`` is given)."""
     classes = cfg["train_classes"]
     if indices is None:
         indices = stratified_subset(data.labels, data.validation, classes, int(cfg["n_eval"]), seed=1)
-    n_classes = min(4, len(classes))
+    n_classes = min(4, len(classes)) - (1 if idk_text else 0)  # IDK is one of the 4 options
     with tempfile.TemporaryDirectory(prefix="mmcal-eval-") as tmp:
         items = eval_items(data.images, data.labels, indices, candidates or classes, n_classes,
                            seed=2, image_dir=tmp, idk_text=idk_text, tag=tag)

@@ -90,7 +90,7 @@ def train_stage1(
     """Assemble the tiny-LLaVA, align its projector, save it (+ card, curve, manifest).
 
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage1`` section:
-    steps=100, batch_size=16, question_fraction=0.5, lr=1e-3, warmup=10, seed=0, n_train=None
+    steps=200, batch_size=16, question_fraction=0.75, lr=3e-3, warmup=10, seed=0, n_train=None
     (steps * batch_size images, each captioned once), feature_layer=-2, projector_act="gelu",
     bf16=True.
     """

@@ -9,7 +9,8 @@ Options: gold + distractors drawn (seeded) from the training classes, gold lette
 position is gold equally often. ``n_options`` may be a list to mix option counts.
 
 IDK variant (``idk_train_classes`` + ``idk_fraction``): that fraction of the examples shows an image
-of an IDK class with class options that are all wrong plus an "I don't know" option (last) as gold;
+of an IDK class with class options that are all wrong plus an "I don't know" option as gold (the
+IDK option is the last of the ``n_options``, as in the study's IDK data sets);
 the same fraction of the other examples also carries the IDK option, not gold, so its presence
 gives nothing away. The vision tower stays frozen (LLaVA's recipe), so its features are cached.
 """
@@ -69,14 +70,16 @@ def plan_instructions(cfg: dict, data, rng: np.random.Generator):
         image_idx[is_idk_image] = draw_indices(data.pool_for(idk_classes), n_idk, rng)
 
     choices = s2["n_options"] if isinstance(s2["n_options"], list) else [s2["n_options"]]
-    next_gold = {int(c): 0 for c in choices}
+    next_gold: dict[int, int] = {}  # per number of class options: gold letters cycle
     items = []
     for k in range(n):
-        n_cls = int(choices[rng.integers(len(choices))])
-        gold_pos = next_gold[n_cls] % n_cls
+        n_options = int(choices[rng.integers(len(choices))])
+        # The IDK option is one of the n_options (last), as in the study's IDK data sets.
+        n_cls = n_options - 1 if carries_idk[k] else n_options
+        gold_pos = next_gold.get(n_cls, 0) % n_cls
         label = int(data.labels[image_idx[k]])
         if label in classes:
-            next_gold[n_cls] += 1
+            next_gold[n_cls] = next_gold.get(n_cls, 0) + 1
         idk_text = s2["idk_text"] if carries_idk[k] else None
         items.append(mc_item(label, classes, n_cls, gold_pos, rng, idk_text, item_id=f"train-{k}"))
     return image_idx, items
@@ -86,8 +89,8 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
     """Instruction-tune the stage-1 model; save it (+ card, curve, manifest).
 
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage2`` section:
-    steps=150, batch_size=16, lr_lm=5e-5, lr_projector=2e-4, warmup=15 (linear warm-up, then
-    cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
+    steps=150, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
+    warm-up, then cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
     idk_text="I don't know", bf16=True.
     """

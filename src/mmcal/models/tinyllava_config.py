@@ -48,12 +48,14 @@ VISION_DEFAULTS = {
 }
 
 STAGE1_DEFAULTS = {
-    "steps": 100,
+    # Measured: a better-aligned projector shortens stage 2's plateau at chance a lot (200 steps
+    # here: 88 % option_loglik, stage 2 escapes at ~70 steps; 100 steps: 83 %, escape at ~130).
+    "steps": 200,
     "batch_size": 16,
     # Share of captions asked as the study's question with options ("Answer: <class>"); the rest
     # answer a brief-description request ("A photo of a <class>.").
-    "question_fraction": 0.5,
-    "lr": 1e-3,
+    "question_fraction": 0.75,
+    "lr": 3e-3,
     "warmup": 10,
     "seed": 0,
     "n_train": None,  # None: steps * batch_size captions, each on a different image
@@ -65,10 +67,11 @@ STAGE1_DEFAULTS = {
 STAGE2_DEFAULTS = {
     "steps": 150,
     "batch_size": 16,
-    "lr_lm": 5e-5,
-    "lr_projector": 2e-4,
-    "warmup": 15,
-    "betas": [0.9, 0.999],  # AdamW betas; (0.9, 0.95) leaves the ln(4) plateau sooner
+    # Measured: lr_lm 5e-5 stays at chance (ln 4) for 150+ steps; 3e-4 escapes within ~70.
+    "lr_lm": 3e-4,
+    "lr_projector": 1e-3,
+    "betas": [0.9, 0.95],  # AdamW betas; measured with (0.9, 0.95), the usual LLM setting
+    "warmup": 10,
     "seed": 0,
     "n_train": None,  # None: steps * batch_size instructions, each on a different image
     "n_options": 4,  # an int, or a list of ints to mix (one drawn per example)
