@@ -1,5 +1,6 @@
 """Rules train_stage2 / train_stage2_idk: LLaVA stage 2, visual instruction tuning
-(logic: mmcal.models.stage2). With stage2.idk_train_classes in params.cfg it builds the IDK variant."""
+(logic: mmcal.models.stage2), starting from ``input.start`` (stage 1; stage 2 for the IDK-trained
+variant). With stage2.idk_train_classes in params.cfg it builds the IDK variant."""
 
 import sys
 
@@ -11,7 +12,7 @@ from mmcal.models.stage2 import train_stage2  # noqa: E402
 
 summary = train_stage2(
     snakemake.params.cfg,  # noqa: F821
-    stage1_dir=snakemake.input.stage1,  # noqa: F821
+    stage1_dir=snakemake.input.start,  # noqa: F821
     out_dir=snakemake.output.model_dir,  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
 )
