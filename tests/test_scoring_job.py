@@ -77,3 +77,18 @@ def test_same_config_gives_same_records(tiny_llava_dir, fmnist_items, tmp_path):
         run_job(_spec(root, items, out), lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
         frames.append(pd.read_parquet(out))
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_shards_of_another_model_are_discarded(tiny_llava_dir, fmnist_items, tmp_path):
+    root, items = fmnist_items
+    out = tmp_path / "records.parquet"
+    spec = _spec(root, items, out)
+    lm = load_model("tiny", str(tiny_llava_dir))
+    run_job(spec, lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
+    shard_dir_for(out).mkdir()
+    stale = pd.read_parquet(out).assign(model_fingerprint="an-older-checkpoint")
+    stale.to_parquet(shard_dir_for(out) / "shard-00000.parquet")
+    spec.fingerprint, spec.prompt_hash = lm.fingerprint, PromptVariant().prompt_hash()
+    stats = run_job(spec, lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
+    assert stats["resumed"] == 0 and stats["scored_now"] == len(items)
+    assert set(pd.read_parquet(out)["model_fingerprint"]) == {lm.fingerprint}

@@ -36,6 +36,8 @@ def make_engine_factory(model_name: str, model_cfg: dict, model_path: str, promp
 
 def score_from_params(params: dict, wildcards, inputs, out_path: str) -> dict:
     """Run one scoring job from the Snakemake rule's params (see workflow/rules/common.smk)."""
+    from .modeling import model_fingerprint
+    from .prompts import prompt_from_config
     from .scenarios import scenario_from_config
     from .scoring_job import JobSpec, run_job
 
@@ -48,6 +50,8 @@ def score_from_params(params: dict, wildcards, inputs, out_path: str) -> dict:
         splits=tuple(params["splits"]),
         descriptions_path=inputs.descriptions if "descriptions" in inputs.keys() else None,
         shard_size=int(params["shard_size"]), limit_per_split=params.get("limit_per_split"),
+        fingerprint=model_fingerprint(model_path),
+        prompt_hash=prompt_from_config(wildcards.prompt, params["prompt_cfg"]).prompt_hash(),
     )
     factory = make_engine_factory(
         wildcards.model, model_cfg, model_path, wildcards.prompt, params["prompt_cfg"],

@@ -34,6 +34,10 @@ class JobSpec:
     descriptions_path: str | None = None
     shard_size: int = 64
     limit_per_split: int | None = None
+    # Identity of the model and prompt: shards written by another model or prompt are discarded,
+    # never mixed into the records (e.g. after a checkpoint was retrained).
+    fingerprint: str | None = None
+    prompt_hash: str | None = None
 
 
 def shard_dir_for(out_path: str | Path) -> Path:
@@ -41,12 +45,24 @@ def shard_dir_for(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + ".shards")
 
 
-def finished_shards(shard_dir: Path) -> tuple[list[Path], set[str]]:
+def finished_shards(shard_dir: Path, fingerprint: str | None = None,
+                    prompt_hash: str | None = None) -> tuple[list[Path], set[str]]:
+    """Shards a restarted job can reuse; stale ones (other model or prompt) are deleted."""
     shards = sorted(shard_dir.glob("shard-*.parquet")) if shard_dir.exists() else []
     done: set[str] = set()
+    kept = []
     for s in shards:
-        done.update(pd.read_parquet(s, columns=["item_id"])["item_id"].tolist())
-    return shards, done
+        df = pd.read_parquet(s, columns=["item_id", "model_fingerprint", "prompt_hash"])
+        stale = (fingerprint and (df["model_fingerprint"] != fingerprint).any()) or (
+            prompt_hash and (df["prompt_hash"] != prompt_hash).any()
+        )
+        if stale:
+            log.warning("discarding %s: written by another model or prompt", s)
+            s.unlink()
+            continue
+        kept.append(s)
+        done.update(df["item_id"].tolist())
+    return kept, done
 
 
 def select_items(spec: JobSpec):
@@ -73,7 +89,7 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
         descriptions = json.loads(Path(spec.descriptions_path).read_text())
     shard_dir = shard_dir_for(spec.out_path)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    shards, done = finished_shards(shard_dir)
+    shards, done = finished_shards(shard_dir, spec.fingerprint, spec.prompt_hash)
     todo = [it for it in items if it.item_id not in done]
     log.info(
         "items: %d selected, %d already scored in %d shards, %d to score",
@@ -91,7 +107,7 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
             "model_fingerprint": engine.lm.fingerprint,
         }
         bar = tqdm(total=len(todo), unit="item", desc=f"{spec.model}/{spec.dataset}/{spec.scenario}/{spec.prompt}", mininterval=5)
-        next_index = len(shards)
+        next_index = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=-1)
         for start in range(0, len(todo), spec.shard_size):
             chunk = todo[start : start + spec.shard_size]
             rows = engine.score(chunk, scenario, descriptions, progress=bar.update)
