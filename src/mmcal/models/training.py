@@ -107,7 +107,15 @@ def write_manifest(out_dir: str | Path, manifest: dict) -> Path:
 
 
 def read_manifest(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / "training_manifest.json").read_text())
+    from ..errors import MmcalError
+
+    path = Path(model_dir) / "training_manifest.json"
+    if not path.exists():
+        raise MmcalError(
+            f"{path} missing: {model_dir} was not built by mmcal.models (its training data "
+            "cannot be checked against the held-out classes)"
+        )
+    return json.loads(path.read_text())
 
 
 @dataclass
