@@ -1,0 +1,252 @@
+"""The tiny-LLaVA build: the three stages on the CI-sized config, reloading, data hygiene.
+
+One session fixture trains vision tower -> stage 1 -> stage 2 for a handful of steps on the real
+SmolLM2 checkpoint; the tests then check what the study relies on: the checkpoints reload through
+the Auto classes in a fresh offline process, the processor makes as many ``<image>`` tokens as the
+model makes image features, training sequences are token-for-token what the scoring engine scores,
+and no held-out class or t10k image is ever trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before torch loads (if nothing loaded it yet): idle OpenMP threads sleep instead of spinning,
+# which keeps 2-thread training usable when CI runs other work on the same 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+torch = pytest.importorskip("torch")
+
+from mmcal.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist  # noqa: E402
+from mmcal.errors import ConfigError  # noqa: E402
+from mmcal.models.tinyllava_config import TINY_TEST_CONFIG, resolve_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = {5, 8, 9}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+pytestmark = pytest.mark.skipif(
+    not Path(DEFAULT_ROOT, "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    path = REPO / "data" / "models" / "smollm2-135m-instruct"
+    if not (path / "config.json").exists():
+        from mmcal.errors import MmcalError
+        from mmcal.models.smollm2 import convert_smollm2, find_smollm2_gguf
+
+        try:
+            find_smollm2_gguf()
+        except MmcalError as exc:
+            pytest.skip(str(exc))
+        convert_smollm2(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, smollm2_dir):
+    """Vision tower, stage 1 and stage 2 trained a few steps each on the CI preset."""
+    os.environ.update(OFFLINE)
+    from mmcal.models.stage1 import train_stage1
+    from mmcal.models.stage2 import train_stage2
+    from mmcal.models.vision import train_vision
+
+    root = tmp_path_factory.mktemp("tiny-llava")
+    dirs = {k: root / k for k in ("vision", "stage1", "stage2")}
+    out = {"dirs": dirs, "lm": smollm2_dir}
+    out["vision"] = train_vision(TINY_TEST_CONFIG, dirs["vision"], threads=2)
+    out["stage1"] = train_stage1(TINY_TEST_CONFIG, dirs["vision"], smollm2_dir, dirs["stage1"], threads=2)
+    out["stage2"] = train_stage2(TINY_TEST_CONFIG, dirs["stage1"], dirs["stage2"], threads=2)
+    return out
+
+
+# ---- the build -----------------------------------------------------------------------------
+
+def test_every_stage_writes_its_outputs(tiny_build):
+    for stage, d in tiny_build["dirs"].items():
+        for name in ("config.json", "README.md", "training_curve.png", "training_manifest.json"):
+            assert (d / name).exists(), f"{stage}: {name} missing"
+        card = (d / "README.md").read_text()
+        assert "Held-out evaluation" in card and "wall_seconds" in card
+    assert (tiny_build["dirs"]["vision"] / "preprocessor_config.json").exists()
+    assert 0.0 <= tiny_build["stage1"]["option_loglik_accuracy"] <= 1.0
+    assert 0.0 <= tiny_build["stage2"]["letter_restricted_accuracy"] <= 1.0
+
+
+def test_manifests_never_contain_held_out_classes(tiny_build):
+    _, labels = load_fashion_mnist(DEFAULT_ROOT, "train")
+    for stage, d in tiny_build["dirs"].items():
+        m = json.loads((d / "training_manifest.json").read_text())
+        assert set(m["train_classes"]) == {0, 1, 2, 3, 4, 6, 7}
+        assert HELD_OUT <= set(m["held_out_classes"])
+        for part in ("training_images", "validation_images"):
+            assert m[part]["file"] == "fashion-mnist/train", f"{stage} read another file"
+            assert not set(m[part]["class_ids"]) & HELD_OUT, f"{stage}: held-out class in {part}"
+            assert sum(m[part]["n_examples_per_class"].values()) == m[part]["n_examples"]
+        assert m["training_images"]["index_max"] < m["validation_images"]["index_max"]
+        assert m["steps"] > 0 and "seed" in m
+
+
+def test_reload_in_fresh_offline_process(tiny_build, tmp_path):
+    """Auto classes only, no mmcal model code: what the scoring engine (and a user) does."""
+    from PIL import Image
+
+    images, labels = load_fashion_mnist(DEFAULT_ROOT, "test")
+    png = tmp_path / "img.png"
+    Image.fromarray(images[0]).save(png)
+    script = textwrap.dedent(
+        """
+        import json, sys, torch
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from mmcal.chat import render_prompt
+        from mmcal.items import MCItem
+        from mmcal.prompts import PromptVariant, build_messages
+        out = {}
+        for d in sys.argv[2:]:
+            model = AutoModelForImageTextToText.from_pretrained(d).eval()
+            proc = AutoProcessor.from_pretrained(d)
+            item = MCItem("x", "x", "What is shown in the image?", ["Trouser", "Dress", "Coat", "Bag"],
+                          0, "test", "t")
+            text = render_prompt(proc, build_messages(item, PromptVariant(), with_image=True), multimodal=True)
+            batch = proc(text=[text], images=[Image.open(sys.argv[1]).convert("RGB")], return_tensors="pt",
+                         add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(**batch).logits
+                feats = model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+            out[d] = {
+                "type": type(model).__name__,
+                "n_image_tokens": int((batch["input_ids"] == model.config.image_token_id).sum()),
+                "n_image_features": int(sum(f.shape[0] for f in feats)),
+                "finite": bool(torch.isfinite(logits).all()),
+                "seq": int(batch["input_ids"].shape[1]),
+                "vocab": int(logits.shape[-1]),
+                "n_tokenizer": len(proc.tokenizer),
+            }
+        print(json.dumps(out))
+        """
+    )
+    dirs = [str(tiny_build["dirs"]["stage1"]), str(tiny_build["dirs"]["stage2"])]
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-c", script, str(png), *dirs], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for d in dirs:
+        r = out[d]
+        assert r["type"] == "LlavaForConditionalGeneration"
+        assert r["n_image_tokens"] == r["n_image_features"] == 4
+        assert r["finite"] and r["vocab"] >= r["n_tokenizer"]
+
+
+# ---- training sequences are what the engine scores -----------------------------------------
+
+def test_training_tokens_match_the_scoring_engine(tiny_build):
+    from PIL import Image
+
+    from mmcal.chat import render_prompt
+    from mmcal.models.instructions import PromptTokenizer, mc_item
+    from mmcal.models.tinyllava import load_tiny_llava, n_image_tokens
+    from mmcal.prompts import PromptVariant, build_messages
+    from mmcal.scoring import encode_ids, letter_token_ids
+
+    model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
+    images, labels = load_fashion_mnist(DEFAULT_ROOT, "train")
+    rng = np.random.default_rng(0)
+    prompt = PromptVariant()
+    tok = PromptTokenizer(proc, n_image_tokens(model))
+    for gold_pos, idk in ((2, None), (0, "I don't know")):
+        item = mc_item(int(labels[1]), [0, 1, 2, 3, 4, 6, 7], 4, gold_pos, rng, idk)
+        ex = tok.instruction_example(0, item, prompt)
+        text = render_prompt(proc, build_messages(item, prompt, with_image=True), multimodal=True)
+        engine_ids = proc(text=[text], images=[Image.fromarray(images[1]).convert("RGB")],
+                          add_special_tokens=False)["input_ids"][0]
+        engine_ids = list(engine_ids) + encode_ids(proc.tokenizer, prompt.answer_prefix)
+        assert ex.ids[: ex.target_from] == engine_ids
+        letters = letter_token_ids(proc.tokenizer, prompt.answer_prefix, len(item.options))
+        assert ex.ids[ex.target_from] == letters[item.gold]
+
+
+def test_cached_feature_forward_matches_the_model(tiny_build):
+    from PIL import Image
+
+    from mmcal.models.tinyllava import load_tiny_llava, logits_from_features
+    from mmcal.models.vision import patch_features, pixel_values
+
+    model, proc = load_tiny_llava(tiny_build["dirs"]["stage1"])
+    images, _ = load_fashion_mnist(DEFAULT_ROOT, "train")
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True, tokenize=False)
+    batch = proc(text=[text], images=[Image.fromarray(images[3]).convert("RGB")], return_tensors="pt",
+                 add_special_tokens=False)
+    pix = pixel_values(images[3:4])
+    assert torch.allclose(pix, batch["pixel_values"], atol=1e-6)
+    L = batch["input_ids"].shape[1]
+    with torch.no_grad():
+        full = model(**batch).logits[0, [L - 2, L - 1]]
+        feats = patch_features(model.model.vision_tower, pix, model.config.vision_feature_layer)
+        mine = logits_from_features(model, batch["input_ids"], batch["attention_mask"], feats,
+                                    torch.tensor([[L - 2, L - 1]]))[0]
+    assert torch.allclose(full, mine, atol=1e-3)
+
+
+# ---- data plan and config (no language model needed) ---------------------------------------
+
+def test_instruction_plan_balances_gold_and_mixes_idk():
+    from mmcal.models.fmnist_splits import load_train_file
+    from mmcal.models.stage2 import plan_instructions
+
+    cfg = resolve_config({"stage2": {"steps": 50, "batch_size": 16, "idk_train_classes": [5],
+                                     "idk_fraction": 0.25}})
+    data = load_train_file(cfg)
+    image_idx, items = plan_instructions(cfg, data, np.random.default_rng(0))
+    labels = data.labels[image_idx]
+    assert not set(labels.tolist()) & {8, 9}
+    idk_gold = np.array([it.gold == it.metadata.get("idk_index") for it in items])
+    assert idk_gold.sum() == 200 and set(labels[idk_gold].tolist()) == {5}
+    carrying = np.array([it.metadata.get("idk_index") is not None for it in items])
+    assert carrying[~idk_gold].sum() == 150  # the same fraction of the other examples
+    assert all(len(it.options) == 4 for it in items)  # the IDK option is one of the 4
+    assert all(it.options[-1] == "I don't know" for it, c in zip(items, carrying) if c)
+    for group, n_letters in ((~carrying, 4), (carrying & ~idk_gold, 3)):
+        counts = np.bincount([it.gold for it, g in zip(items, group) if g], minlength=n_letters)
+        assert len(counts) == n_letters and counts.max() - counts.min() <= 1
+    assert not set(image_idx.tolist()) & set(data.validation.tolist())
+
+    plain = resolve_config({"stage2": {"steps": 10, "batch_size": 8}})
+    idx, its = plan_instructions(plain, data, np.random.default_rng(0))
+    assert set(data.labels[idx].tolist()) <= {0, 1, 2, 3, 4, 6, 7}
+    assert all(len(it.options) == 4 and "I don't know" not in it.options for it in its)
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="unknown keys"):
+        resolve_config({"stage2": {"lr": 1e-3}})
+    with pytest.raises(ConfigError, match="also train_classes"):
+        resolve_config({"stage2": {"idk_train_classes": [0], "idk_fraction": 0.1}})
+    with pytest.raises(ConfigError, match="not Fashion-MNIST classes"):
+        resolve_config({"train_classes": [0, 11]})
+    assert resolve_config(None)["train_classes"] == [0, 1, 2, 3, 4, 6, 7]
+
+
+def test_vision_pretraining_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    from mmcal.models.vision import train_vision
+
+    cfg = {**TINY_TEST_CONFIG, "vision": {**TINY_TEST_CONFIG["vision"], "n_train": 128}}
+    runs = [train_vision(cfg, tmp_path / f"run{i}", threads=2) for i in range(2)]
+    assert runs[0]["val_accuracy"] == runs[1]["val_accuracy"]
+    w = [load_file(tmp_path / f"run{i}" / "model.safetensors") for i in range(2)]
+    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
