@@ -89,7 +89,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
     """Instruction-tune the stage-1 model; save it (+ card, curve, manifest).
 
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage2`` section:
-    steps=150, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
+    steps=200, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
     warm-up, then cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
     idk_text="I don't know", bf16=True.

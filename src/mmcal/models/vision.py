@@ -7,6 +7,10 @@ training classes of the Fashion-MNIST train file: a linear head on the tower's p
 AdamW with warm-up + cosine decay. The head is saved next to the tower (``classifier_head.safetensors``)
 but LLaVA never uses it: LLaVA reads patch tokens of an inner layer.
 
+Patch size 14 (2x2 = 4 image tokens) is measured to be the better trade: validation accuracy
+87.7 % vs 86.9 % for patch 7 (16 tokens) after 6 epochs, at 2.5x less tower time and ~20 % shorter
+LM sequences in both LLaVA stages.
+
 Images: grey PNGs are opened as RGB (the scoring engine does so), so the tower takes 3 equal
 channels; the ``CLIPImageProcessor`` normalises with the train file's grey-level mean and std.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.fashion_mnist import CLASSES
+from ..errors import ConfigError
 from .fmnist_splits import draw_indices, index_summary, load_train_file
 from .model_card import plot_training_curve, write_model_card
 from .tinyllava_config import held_out_classes, resolve_config
@@ -41,7 +46,7 @@ def vision_config(vcfg: dict):
 
     size, patch = int(vcfg["image_size"]), int(vcfg["patch_size"])
     if size % patch:
-        raise ValueError(f"tiny_llava.vision: image_size {size} is not a multiple of patch_size {patch}")
+        raise ConfigError(f"tiny_llava.vision: image_size {size} is not a multiple of patch_size {patch}")
     return CLIPVisionConfig(
         hidden_size=int(vcfg["hidden_size"]),
         intermediate_size=int(vcfg["intermediate_size"]),
@@ -112,6 +117,26 @@ def load_vision_tower(model_dir: str | Path):
     return tower.eval(), AutoImageProcessor.from_pretrained(model_dir)
 
 
+def augment(x, flip: float, max_shift: int):
+    """Random horizontal flips and whole-pixel shifts (background fill), from torch's seeded RNG."""
+    import torch
+
+    if flip > 0:
+        mirror = torch.rand(len(x)) < flip
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    if max_shift > 0:
+        background = (0.0 - FMNIST_MEAN) / FMNIST_STD
+        size = x.shape[-1]
+        padded = torch.nn.functional.pad(x, [max_shift] * 4, value=background)
+        dy, dx = torch.randint(0, 2 * max_shift + 1, (2, len(x)))
+        rows = (dy[:, None] + torch.arange(size))[:, None, :, None]  # [B, 1, S, 1]
+        cols = (dx[:, None] + torch.arange(size))[:, None, None, :]  # [B, 1, 1, S]
+        batch = torch.arange(len(x))[:, None, None, None]
+        chan = torch.arange(x.shape[1])[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    return x
+
+
 def _accuracy(tower, head, pixels, targets, batch_size: int = 1024) -> float:
     import torch
 
@@ -130,8 +155,9 @@ def train_vision(cfg: dict, out_dir: str | Path, threads: int = 2) -> dict:
 
     ``cfg`` is the whole tiny-LLaVA config (see ``tinyllava_config``); its ``vision`` section:
     image_size=28, patch_size=14, hidden_size=128, intermediate_size=256, num_layers=4,
-    num_heads=4, epochs=4, batch_size=128, lr=2e-3, weight_decay=0.05, warmup=100, seed=0,
-    n_train=None (all known-class train-file images outside the validation slice), bf16=True.
+    num_heads=4, epochs=6, batch_size=128, lr=2e-3, weight_decay=0.05, flip=0.0, max_shift=0,
+    warmup=100, seed=0, n_train=None (all known-class train-file images outside the validation
+    slice), bf16=False.
     Returns the summary written to the model card.
     """
     import torch
@@ -172,8 +198,9 @@ def train_vision(cfg: dict, out_dir: str | Path, threads: int = 2) -> dict:
         sel = torch.from_numpy(order[epoch * n_train + k * batch : epoch * n_train + (k + 1) * batch])
         for group in optimizer.param_groups:
             group["lr"] = float(vcfg["lr"]) * warmup_cosine(i, total, int(vcfg["warmup"]))
+        x = augment(x_train[sel], float(vcfg["flip"]), int(vcfg["max_shift"]))
         with autocast(bool(vcfg["bf16"])):
-            logits = head(tower(x_train[sel]).pooler_output)
+            logits = head(tower(x).pooler_output)
         loss = torch.nn.functional.cross_entropy(logits.float(), y_train[sel])
         loss.backward()
         optimizer.step()
