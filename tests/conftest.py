@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,9 @@ from mmcal.scenarios import Scenario
 from mmcal.scoring import Engine, letter_token_ids, load_image
 
 
+READOUT_ORDER = ("letter_restricted", "letter_full_vocab", "option_loglik")  # as _hand_readouts returns
+
+
 def _by(rows, item_id, readout):
     return next(r for r in rows if r["item_id"] == item_id and r["readout"] == readout)
 
@@ -28,8 +31,9 @@ def _hand_readouts(lm, item, image, prompt):
 
     def logits_for(suffix):
         enc = proc(text=[text + suffix], images=[image], return_tensors="pt", add_special_tokens=False)
+        enc = enc.to(lm.device)
         with torch.no_grad():
-            return lm.model(**enc).logits[0].double(), enc["input_ids"][0]
+            return lm.model(**enc).logits[0].double().cpu(), enc["input_ids"][0].cpu()
 
     logits, _ = logits_for(prompt.answer_prefix)
     last = logits[-1]
@@ -142,3 +146,40 @@ def test_letter_ids_resolve_after_parenthesis(smollm2_dir):
     assert [tok.decode([i]) for i in ids] == ["A", "B", "C", "D"]
     spaced = letter_token_ids(tok, "Answer:", 4)
     assert [tok.decode([i]).strip() for i in spaced] == ["A", "B", "C", "D"]
+
+
+def test_shared_prefix_candidates_match_scoring_from_scratch(tiny_llava_dir, fmnist_items):
+    """The prompt search's KV-cache reuse gives what scoring each answer prefix on its own gives."""
+    from mmcal.prompt_search_job import answer_prefix_for
+
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    prefixes = [answer_prefix_for(w) for w in ("The answer might be", "I think it is", "Probably")]
+    shared = Engine(lm, PromptVariant(), readouts=["letter_restricted"], batch_size=3, image_root=root)
+    reused = shared.score_answer_prefixes(items, Scenario(), prefixes)
+    for pre in prefixes:
+        alone = Engine(lm, PromptVariant(answer_prefix=pre), readouts=["letter_restricted"], image_root=root)
+        scratch = alone.score(items, Scenario())
+        by_id = {r["item_id"]: r for r in reused[pre]}
+        assert sorted(by_id) == sorted(r["item_id"] for r in scratch)
+        for b in scratch:
+            a = by_id[b["item_id"]]
+            np.testing.assert_allclose(a["option_scores"], b["option_scores"], atol=1e-5)
+            assert a["option_mass"] == pytest.approx(b["option_mass"], rel=1e-4)
+
+
+def test_qwen2vl_family_matches_hand_computation(smollm2_dir, fmnist_items, tmp_path):
+    """mrope positions: no prefix cache, per-token type ids extended over the continuation."""
+    pytest.importorskip("torchvision", exc_type=ImportError)  # Qwen2-VL's processor needs it
+    from tiny_models import build_tiny_qwen2vl
+
+    root, items = fmnist_items
+    lm = load_model("qwen2vl", str(build_tiny_qwen2vl(tmp_path / "qwen2vl", smollm2_dir)))
+    assert not lm.prefix_cache_ok
+    prompt = PromptVariant()
+    rows = Engine(lm, prompt, batch_size=3, image_root=root).score(items, Scenario())
+    assert {r["status"] for r in rows} == {"ok"}
+    for item in items[:2]:
+        for readout, expected in zip(READOUT_ORDER, _hand_readouts(lm, item, load_image(root / item.image), prompt)):
+            got = np.exp(_by(rows, item.item_id, readout)["option_scores"])
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -101,3 +101,52 @@ def build_tiny_idefics3(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) 
     model.save_pretrained(out_dir)
     proc.save_pretrained(out_dir)
     return out_dir
+
+
+QWEN2VL_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen2vl(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) -> Path:
+    """Qwen2-VL family: its own ViT with 2x2 patch merging, and multimodal rotary positions (mrope),
+    which the engine cannot reuse a prefix cache for. A 28x28 image is resized to 56x56 = 4 tokens.
+    Needs torchvision (Qwen2-VL's processor always carries a video processor)."""
+    from transformers import Qwen2VLVideoProcessor
+
+    model, proc = tiny_qwen2vl_parts(lm_dir, seed, video_processor=Qwen2VLVideoProcessor())
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    proc.save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_qwen2vl_parts(lm_dir: str | Path, seed: int = 0, video_processor=None):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.manual_seed(seed)
+    tok = _tokenizer(lm_dir, ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"])
+    ids = tok.convert_tokens_to_ids
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [2, 3, 3]}),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    ip = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 56 * 56})
+    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=video_processor,
+                            chat_template=QWEN2VL_TEMPLATE)
+    return model, proc

@@ -116,6 +116,11 @@ def letter_token_ids(tokenizer, answer_prefix: str, n: int) -> list[int]:
     return ids
 
 
+def _per_token(value, n_tokens: int) -> bool:
+    """A processor output with one integer per prompt token (token types), not image data."""
+    return value.dim() == 2 and value.shape[1] == n_tokens and not value.is_floating_point()
+
+
 class Engine:
     """Scores items for one loaded model with one prompt variant."""
 
@@ -205,8 +210,12 @@ class Engine:
         return enc
 
     # ---- forward passes -----------------------------------------------------------------
-    def _extra_for(self, encs: list[Encoded], copies: list[int] | None = None) -> dict:
-        """Concatenate processor tensors along dim 0 (works for [1, C, H, W] and flat patches)."""
+    def _extra_for(self, encs: list[Encoded], copies: list[int] | None = None, appended: int = 0) -> dict:
+        """Concatenate processor tensors along dim 0 (works for [1, C, H, W] and flat patches).
+
+        Per-token integer tensors (e.g. Qwen2-VL's ``mm_token_type_ids``, [1, prefix length]) are
+        extended by ``appended`` zeros (= text tokens) for the continuation that follows the prefix.
+        """
         import torch
 
         if not encs[0].extra:
@@ -215,7 +224,10 @@ class Engine:
         for k in encs[0].extra:
             parts = []
             for j, e in enumerate(encs):
-                parts.extend([e.extra[k]] * (copies[j] if copies else 1))
+                v = e.extra[k]
+                if appended and _per_token(v, len(e.prefix_ids)):
+                    v = torch.cat([v, v.new_zeros((v.shape[0], appended))], dim=1)
+                parts.extend([v] * (copies[j] if copies else 1))
             out[k] = torch.cat(parts, dim=0).to(self.lm.device)
             if out[k].is_floating_point():
                 out[k] = out[k].to(self.lm.model.dtype)
@@ -255,7 +267,7 @@ class Engine:
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             logits_to_keep=keep,
-            **self._extra_for(encs),
+            **self._extra_for(encs, appended=len(rows_sorted[0].ids)),
         )
         logits = out.logits.float()
         L = 1  # position of the prefix's last token within the kept logits
@@ -295,16 +307,26 @@ class Engine:
         L = ids.shape[1]
         live = [r for r in rows if r.ids]
         results: list[RowOut | None] = [None] * len(rows)
+        last_only = all(r.span_from >= len(r.ids) for r in live)
         if live:
             cache.batch_select_indices(torch.tensor([r.enc_index for r in live], device=self.lm.device))
             cids, cmask = self._pad_rows(live)
             mask = torch.cat([torch.ones((len(live), L), dtype=torch.long, device=self.lm.device), cmask], 1)
-            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache)
+            kw = {}
+            if last_only:  # e.g. prompt-search candidates: project only each row's last token
+                kw["logits_to_keep"] = torch.tensor([[len(r.ids) - 1] for r in live], device=self.lm.device)
+            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache, **kw)
             logits = cout.logits.float()
+            if last_only and logits.shape[:2] != (len(live), 1):
+                raise MmcalError(f"{self.lm.model_type}: per-row logits_to_keep not supported")
         k = 0
         for i, r in enumerate(rows):
             if not r.ids:
                 results[i] = RowOut(prefix_last[r.enc_index].cpu(), 0.0, 0)
+                continue
+            if last_only:
+                results[i] = RowOut(logits[k, 0].cpu(), 0.0, 0)
+                k += 1
                 continue
             row_logits = logits[k]
             lp = torch.log_softmax(row_logits, -1)
@@ -329,7 +351,7 @@ class Engine:
             seq = e.prefix_ids + r.ids
             ids = torch.tensor([seq], device=self.lm.device)
             out = self.lm.model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), **self._extra_for([e])
+                input_ids=ids, attention_mask=torch.ones_like(ids), **self._extra_for([e], appended=len(r.ids))
             )
             logits = out.logits[0].float()
             span = (0.0, 0)

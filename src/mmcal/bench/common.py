@@ -18,6 +18,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--fmnist-root", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--dtype", default="auto", help="auto: float32 on CPU, bfloat16 on CUDA")
     return p
 
 
@@ -30,11 +32,17 @@ def setup(args):
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="mmcal-bench-"))
     items = build_fashion_mnist_items(args.fmnist_root, root / "images", "images", {"test": args.items}, seed=123)
-    lm = load_model(Path(args.model).name, args.model)
+    lm = load_model(Path(args.model).name, args.model, device=args.device, dtype=args.dtype)
     return lm, items, root
 
 
 def timed(fn):
+    """(result, seconds); waits for queued GPU work so that asynchronous kernels are counted."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return out, time.perf_counter() - t0

@@ -43,7 +43,8 @@ def main(argv=None):
         b = {r["item_id"]: r["confidence"] for r in scratch[pre]}
         worst = max(worst, max(abs(a[k] - b[k]) for k in a))
     n = len(items) * len(prefixes)
-    print(f"model {lm.name}, {len(items)} items x {len(prefixes)} candidates, {args.threads} threads")
+    where = f"{lm.device}, {lm.model.dtype}" if lm.device != "cpu" else f"CPU, {args.threads} threads"
+    print(f"model {lm.name}, {len(items)} items x {len(prefixes)} candidates, {where}, batch {args.batch_size}")
     print(f"shared prefix (KV cache)  {n / t_shared:8.1f} item-candidates/s  ({t_shared:.1f} s)")
     print(f"from scratch              {n / t_scratch:8.1f} item-candidates/s  ({t_scratch:.1f} s)")
     print(f"speed-up {t_scratch / t_shared:.1f}x; max |confidence difference| {worst:.2e}")
