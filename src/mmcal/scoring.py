@@ -121,6 +121,9 @@ def _per_token(value, n_tokens: int) -> bool:
     return value.dim() == 2 and value.shape[1] == n_tokens and not value.is_floating_point()
 
 
+ENCODE_CHUNK = 256  # items per processor call when encoding in bulk
+
+
 class Engine:
     """Scores items for one loaded model with one prompt variant."""
 
@@ -148,6 +151,7 @@ class Engine:
         self.tok = lm.tokenizer
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self._batch_encode_ok: bool | None = None  # decided on the first item encoded in bulk
 
     # ---- encoding -----------------------------------------------------------------------
     def letters(self, answer_prefix: str, n: int) -> list[int]:
@@ -162,52 +166,125 @@ class Engine:
 
     def encode(self, pos: int, item: MCItem, scenario: Scenario, descriptions=None) -> Encoded:
         """Render and tokenise one item; problems become a status, never an exception."""
+        enc, text, image = self._prepare(pos, item, scenario, descriptions)
+        if enc.status == "ok":
+            self._tokenize(enc, text, image)
+        return enc
+
+    def encode_many(self, items: list[MCItem], scenario: Scenario, descriptions=None) -> list[Encoded]:
+        """``encode`` for many items. The processor runs once per chunk of items (its per-call
+        overhead dominates small inputs) when its outputs split into per-item tensors identical to
+        one-item calls; that is checked on the first item, else every item is encoded alone."""
+        prepared = [self._prepare(i, it, scenario, descriptions) for i, it in enumerate(items)]
+        ok = [p for p in prepared if p[0].status == "ok"]
+        if ok and self._batch_encoding_ok(ok[0]):
+            for i in range(0, len(ok), ENCODE_CHUNK):
+                self._tokenize_chunk(ok[i : i + ENCODE_CHUNK])
+        else:
+            for enc, text, image in ok:
+                self._tokenize(enc, text, image)
+        return [p[0] for p in prepared]
+
+    def _prepare(self, pos: int, item: MCItem, scenario: Scenario, descriptions=None):
+        """(Encoded with a status, rendered text, image or None): everything before tokenising."""
         item = shift_options(item, scenario.option_shift)
         enc = Encoded(pos=pos, item=item)
         if not item.options:
             enc.status = "no options"
-            return enc
+            return enc, None, None
         if len(item.options) > len(LETTERS):
             enc.status = f"too many options ({len(item.options)} > {len(LETTERS)})"
-            return enc
+            return enc, None, None
         with_image = scenario.image
         if with_image and not self.lm.multimodal:
             enc.status = "text-only model cannot take an image"
-            return enc
+            return enc, None, None
         image = None
         if with_image:
             if not item.image:
                 enc.status = "item has no image"
-                return enc
+                return enc, None, None
             try:
                 image = load_image(self.image_root / item.image)
             except ValueError as exc:
                 enc.status = str(exc)
-                return enc
+                return enc, None, None
         context = description_for(scenario, item, descriptions)
         messages = build_messages(item, self.prompt, with_image=with_image, context=context)
         text = render_prompt(self.lm.processor, messages, multimodal=self.lm.multimodal)
-        special = self._add_special(text)
+        return enc, text, image
+
+    def _call_processor(self, texts: list[str], images: list | None, tensors: str | None):
+        special = self._add_special(texts[0])
+        if self.lm.multimodal:
+            kwargs = {"text": texts, "return_tensors": tensors, "add_special_tokens": special}
+            if images is not None:
+                kwargs["images"] = images
+            return self.lm.processor(**kwargs)
+        return self.tok(texts, return_tensors=tensors, add_special_tokens=special)
+
+    def _tokenize(self, enc: Encoded, text: str, image) -> None:
         try:
-            if self.lm.multimodal:
-                kwargs = {"text": [text], "return_tensors": "pt", "add_special_tokens": special}
-                if image is not None:
-                    kwargs["images"] = [image]
-                batch = self.lm.processor(**kwargs)
-            else:
-                batch = self.tok([text], return_tensors="pt", add_special_tokens=special)
+            batch = self._call_processor([text], None if image is None else [image], "pt")
         except Exception as exc:  # a processor rejecting one input must not kill the job
             enc.status = f"processor failed: {type(exc).__name__}: {exc}"
-            return enc
-        ids = batch["input_ids"][0].tolist()
+            return
+        self._set_encoding(enc, batch["input_ids"][0].tolist(), {
+            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "shape")
+        })
+
+    def _set_encoding(self, enc: Encoded, ids: list[int], extra: dict) -> None:
         if len(ids) + 32 > self.max_prompt_tokens:
             enc.status = f"prompt too long ({len(ids)} tokens, limit {self.max_prompt_tokens})"
-            return enc
+            return
         enc.prefix_ids = ids
-        enc.extra = {
-            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "shape")
-        }
-        return enc
+        enc.extra = extra
+
+    def _split_batch(self, batch, n: int) -> list[tuple[list[int], dict]] | None:
+        """Per-item (ids, tensors) from an un-tensored processor output, or None if it does not
+        split one entry per item (e.g. Qwen2-VL's flat patch list)."""
+        import torch
+
+        out = [(list(batch["input_ids"][j]), {}) for j in range(n)]
+        for k, v in batch.items():
+            if k in ("input_ids", "attention_mask"):
+                continue
+            if len(v) != n:
+                return None
+            for j in range(n):
+                out[j][1][k] = torch.as_tensor(np.asarray(v[j]))[None]
+        return out
+
+    def _batch_encoding_ok(self, first) -> bool:
+        if self._batch_encode_ok is None:
+            enc, text, image = first
+            alone = Encoded(enc.pos, enc.item)
+            self._tokenize(alone, text, image)
+            try:
+                split = self._split_batch(self._call_processor([text], None if image is None else [image], None), 1)
+            except Exception:
+                split = None
+            self._batch_encode_ok = bool(
+                split and alone.status == "ok" and split[0][0] == alone.prefix_ids
+                and split[0][1].keys() == alone.extra.keys()
+                and all(split[0][1][k].shape == v.shape and split[0][1][k].dtype == v.dtype
+                        and bool((split[0][1][k] == v).all()) for k, v in alone.extra.items())
+            )
+        return self._batch_encode_ok
+
+    def _tokenize_chunk(self, chunk: list) -> None:
+        texts = [text for _, text, _ in chunk]
+        images = None if chunk[0][2] is None else [image for _, _, image in chunk]
+        try:
+            split = self._split_batch(self._call_processor(texts, images, None), len(chunk))
+        except Exception:  # find the item the processor rejects: one at a time
+            split = None
+        if split is None:
+            for enc, text, image in chunk:
+                self._tokenize(enc, text, image)
+            return
+        for (enc, _, _), (ids, extra) in zip(chunk, split):
+            self._set_encoding(enc, ids, extra)
 
     # ---- forward passes -----------------------------------------------------------------
     def _extra_for(self, encs: list[Encoded], copies: list[int] | None = None, appended: int = 0) -> dict:
@@ -245,13 +322,34 @@ class Engine:
                 return self._run_cached(encs, rows)
             return self._run_full(encs, rows)
 
-    def _span(self, logprobs, ids, span_from, offset) -> tuple[float, int]:
-        """Sum of log p(ids[j]) for j >= span_from; logprobs[t] predicts token at t+1."""
-        total, n = 0.0, 0
-        for j in range(span_from, len(ids)):
-            total += float(logprobs[offset + j - 1, ids[j]])
-            n += 1
-        return total, n
+    def _span_sums(self, first_logits, cont_logits, rows) -> tuple[list[float], list[int]]:
+        """Per row: sum and count of log p(ids[j]) for span_from <= j < len(ids), on the device.
+
+        ``first_logits`` [R, V] predict each row's ids[0]; ``cont_logits`` [R, W, V] (W >= longest
+        row - 1) hold the logits after ids[0..W-1], so position t predicts ids[t + 1]. One gather and
+        one transfer for the whole batch (per-token reads would each wait for the GPU).
+        """
+        import torch
+
+        width = max(len(r.ids) for r in rows)
+        dev = first_logits.device
+        ids = torch.tensor([r.ids + [0] * (width - len(r.ids)) for r in rows], device=dev)
+        pos = torch.arange(width, device=dev)[None]
+        lo = torch.tensor([r.span_from for r in rows], device=dev)[:, None]
+        hi = torch.tensor([len(r.ids) for r in rows], device=dev)[:, None]
+        inside = (pos >= lo) & (pos < hi)
+        # log p(t) = logit[t] - logsumexp(logits), normalised only where a scored token is predicted
+        lp = torch.zeros((len(rows), width), dtype=torch.float32, device=dev)
+        first = first_logits.float()
+        lp[:, 0] = first.gather(1, ids[:, :1])[:, 0] - torch.logsumexp(first, -1)
+        if width > 1:
+            need = inside[:, 1:]
+            picked = cont_logits[:, : width - 1][need].float()  # [n scored, V]
+            target = ids[:, 1:][need]
+            rest = lp[:, 1:]
+            rest[need] = picked.gather(1, target[:, None])[:, 0] - torch.logsumexp(picked, -1)
+        totals = torch.where(inside, lp.double(), 0.0).sum(1).cpu().tolist()
+        return totals, inside.sum(1).cpu().tolist()
 
     def _run_joined(self, encs, rows) -> list[RowOut]:
         """One pass per item: prefix + its single continuation (the common letter-only case)."""
@@ -269,14 +367,14 @@ class Engine:
             logits_to_keep=keep,
             **self._extra_for(encs, appended=len(rows_sorted[0].ids)),
         )
-        logits = out.logits.float()
-        L = 1  # position of the prefix's last token within the kept logits
+        logits = out.logits  # [B, keep, V]; position t predicts continuation token t
+        last = logits[:, -1].float().cpu()
+        totals, counts = [0.0] * len(rows), [0] * len(rows)
+        if any(r.span_from < len(r.ids) for r in rows_sorted):
+            totals, counts = self._span_sums(logits[:, 0], logits[:, 1:], rows_sorted)
         results = [None] * len(rows)
-        for b, (i, r) in enumerate(zip(order, rows_sorted)):
-            span = (0.0, 0)
-            if r.span_from < len(r.ids):
-                span = self._span(torch.log_softmax(logits[b], -1), r.ids, r.span_from, L)
-            results[i] = RowOut(logits[b, -1].cpu(), *span)
+        for b, i in enumerate(order):
+            results[i] = RowOut(last[b], totals[b], counts[b])
         return results
 
     def _pad_rows(self, rows, lengths_prefix: int = 0):
@@ -319,46 +417,26 @@ class Engine:
             logits = cout.logits.float()
             if last_only and logits.shape[:2] != (len(live), 1):
                 raise MmcalError(f"{self.lm.model_type}: per-row logits_to_keep not supported")
+        if live:
+            at_last = torch.tensor([len(r.ids) - 1 for r in live], device=self.lm.device)
+            last = (logits[:, 0] if last_only else logits[torch.arange(len(live), device=at_last.device), at_last]).cpu()
+            totals, counts = [0.0] * len(live), [0] * len(live)
+            if not last_only:
+                rows_first = prefix_last[torch.tensor([r.enc_index for r in live], device=self.lm.device)]
+                totals, counts = self._span_sums(rows_first, logits, live)
+        prefix_last_cpu = prefix_last.cpu()
         k = 0
         for i, r in enumerate(rows):
             if not r.ids:
-                results[i] = RowOut(prefix_last[r.enc_index].cpu(), 0.0, 0)
+                results[i] = RowOut(prefix_last_cpu[r.enc_index], 0.0, 0)
                 continue
-            if last_only:
-                results[i] = RowOut(logits[k, 0].cpu(), 0.0, 0)
-                k += 1
-                continue
-            row_logits = logits[k]
-            lp = torch.log_softmax(row_logits, -1)
-            # Token 0 of the continuation is predicted by the prefix's last position.
-            first = torch.log_softmax(prefix_last[r.enc_index], -1)
-            total, n = 0.0, 0
-            for j in range(r.span_from, len(r.ids)):
-                src = first if j == 0 else lp[j - 1]
-                total += float(src[r.ids[j]])
-                n += 1
-            results[i] = RowOut(row_logits[len(r.ids) - 1].cpu(), total, n)
+            results[i] = RowOut(last[k], totals[k], counts[k])
             k += 1
         return results
 
     def _run_full(self, encs, rows) -> list[RowOut]:
-        """No cache reuse (position ids depend on the whole sequence): full right-padded rows."""
-        import torch
-
-        results = []
-        for i, r in enumerate(rows):
-            e = encs[r.enc_index]
-            seq = e.prefix_ids + r.ids
-            ids = torch.tensor([seq], device=self.lm.device)
-            out = self.lm.model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), **self._extra_for([e], appended=len(r.ids))
-            )
-            logits = out.logits[0].float()
-            span = (0.0, 0)
-            if r.span_from < len(r.ids):
-                span = self._span(torch.log_softmax(logits, -1), r.ids, r.span_from, len(e.prefix_ids))
-            results.append(RowOut(logits[-1].cpu(), *span))
-        return results
+        """No cache reuse (position ids depend on the whole sequence): one full pass per row."""
+        return [self._run_joined([encs[r.enc_index]], [Row(0, r.ids, r.span_from)])[0] for r in rows]
 
     # ---- readouts -----------------------------------------------------------------------
     def item_rows(self, enc: Encoded, enc_index: int) -> list[Row]:
@@ -407,7 +485,7 @@ class Engine:
         progress: Callable[[int], None] | None = None,
     ) -> list[dict]:
         """Score ``items``; returns record rows (without provenance columns) in item order."""
-        encs = [self.encode(i, it, scenario, descriptions) for i, it in enumerate(items)]
+        encs = self.encode_many(items, scenario, descriptions)
         rows_by_pos: dict[int, list[dict]] = {}
         for e in encs:
             if e.status != "ok":
@@ -465,7 +543,7 @@ class Engine:
 
         Used by the prompt search: returns, per candidate, ``letter_restricted`` rows.
         """
-        encs = [self.encode(i, it, scenario, descriptions) for i, it in enumerate(items)]
+        encs = self.encode_many(items, scenario, descriptions)
         result: dict[str, list[dict]] = {p: [] for p in prefixes}
         cand_ids = [encode_ids(self.tok, p) for p in prefixes]
         for e in encs:

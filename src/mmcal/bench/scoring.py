@@ -13,6 +13,7 @@ All three see the same rendered prompt (chat template + answer prefix) and the s
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -67,12 +68,25 @@ def generate_method(lm, items, root, prompt, max_new_tokens=20):
     return preds
 
 
+def _profile(fn, path):
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+    Path(path).write_text(out.getvalue())
+
+
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--max-steps", type=int, default=20,
                    help="decoding steps of (b) and (c); the paper's 20. The trained stage-2 model "
                         "emits its letter at step 1, so 1 is the reference's best case (used for "
                         "random-weight timing models, which would never emit a letter)")
+    p.add_argument("--profile", help="also write a cProfile summary of one engine pass to this file")
     args = p.parse_args(argv)
     lm, items, root = setup(args)
     prompt = PromptVariant()
@@ -82,6 +96,8 @@ def main(argv=None):
     engine.score(items[:2], Scenario())  # warm-up (allocator, tokenizer caches)
     rows_a, t_a = timed(lambda: engine.score(items, Scenario()))
     rows_l, t_l = timed(lambda: engine_letters.score(items, Scenario()))
+    if args.profile:
+        _profile(lambda: engine.score(items, Scenario()), args.profile)
     ref, t_b = timed(lambda: reference_method(lm, items, root, prompt, args.max_steps))
     gen, t_c = timed(lambda: generate_method(lm, items, root, prompt, args.max_steps))
     n = len(items)
