@@ -18,6 +18,7 @@ token length, so no padding ever enters a prefix: results do not depend on the b
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ class Engine:
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self._batch_encode_ok: bool | None = None  # decided on the first item encoded in bulk
+        self._packed_ok: bool | None = None  # packed prompt-search candidates, checked on first use
 
     # ---- encoding -----------------------------------------------------------------------
     def letters(self, answer_prefix: str, n: int) -> list[int]:
@@ -377,22 +379,16 @@ class Engine:
             results[i] = RowOut(last[b], totals[b], counts[b])
         return results
 
-    def _pad_rows(self, rows, lengths_prefix: int = 0):
-        import torch
-
-        width = max(max(len(r.ids) for r in rows), 1)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
-            mask[b, : len(r.ids)] = 1
-        return ids.to(self.lm.device), mask.to(self.lm.device)
-
     def _run_cached(self, encs, rows) -> list[RowOut]:
-        """Prefix once per item (KV cache), then every continuation as one right-padded batch."""
+        """Prefix once per item (KV cache), then the continuations, one pass per token length.
+
+        Grouping by length needs no padding, so every continuation costs exactly its own tokens
+        (prompt-search candidates and option texts differ in length).
+        """
         import torch
 
-        ids = torch.tensor([e.prefix_ids for e in encs], device=self.lm.device)
+        dev = self.lm.device
+        ids = torch.tensor([e.prefix_ids for e in encs], device=dev)
         out = self.lm.model(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -401,37 +397,33 @@ class Engine:
             **self._extra_for(encs),
         )
         prefix_last = out.logits[:, -1].float()
-        cache = out.cache
-        L = ids.shape[1]
-        live = [r for r in rows if r.ids]
+        prefix_cache, L = out.cache, ids.shape[1]
         results: list[RowOut | None] = [None] * len(rows)
-        last_only = all(r.span_from >= len(r.ids) for r in live)
-        if live:
-            cache.batch_select_indices(torch.tensor([r.enc_index for r in live], device=self.lm.device))
-            cids, cmask = self._pad_rows(live)
-            mask = torch.cat([torch.ones((len(live), L), dtype=torch.long, device=self.lm.device), cmask], 1)
-            kw = {}
-            if last_only:  # e.g. prompt-search candidates: project only each row's last token
-                kw["logits_to_keep"] = torch.tensor([[len(r.ids) - 1] for r in live], device=self.lm.device)
-            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache, **kw)
-            logits = cout.logits.float()
-            if last_only and logits.shape[:2] != (len(live), 1):
-                raise MmcalError(f"{self.lm.model_type}: per-row logits_to_keep not supported")
-        if live:
-            at_last = torch.tensor([len(r.ids) - 1 for r in live], device=self.lm.device)
-            last = (logits[:, 0] if last_only else logits[torch.arange(len(live), device=at_last.device), at_last]).cpu()
-            totals, counts = [0.0] * len(live), [0] * len(live)
-            if not last_only:
-                rows_first = prefix_last[torch.tensor([r.enc_index for r in live], device=self.lm.device)]
-                totals, counts = self._span_sums(rows_first, logits, live)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            if r.ids:
+                groups.setdefault(len(r.ids), []).append(i)
+        for g, (width, members) in enumerate(sorted(groups.items())):
+            group = [rows[i] for i in members]
+            # the last group may consume the prefix cache; earlier ones work on a copy
+            cache = prefix_cache if g == len(groups) - 1 else copy.deepcopy(prefix_cache)
+            which = torch.tensor([r.enc_index for r in group], device=dev)
+            cache.batch_select_indices(which)
+            cids = torch.tensor([r.ids for r in group], device=dev)
+            mask = torch.ones((len(group), L + width), dtype=torch.long, device=dev)
+            scored = any(r.span_from < width for r in group)
+            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache,
+                                 **({} if scored else {"logits_to_keep": 1}))
+            last = cout.logits[:, -1].float().cpu()
+            totals, counts = [0.0] * len(group), [0] * len(group)
+            if scored:
+                totals, counts = self._span_sums(prefix_last[which], cout.logits, group)
+            for k, i in enumerate(members):
+                results[i] = RowOut(last[k], totals[k], counts[k])
         prefix_last_cpu = prefix_last.cpu()
-        k = 0
         for i, r in enumerate(rows):
             if not r.ids:
                 results[i] = RowOut(prefix_last_cpu[r.enc_index], 0.0, 0)
-                continue
-            results[i] = RowOut(last[k], totals[k], counts[k])
-            k += 1
         return results
 
     def _run_full(self, encs, rows) -> list[RowOut]:
@@ -551,14 +543,85 @@ class Engine:
                 for p in prefixes:
                     result[p] += self._finish(e, unscorable_rows(["letter_restricted"], e.item.gold, len(e.item.options), e.status))
         for batch in self._batches([e for e in encs if e.status == "ok"]):
-            rows = [Row(j, ids, 10**9) for j in range(len(batch)) for ids in cand_ids]
-            outs = self.run_rows(batch, rows)
+            lasts = self._candidate_last_logits(batch, cand_ids)
             for j, e in enumerate(batch):
                 n = len(e.item.options)
                 for c, p in enumerate(prefixes):
-                    last = outs[j * len(prefixes) + c].last_logits
+                    last = lasts[j][c]
                     ids = self.letters(p, n)
                     lp = np.asarray(__import__("torch").log_softmax(last, -1)[ids].double())
                     row = readout_row("letter_restricted", last[ids].double().numpy(), e.item.gold, float(np.exp(lp).sum()), lp)
                     result[p] += self._finish(e, [row])
         return result
+
+    # ---- many candidates on one prefix ---------------------------------------------------
+    def _candidate_last_logits(self, encs: list[Encoded], cand_ids: list[list[int]]) -> list[list]:
+        """Per item, per candidate: logits after the candidate's last token.
+
+        Fast path (checked once per engine against the general one): the candidates of an item go
+        into ONE continuation after its cached prefix, each attending to the prefix and itself only
+        (a block mask, positions restarting after the prefix), so the prefix cache is never copied.
+        """
+        if all(cand_ids) and self.lm.prefix_cache_ok and self._packed_ok is not False:
+            try:
+                packed = self._run_packed(encs, cand_ids)
+            except Exception as exc:  # an architecture without custom 4-D masks
+                log.info("packed candidates unavailable for %s: %s", self.lm.model_type, exc)
+                self._packed_ok = False
+            else:
+                if self._packed_ok is None:
+                    self._packed_ok = self._agrees(packed, self._run_rows_for(encs, cand_ids))
+                if self._packed_ok:
+                    return packed
+        return self._run_rows_for(encs, cand_ids)
+
+    def _run_rows_for(self, encs, cand_ids) -> list[list]:
+        rows = [Row(j, ids, 10**9) for j in range(len(encs)) for ids in cand_ids]
+        outs = self.run_rows(encs, rows)
+        k = len(cand_ids)
+        return [[o.last_logits for o in outs[j * k : (j + 1) * k]] for j in range(len(encs))]
+
+    def _agrees(self, a, b) -> bool:
+        import torch
+
+        tol = 1e-3 if self.lm.model.dtype == torch.float32 else 0.25  # bf16 rounding vs a wrong mask
+        worst = max(float((torch.log_softmax(x, -1) - torch.log_softmax(y, -1)).abs().max())
+                    for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+        if worst > tol:
+            log.warning("packed candidates differ from separate passes by %.3g; not used", worst)
+        return worst <= tol
+
+    def _run_packed(self, encs, cand_ids) -> list[list]:
+        import torch
+
+        dev = self.lm.device
+        with torch.inference_mode():
+            ids = torch.tensor([e.prefix_ids for e in encs], device=dev)
+            out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                                logits_to_keep=1, **self._extra_for(encs))
+            L, B = ids.shape[1], len(encs)
+            flat = [t for c in cand_ids for t in c]
+            block = torch.tensor([k for k, c in enumerate(cand_ids) for _ in c], device=dev)
+            offset = torch.tensor([j for c in cand_ids for j in range(len(c))], device=dev)
+            T = len(flat)
+            # query t sees the whole prefix, and tokens of its own candidate up to itself
+            own = (block[:, None] == block[None, :]) & (offset[:, None] >= offset[None, :])
+            allowed = torch.cat([torch.ones((T, L), dtype=torch.bool, device=dev), own], 1)
+            if getattr(self.lm.model.config, "_attn_implementation", "sdpa") == "eager":
+                mask = torch.zeros(allowed.shape, dtype=self.lm.model.dtype, device=dev)
+                mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
+            else:
+                mask = allowed
+            ends = torch.cumsum(torch.tensor([len(c) for c in cand_ids], device=dev), 0) - 1
+            cout = self.lm.model(
+                input_ids=torch.tensor(flat, device=dev)[None].expand(B, T),
+                attention_mask=mask[None, None].expand(B, 1, T, L + T),
+                position_ids=(L + offset)[None].expand(B, T),
+                cache=out.cache,
+                logits_to_keep=ends,
+            )
+            logits = cout.logits.float()
+            if logits.shape[:2] != (B, len(cand_ids)):
+                raise MmcalError(f"unexpected logits shape {tuple(logits.shape)}")
+            logits = logits.cpu()
+        return [[logits[j, c] for c in range(len(cand_ids))] for j in range(B)]
