@@ -110,7 +110,9 @@ def draw_reliability(ax, ax_count, records: pd.DataFrame, *, bins: int = 10, n_b
     ax_count.bar(centers[filled], table["count"][filled], width=width, color=color, alpha=0.75,
                  edgecolor="white", linewidth=0.5)
     ax_count.set(xlim=(0, 1), xlabel="Confidence", ylabel="Count")
-    ax_count.set_ylim(0, table["count"].max() * 1.45)
+    # Count axes may be shared across panels: never shrink below what an earlier panel needed.
+    top = table["count"].max() * 1.45
+    ax_count.set_ylim(0, max(top, ax_count.get_ylim()[1]))
     ax_count.set_yticks([])
     if bins <= 12:  # numbers stay legible up to about a dozen bins per panel
         for x, c in zip(centers[filled], table["count"][filled]):
