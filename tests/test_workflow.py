@@ -126,3 +126,13 @@ def test_missing_fashion_mnist_is_named(tmp_path):
 
     with pytest.raises(DataError, match="dataset-fashion-mnist.*fmnist_root|fmnist_root"):
         load_fashion_mnist(tmp_path, "test")
+    # Through the DAG: the rule's log holds that message alone, no traceback.
+    (tmp_path / "wd").mkdir()
+    wd = _workdir(tmp_path / "wd")
+    (wd / "config/nofmnist.yaml").write_text(f"fmnist_root: {tmp_path / 'missing'}\n")
+    proc = _run(wd, "--cores", "1", "data/datasets/fmnist/items.jsonl", "--configfile", "config/test.yaml",
+                "config/nofmnist.yaml", check=False)
+    assert proc.returncode != 0
+    log = (wd / "logs/datasets/fmnist.log").read_text()
+    assert "mmcal error in rule build_dataset" in log and "dataset-fashion-mnist" in log, log
+    assert "Traceback" not in log

@@ -24,9 +24,25 @@ def start(snakemake) -> logging.Logger:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         force=True,
     )
+    _report_user_errors_plainly(getattr(snakemake, "rule", "?"))
     threads = getattr(snakemake, "threads", None)
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     return logging.getLogger("mmcal")
+
+
+def _report_user_errors_plainly(rule: str) -> None:
+    """An MmcalError already says what is wrong and where: print that, not a traceback."""
+    from mmcal.errors import MmcalError
+
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if isinstance(exc, MmcalError):
+            sys.stderr.write(f"mmcal error in rule {rule}: {exc}\n")
+        else:
+            previous(kind, exc, tb)
+
+    sys.excepthook = hook
