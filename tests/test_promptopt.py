@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmcal.errors import ConfigError
@@ -432,3 +433,18 @@ def test_openai_http_error_names_url_and_status_not_key(chat_server, monkeypatch
     )
     assert "sk-env-456" not in message
     assert chat_server.received[-1]["auth"] == "Bearer sk-env-456"
+
+
+def test_test_split_summary_has_cluster_bootstrap_intervals():
+    from mmcal.prompt_search_job import summarise_rows
+
+    rng = np.random.default_rng(0)
+    rows = [{"status": "ok", "confidence": float(c), "correct": bool(rng.random() < c), "cluster_id": f"c{i // 2}"}
+            for i, c in enumerate(rng.uniform(0.3, 1.0, 200))]
+    rows.append({"status": "bad image", "confidence": float("nan"), "correct": False, "cluster_id": "x"})
+    out = summarise_rows(rows, ci_B=200, seed=1)
+    assert out["n"] == 200 and out["n_unscorable"] == 1
+    for name in ("accuracy", "ece_10"):
+        assert out[f"{name}_lo"] <= out[name] <= out[f"{name}_hi"]
+    assert summarise_rows(rows, ci_B=200, seed=1) == out  # seeded
+    assert "accuracy_lo" not in summarise_rows(rows)

@@ -19,6 +19,7 @@ from .metrics import ece
 from .prompts import PromptVariant
 from .promptopt import run_search
 from .scenarios import Scenario
+from .stats import cluster_bootstrap_indices, percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ DEFAULTS = {
     "k": 3,
     "n_calib": 200,
     "n_test": 1000,
+    "ci_bootstrap": 1000,  # cluster-bootstrap replicates for the test-split intervals
 }
 
 
@@ -37,24 +39,33 @@ def answer_prefix_for(suffix: str) -> str:
     return f"{suffix}: ("
 
 
-def summarise_rows(rows: list[dict]) -> dict:
+def summarise_rows(rows: list[dict], ci_B: int = 0, seed: int = 0, level: float = 0.95) -> dict:
+    """Accuracy, ECE-10, mean confidence; with ``ci_B`` > 0 also cluster-bootstrap ``_lo``/``_hi``."""
     ok = [r for r in rows if r["status"] == "ok"]
     conf = np.array([r["confidence"] for r in ok], dtype=float)
     correct = np.array([r["correct"] for r in ok], dtype=bool)
-    return {
+    out = {
         "accuracy": float(correct.mean()) if len(ok) else float("nan"),
         "ece_10": ece(conf, correct, n_bins=10) if len(ok) else float("nan"),
         "mean_confidence": float(conf.mean()) if len(ok) else float("nan"),
         "n": len(ok),
         "n_unscorable": len(rows) - len(ok),
     }
+    if ci_B and len(ok):
+        reps = {"accuracy": [], "ece_10": []}
+        for idx in cluster_bootstrap_indices([r["cluster_id"] for r in ok], ci_B, seed):
+            reps["accuracy"].append(correct[idx].mean())
+            reps["ece_10"].append(ece(conf[idx], correct[idx], n_bins=10))
+        for name, values in reps.items():
+            out[f"{name}_lo"], out[f"{name}_hi"] = percentile_interval(values, level)
+    return out
 
 
-def make_score_fn(engine, items, scenario: Scenario):
+def make_score_fn(engine, items, scenario: Scenario, ci_B: int = 0, seed: int = 0):
     def score_fn(candidates: list[str]) -> list[dict]:
         prefixes = [answer_prefix_for(c) for c in candidates]
         rows = engine.score_answer_prefixes(items, scenario, prefixes)
-        return [summarise_rows(rows[p]) for p in prefixes]
+        return [summarise_rows(rows[p], ci_B, seed) for p in prefixes]
 
     return score_fn
 
@@ -79,11 +90,12 @@ def run_prompt_search(engine, items_path: str, out_dir: str | Path, cfg: dict, s
     (out_dir / "search.json").write_text(result.to_json())
     # Test evaluation: the best prompt, the seeds and the trained-in default, once each.
     finalists = list(dict.fromkeys([result.best_prompt, *cfg["seeds"], "Answer"]))
-    test_scores = make_score_fn(engine, test, scenario)(finalists)
+    test_scores = make_score_fn(engine, test, scenario, int(cfg["ci_bootstrap"]), seed)(finalists)
     calib_by_text = {}
     for rec in result.to_frame().to_dict("records"):
         calib_by_text.setdefault(rec["text"], {"accuracy": rec["accuracy"], "ece_10": rec["ece_10"]})
     best = {
+        "model": engine.lm.name,
         "text": result.best_prompt,
         "answer_prefix": answer_prefix_for(result.best_prompt),
         "calib": calib_by_text.get(result.best_prompt),
