@@ -11,8 +11,9 @@ For each item the chat prompt (image + question + options, up to the opened assi
 - the prompt search: many candidate answer prefixes.
 
 When an item needs a single continuation, prefix + continuation run as one forward pass. When it
-needs several, the prefix runs once with ``use_cache=True`` and all continuations run as one batch
-on copies of its KV cache. Items are batched only with items whose prefix has exactly the same
+needs several, the prefix runs once with ``use_cache=True`` and the continuations run on its KV
+cache, one unpadded pass per continuation length (prompt-search candidates: all of an item's
+candidates packed into one pass behind a block mask). Items are batched only with items whose prefix has exactly the same
 token length, so no padding ever enters a prefix: results do not depend on the batch size.
 """
 
@@ -289,7 +290,7 @@ class Engine:
             self._set_encoding(enc, ids, extra)
 
     # ---- forward passes -----------------------------------------------------------------
-    def _extra_for(self, encs: list[Encoded], copies: list[int] | None = None, appended: int = 0) -> dict:
+    def _extra_for(self, encs: list[Encoded], appended: int = 0) -> dict:
         """Concatenate processor tensors along dim 0 (works for [1, C, H, W] and flat patches).
 
         Per-token integer tensors (e.g. Qwen2-VL's ``mm_token_type_ids``, [1, prefix length]) are
@@ -302,11 +303,11 @@ class Engine:
         out = {}
         for k in encs[0].extra:
             parts = []
-            for j, e in enumerate(encs):
+            for e in encs:
                 v = e.extra[k]
                 if appended and _per_token(v, len(e.prefix_ids)):
                     v = torch.cat([v, v.new_zeros((v.shape[0], appended))], dim=1)
-                parts.extend([v] * (copies[j] if copies else 1))
+                parts.append(v)
             out[k] = torch.cat(parts, dim=0).to(self.lm.device)
             if out[k].is_floating_point():
                 out[k] = out[k].to(self.lm.model.dtype)
@@ -379,6 +380,15 @@ class Engine:
             results[i] = RowOut(last[b], totals[b], counts[b])
         return results
 
+    def _prefix_pass(self, encs):
+        """(model output with its KV cache and last-token logits, prefix length) for same-length prefixes."""
+        import torch
+
+        ids = torch.tensor([e.prefix_ids for e in encs], device=self.lm.device)
+        out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                            logits_to_keep=1, **self._extra_for(encs))
+        return out, ids.shape[1]
+
     def _run_cached(self, encs, rows) -> list[RowOut]:
         """Prefix once per item (KV cache), then the continuations, one pass per token length.
 
@@ -388,16 +398,9 @@ class Engine:
         import torch
 
         dev = self.lm.device
-        ids = torch.tensor([e.prefix_ids for e in encs], device=dev)
-        out = self.lm.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            use_cache=True,
-            logits_to_keep=1,
-            **self._extra_for(encs),
-        )
+        out, L = self._prefix_pass(encs)
         prefix_last = out.logits[:, -1].float()
-        prefix_cache, L = out.cache, ids.shape[1]
+        prefix_cache = out.cache
         results: list[RowOut | None] = [None] * len(rows)
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
@@ -596,10 +599,8 @@ class Engine:
 
         dev = self.lm.device
         with torch.inference_mode():
-            ids = torch.tensor([e.prefix_ids for e in encs], device=dev)
-            out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                                logits_to_keep=1, **self._extra_for(encs))
-            L, B = ids.shape[1], len(encs)
+            out, L = self._prefix_pass(encs)
+            B = len(encs)
             flat = [t for c in cand_ids for t in c]
             block = torch.tensor([k for k, c in enumerate(cand_ids) for _ in c], device=dev)
             offset = torch.tensor([j for c in cand_ids for j in range(len(c))], device=dev)
