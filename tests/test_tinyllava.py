@@ -201,6 +201,35 @@ def test_cached_feature_forward_matches_the_model(tiny_build):
     assert torch.allclose(full, mine, atol=1e-3)
 
 
+def test_training_attention_computes_what_the_engine_computes(tiny_build):
+    """Stages train with eager attention (faster backward on CPU) and hand back the model's own
+    implementation: the logits must not depend on which one runs, padding included."""
+    from mmcal.models.tinyllava import load_tiny_llava, logits_from_features, n_image_tokens
+    from mmcal.models.training import eager_attention
+    from mmcal.models.vision import patch_features, pixel_values
+
+    model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
+    own = model.config._attn_implementation
+    assert own != "eager"
+    images, _ = load_fashion_mnist(DEFAULT_ROOT, "train")
+    image = proc.tokenizer.convert_tokens_to_ids("<image>")
+    n_img = n_image_tokens(model)
+    short = [image] * n_img + proc.tokenizer("A short one.")["input_ids"]
+    long = [image] * n_img + proc.tokenizer("A somewhat longer text, padded less.")["input_ids"]
+    ids = torch.full((2, len(long)), proc.tokenizer.pad_token_id)
+    ids[0, : len(short)], ids[1] = torch.tensor(short), torch.tensor(long)
+    mask = (torch.arange(len(long)) < torch.tensor([[len(short)], [len(long)]])).long()
+    positions = torch.tensor([[len(short) - 2, len(short) - 1], [len(long) - 2, len(long) - 1]])
+    with torch.no_grad():
+        feats = patch_features(model.model.vision_tower, pixel_values(images[:2]), model.config.vision_feature_layer)
+        reference = logits_from_features(model, ids, mask, feats, positions)
+        with eager_attention(model):
+            assert model.config._attn_implementation == "eager"
+            trained_with = logits_from_features(model, ids, mask, feats, positions)
+    assert model.config._attn_implementation == own
+    assert torch.allclose(reference, trained_with, atol=1e-3)
+
+
 # ---- data plan and config (no language model needed) ---------------------------------------
 
 def test_instruction_plan_balances_gold_and_mixes_idk():

@@ -29,8 +29,10 @@ from .model_card import plot_training_curve, write_model_card
 from .tinyllava import assemble_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
 from .tinyllava_config import held_out_classes, resolve_config
 from .training import (
+    adamw,
     autocast,
     collate,
+    eager_attention,
     read_manifest,
     run_steps,
     seed_everything,
@@ -119,7 +121,7 @@ def train_stage1(
     examples = caption_examples(prompts, rows, data.labels[image_idx[rows]], cfg, rng)
 
     params = freeze_all_but(model, [model.model.multi_modal_projector])
-    optimizer = torch.optim.AdamW(params, lr=float(s1["lr"]), weight_decay=0.0)
+    optimizer = adamw(params, lr=float(s1["lr"]), weight_decay=0.0)
     pad_id = processor.tokenizer.pad_token_id
 
     def step(i: int) -> float:
@@ -134,7 +136,8 @@ def train_stage1(
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    record = run_steps(step, steps, "stage 1 (projector)")
+    with eager_attention(model):
+        record = run_steps(step, steps, "stage 1 (projector)")
     for p in model.parameters():
         p.requires_grad_(True)
     evaluation = evaluate_stage(model, processor, data, cfg, STAGE1_READOUTS)

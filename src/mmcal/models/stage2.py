@@ -32,8 +32,10 @@ from .stage1 import check_parent_classes, freeze_all_but
 from .tinyllava import load_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
 from .tinyllava_config import held_out_classes, resolve_config
 from .training import (
+    adamw,
     autocast,
     collate,
+    eager_attention,
     run_steps,
     seed_everything,
     target_loss,
@@ -89,7 +91,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
     """Instruction-tune the stage-1 model; save it (+ card, curve, manifest).
 
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage2`` section:
-    steps=200, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
+    steps=300, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
     warm-up, then cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
     idk_text="I don't know", bf16=True.
@@ -121,7 +123,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
     freeze_all_but(model, [model.model.multi_modal_projector] + lm_modules)
     lm_params = [p for m in lm_modules for p in m.parameters()]
     lr = {"lm": float(s2["lr_lm"]), "projector": float(s2["lr_projector"])}
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [
             {"params": lm_params, "lr": lr["lm"], "name": "lm"},
             {"params": list(model.model.multi_modal_projector.parameters()), "lr": lr["projector"],
@@ -146,7 +148,8 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    record = run_steps(step, steps, "stage 2 (projector + LM)")
+    with eager_attention(model):
+        record = run_steps(step, steps, "stage 2 (projector + LM)")
     for p in model.parameters():
         p.requires_grad_(True)
     evaluation = evaluate_stage(model, processor, data, cfg, STAGE2_READOUTS)

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,6 +39,26 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     span = max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+@contextmanager
+def eager_attention(model):
+    """Train with eager attention, then restore the model's own implementation (saved configs and
+    the scoring engine keep it). Measured: for ~60-token sequences on 2 CPU cores SDPA's backward
+    took a fifth of a stage-2 step; eager attention makes the step 1.2x faster."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)
+
+
+def adamw(params, **kwargs):
+    """AdamW with the fused CPU kernel: the foreach version took 0.22 s of a 1.7 s stage-2 step."""
+    import torch
+
+    return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
 def autocast(enabled: bool):

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from .fmnist_splits import draw_indices, index_summary, load_train_file
 from .model_card import plot_training_curve, write_model_card
 from .tinyllava_config import held_out_classes, resolve_config
-from .training import autocast, run_steps, seed_everything, warmup_cosine, write_manifest
+from .training import adamw, autocast, eager_attention, run_steps, seed_everything, warmup_cosine, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def train_vision(cfg: dict, out_dir: str | Path, threads: int = 2) -> dict:
     tower = CLIPVisionModel(config).train()
     head = torch.nn.Linear(config.hidden_size, len(classes))
     params = list(tower.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=float(vcfg["lr"]), weight_decay=float(vcfg["weight_decay"]))
+    optimizer = adamw(params, lr=float(vcfg["lr"]), weight_decay=float(vcfg["weight_decay"]))
     batch = int(vcfg["batch_size"])
     steps_per_epoch = -(-n_train // batch)
     total = steps_per_epoch * int(vcfg["epochs"])
@@ -207,7 +207,8 @@ def train_vision(cfg: dict, out_dir: str | Path, threads: int = 2) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    record = run_steps(step, total, "vision tower")
+    with eager_attention(tower):
+        record = run_steps(step, total, "vision tower")
     val_acc = _accuracy(tower, head, x_val, y_val)
     log.info("vision tower: validation accuracy %.4f on %d images", val_acc, len(y_val))
 
