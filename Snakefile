@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Idle OpenMP threads sleep instead of spinning: with spinning, a job whose threads share cores
-# with another process runs up to 30x slower (measured on 2 cores).
+# with another process runs up to 30x slower (measured on 2 cores). Training scripts, whose jobs
+# own their cores, switch spinning back on (workflow/scripts/_setup.py: start).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mmcal import study  # noqa: E402

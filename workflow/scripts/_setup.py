@@ -12,8 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def start(snakemake) -> logging.Logger:
-    """Send logging and stderr (progress bars, warnings) to the rule's log file."""
+def start(snakemake, spin_wait: bool = False) -> logging.Logger:
+    """Send logging and stderr (progress bars, warnings) to the rule's log file.
+
+    ``spin_wait``: let idle OpenMP threads spin (``OMP_WAIT_POLICY=ACTIVE``) instead of the
+    workflow's passive default. For training jobs, which own their cores and run thousands of
+    small parallel regions, measured on 2 cores: vision tower 1.9x, stage 1 1.3x faster, same
+    weights. Must happen before torch loads its OpenMP runtime.
+    """
+    if spin_wait:
+        if "torch" in sys.modules:
+            raise RuntimeError("start(spin_wait=True) must run before torch is imported")
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
     log_path = snakemake.log[0] if snakemake.log else None
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake, spin_wait=True)  # noqa: F821
 from mmcal.models.stage2 import train_stage2  # noqa: E402
 
 summary = train_stage2(

@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake, spin_wait=True)  # noqa: F821
 from mmcal.models.vision import train_vision  # noqa: E402
 
 summary = train_vision(
