@@ -96,8 +96,6 @@ def train_stage1(
     (steps * batch_size images, each captioned once), feature_layer=-2, projector_act="gelu",
     bf16=True.
     """
-    import torch
-
     t_start = time.time()
     cfg = resolve_config(cfg)
     s1 = cfg["stage1"]

@@ -96,8 +96,6 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
     idk_text="I don't know", bf16=True.
     """
-    import torch
-
     t_start = time.time()
     cfg = resolve_config(cfg)
     s2 = cfg["stage2"]
