@@ -17,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # own their cores, switch spinning back on (workflow/scripts/_setup.py: start).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mmcal import study  # noqa: E402
+from mmcal import plan  # noqa: E402
 
 
 configfile: "config/config.yaml"
@@ -27,7 +27,7 @@ report: "workflow/report/workflow.rst"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
-RUNS = study.expand_runs(config)
+RUNS = plan.expand_runs(config)
 
 
 container: "docker://ghcr.io/mmcal/mmcal:0.1.0"

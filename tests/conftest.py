@@ -31,7 +31,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
     built = ROOT / "data/models/smollm2-135m-instruct"
     if (built / "model.safetensors").exists():
         return built
-    from mmcal.models.smollm2 import convert_smollm2
+    from mmcal.tinyllava.smollm2 import convert_smollm2
 
     out = tmp_path_factory.mktemp("smollm2")
     convert_smollm2(out)

@@ -24,7 +24,7 @@ SUMMARY_METRICS = ["accuracy", "mean_confidence", "ece_10", "brier", "nll", "aur
 def make_records(models=("m-small", "m-large"), scenarios=("image",), prompts=("default",),
                  dataset="fmnist", n_items=60, idk=False, seed=0) -> pd.DataFrame:
     """Records of the contract's shape. Each item has a fixed gold option across scenarios;
-    ``image-shift<k>`` rotates the options by k (gold moves along, as in mmcal.scenarios)."""
+    ``image-shift<k>`` rotates the options by k (gold moves along, as in mmcal.engine.scenarios)."""
     rng = np.random.default_rng(seed)
     rows = []
     for m, model in enumerate(models):
@@ -187,7 +187,7 @@ def test_position_bias(tmp_path):
 
 def test_idk_figures(tmp_path):
     stem = tmp_path / "tradeoff"
-    # the column names mmcal.idk_metrics writes are accepted as well as the canonical ones
+    # the column names mmcal.analysis.idk writes are accepted as well as the canonical ones
     assert_written(F.plot_idk_tradeoff(make_idk_table(), stem, dpi=DPI), stem)
     records = make_records(dataset="idk", prompts=("idk-neutral", "idk-hint"), idk=True)
     for value in ("confidence", "p_idk"):
@@ -196,7 +196,7 @@ def test_idk_figures(tmp_path):
 
 
 def test_recalibration_figures(tmp_path):
-    from mmcal.recalibration import apply_to_records, fit_on_records
+    from mmcal.calibration.recalibration import apply_to_records, fit_on_records
 
     records = make_records(models=("m-large",), n_items=80)
     records["split"] = np.where(np.arange(len(records)) % 2 == 0, "calib", "test")

@@ -25,7 +25,7 @@ from mmcal.data.idk import (
     read_llava_conversation_json,
 )
 from mmcal.errors import ConfigError, DataError
-from mmcal.idk_metrics import idk_metrics_with_ci, idk_point_metrics, idk_table
+from mmcal.analysis.idk import idk_metrics_with_ci, idk_point_metrics, idk_table
 from mmcal.items import read_items, write_items
 from mmcal.records import read_records, write_records
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from mmcal.idk_compare import idk_paired
+from mmcal.analysis.idk_comparisons import idk_paired
 
 
 def _records(rates: dict, n: int = 200, seed: int = 0) -> pd.DataFrame:

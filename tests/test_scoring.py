@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmcal.chat import render_prompt
-from mmcal.modeling import load_model
-from mmcal.prompts import PromptVariant, build_messages
-from mmcal.scenarios import Scenario
-from mmcal.scoring import Engine, letter_token_ids, load_image
+from mmcal.engine.chat import render_prompt
+from mmcal.engine.loading import load_model
+from mmcal.engine.prompts import PromptVariant, build_messages
+from mmcal.engine.scenarios import Scenario
+from mmcal.engine.scoring import Engine, letter_token_ids, load_image
 
 
 READOUT_ORDER = ("letter_restricted", "letter_full_vocab", "option_loglik")  # as _hand_readouts returns
@@ -150,7 +150,7 @@ def test_letter_ids_resolve_after_parenthesis(smollm2_dir):
 
 def test_shared_prefix_candidates_match_scoring_from_scratch(tiny_llava_dir, fmnist_items):
     """The prompt search's KV-cache reuse gives what scoring each answer prefix on its own gives."""
-    from mmcal.prompt_search_job import answer_prefix_for
+    from mmcal.promptopt.job import answer_prefix_for
 
     root, items = fmnist_items
     lm = load_model("tiny", str(tiny_llava_dir))

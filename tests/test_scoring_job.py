@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 from mmcal.items import write_items
-from mmcal.modeling import load_model
-from mmcal.prompts import PromptVariant
-from mmcal.scenarios import Scenario
-from mmcal.scoring import Engine
-from mmcal.scoring_job import JobSpec, run_job, shard_dir_for
+from mmcal.engine.loading import load_model
+from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.scenarios import Scenario
+from mmcal.engine.scoring import Engine
+from mmcal.engine.job import JobSpec, run_job, shard_dir_for
 
 
 class Crash(RuntimeError):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mmcal import metrics as m
-from mmcal import stats
+from mmcal.analysis import metrics as m
+from mmcal.analysis import stats
 
 
 def _calibrated(seed, n=500, overconfident=False):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mmcal import report, study
+from mmcal import plan as study
+from mmcal.figures import registry as report
 from mmcal.errors import ConfigError
 
 

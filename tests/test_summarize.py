@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmcal import metrics as m
-from mmcal import stats
+from mmcal.analysis import metrics as m
+from mmcal.analysis import stats
 from mmcal.records import option_probs, read_records, readout_row, to_frame, unscorable_rows, write_records
-from mmcal.summarize import COMPARE_COLUMNS, GROUP_KEYS, compare, summarize
+from mmcal.analysis.summary import COMPARE_COLUMNS, GROUP_KEYS, compare, summarize
 
 B = 100  # summarize replicates: enough to exercise the code, fast
 UNSCORABLE_ITEM = "q007"

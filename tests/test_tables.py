@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmcal import tables as T
-from mmcal.paper import NOT_RUN, PARTS, compile_pdf, latex_problems, render_main_tex, write_main_tex
+from mmcal.paper import tables as T
+from mmcal.paper.main_tex import NOT_RUN, PARTS, compile_pdf, latex_problems, render_main_tex, write_main_tex
 
 
 def summary_rows(**metrics) -> pd.DataFrame:

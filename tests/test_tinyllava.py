@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 
 from mmcal.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist  # noqa: E402
 from mmcal.errors import ConfigError  # noqa: E402
-from mmcal.models.tinyllava_config import TINY_TEST_CONFIG, resolve_config  # noqa: E402
+from mmcal.tinyllava.config import TINY_TEST_CONFIG, resolve_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = {5, 8, 9}
@@ -43,7 +43,7 @@ def smollm2_dir():
     path = REPO / "data" / "models" / "smollm2-135m-instruct"
     if not (path / "config.json").exists():
         from mmcal.errors import MmcalError
-        from mmcal.models.smollm2 import convert_smollm2, find_smollm2_gguf
+        from mmcal.tinyllava.smollm2 import convert_smollm2, find_smollm2_gguf
 
         try:
             find_smollm2_gguf()
@@ -57,9 +57,9 @@ def smollm2_dir():
 def tiny_build(tmp_path_factory, smollm2_dir):
     """Vision tower, stage 1 and stage 2 trained a few steps each on the CI preset."""
     os.environ.update(OFFLINE)
-    from mmcal.models.stage1 import train_stage1
-    from mmcal.models.stage2 import train_stage2
-    from mmcal.models.vision import train_vision
+    from mmcal.tinyllava.stage1 import train_stage1
+    from mmcal.tinyllava.stage2 import train_stage2
+    from mmcal.tinyllava.vision import train_vision
 
     root = tmp_path_factory.mktemp("tiny-llava")
     dirs = {k: root / k for k in ("vision", "stage1", "stage2")}
@@ -109,9 +109,9 @@ def test_reload_in_fresh_offline_process(tiny_build, tmp_path):
         import json, sys, torch
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        from mmcal.chat import render_prompt
+        from mmcal.engine.chat import render_prompt
         from mmcal.items import MCItem
-        from mmcal.prompts import PromptVariant, build_messages
+        from mmcal.engine.prompts import PromptVariant, build_messages
         out = {}
         for d in sys.argv[2:]:
             model = AutoModelForImageTextToText.from_pretrained(d).eval()
@@ -154,11 +154,11 @@ def test_reload_in_fresh_offline_process(tiny_build, tmp_path):
 def test_training_tokens_match_the_scoring_engine(tiny_build):
     from PIL import Image
 
-    from mmcal.chat import render_prompt
-    from mmcal.models.instructions import PromptTokenizer, mc_item
-    from mmcal.models.tinyllava import load_tiny_llava, n_image_tokens
-    from mmcal.prompts import PromptVariant, build_messages
-    from mmcal.scoring import encode_ids, letter_token_ids
+    from mmcal.engine.chat import render_prompt
+    from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
+    from mmcal.tinyllava.model import load_tiny_llava, n_image_tokens
+    from mmcal.engine.prompts import PromptVariant, build_messages
+    from mmcal.engine.scoring import encode_ids, letter_token_ids
 
     model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
     images, labels = load_fashion_mnist(DEFAULT_ROOT, "train")
@@ -180,8 +180,8 @@ def test_training_tokens_match_the_scoring_engine(tiny_build):
 def test_cached_feature_forward_matches_the_model(tiny_build):
     from PIL import Image
 
-    from mmcal.models.tinyllava import load_tiny_llava, logits_from_features
-    from mmcal.models.vision import patch_features, pixel_values
+    from mmcal.tinyllava.model import load_tiny_llava, logits_from_features
+    from mmcal.tinyllava.vision import patch_features, pixel_values
 
     model, proc = load_tiny_llava(tiny_build["dirs"]["stage1"])
     images, _ = load_fashion_mnist(DEFAULT_ROOT, "train")
@@ -204,9 +204,9 @@ def test_cached_feature_forward_matches_the_model(tiny_build):
 def test_training_attention_computes_what_the_engine_computes(tiny_build):
     """Stages train with eager attention (faster backward on CPU) and hand back the model's own
     implementation: the logits must not depend on which one runs, padding included."""
-    from mmcal.models.tinyllava import load_tiny_llava, logits_from_features, n_image_tokens
-    from mmcal.models.training import eager_attention
-    from mmcal.models.vision import patch_features, pixel_values
+    from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens
+    from mmcal.tinyllava.training import eager_attention
+    from mmcal.tinyllava.vision import patch_features, pixel_values
 
     model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
     own = model.config._attn_implementation
@@ -233,8 +233,8 @@ def test_training_attention_computes_what_the_engine_computes(tiny_build):
 # ---- data plan and config (no language model needed) ---------------------------------------
 
 def test_instruction_plan_balances_gold_and_mixes_idk():
-    from mmcal.models.fmnist_splits import load_train_file
-    from mmcal.models.stage2 import plan_instructions
+    from mmcal.tinyllava.fmnist_splits import load_train_file
+    from mmcal.tinyllava.stage2 import plan_instructions
 
     cfg = resolve_config({"stage2": {"steps": 50, "batch_size": 16, "idk_train_classes": [5],
                                      "idk_fraction": 0.25}})
@@ -272,7 +272,7 @@ def test_config_errors_name_the_problem():
 def test_vision_pretraining_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
-    from mmcal.models.vision import train_vision
+    from mmcal.tinyllava.vision import train_vision
 
     cfg = {**TINY_TEST_CONFIG, "vision": {**TINY_TEST_CONFIG["vision"], "n_train": 128}}
     runs = [train_vision(cfg, tmp_path / f"run{i}", threads=2) for i in range(2)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mmcal.chat import TINY_LLAVA_CHAT_TEMPLATE
+from mmcal.engine.chat import TINY_LLAVA_CHAT_TEMPLATE
 
 
 

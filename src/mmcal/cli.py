@@ -13,16 +13,16 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import MmcalError
+from mmcal.errors import MmcalError
 
 
 def make_engine_factory(model_name: str, model_cfg: dict, model_path: str, prompt_name: str,
                         prompt_cfg: dict, readouts, device: str, dtype: str, batch_size: int,
                         image_root: str):
     def make():
-        from .modeling import load_model
-        from .prompts import prompt_from_config
-        from .scoring import Engine
+        from mmcal.engine.loading import load_model
+        from mmcal.engine.prompts import prompt_from_config
+        from mmcal.engine.scoring import Engine
 
         lm = load_model(
             model_name, model_path, kind=model_cfg.get("kind", "auto"), device=device,
@@ -36,10 +36,10 @@ def make_engine_factory(model_name: str, model_cfg: dict, model_path: str, promp
 
 def score_from_params(params: dict, wildcards, inputs, out_path: str) -> dict:
     """Run one scoring job from the Snakemake rule's params (see workflow/rules/common.smk)."""
-    from .modeling import model_fingerprint
-    from .prompts import prompt_from_config
-    from .scenarios import scenario_from_config
-    from .scoring_job import JobSpec, run_job
+    from mmcal.engine.loading import model_fingerprint
+    from mmcal.engine.prompts import prompt_from_config
+    from mmcal.engine.scenarios import scenario_from_config
+    from mmcal.engine.job import JobSpec, run_job
 
     items_path = inputs.item_file
     model_cfg = params["model_cfg"]

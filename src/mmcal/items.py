@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import DataError
+from mmcal.errors import DataError
 
 SPLITS = ("train", "calib", "test")
 

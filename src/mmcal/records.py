@@ -32,7 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmcal.errors import DataError
+
 READOUTS = ("letter_restricted", "letter_full_vocab", "option_loglik")
+# What one scoring job is (one records file) and what one analysed group is (a readout of it).
+RUN_KEYS = ("model", "dataset", "scenario", "prompt")
+GROUP_KEYS = (*RUN_KEYS, "readout")
 
 COLUMNS = [
     "item_id",
@@ -150,13 +155,61 @@ def meta_json(meta: dict) -> str:
     return json.dumps(meta, sort_keys=True)
 
 
-def option_probs(df: pd.DataFrame) -> np.ndarray:
-    """[n, K] probabilities exp(option_scores); rows with fewer options are padded with 0."""
+def select(df: pd.DataFrame, **where) -> pd.DataFrame:
+    """Rows matching every ``column=value`` (a list/tuple/set means "any of"); None means "any".
+
+    A condition on a column the frame lacks is ignored, so one call works on records and on
+    tables derived from them (a summary has no ``split`` column per row, say).
+    """
+    mask = np.ones(len(df), dtype=bool)
+    for col, value in where.items():
+        if value is None or col not in df.columns:
+            continue
+        if isinstance(value, (list, tuple, set)):
+            mask &= df[col].isin(list(value)).to_numpy()
+        else:
+            mask &= (df[col] == value).to_numpy()
+    return df[mask]
+
+
+def scorable(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that were scored (status "ok"), sorted by item so that the input row order never
+    changes a number (ties, equal-mass bins, bootstrap resamples)."""
+    return df[df["status"] == "ok"].sort_values("item_id", kind="stable")
+
+
+def parse_meta(value, item_id=None) -> dict:
+    """An item's metadata as a dict: a dict as is, JSON text parsed, empty for a missing value.
+
+    Text that is not a JSON object is an error naming the item, never silently ``{}``.
+    """
+    if isinstance(value, dict):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {}
+    try:
+        meta = json.loads(value)
+    except (TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise DataError(f"record of item {item_id!r}: meta is not a JSON object: {str(value)[:80]!r}")
+    return meta
+
+
+def option_probs(df: pd.DataFrame, renormalise: bool = False) -> np.ndarray:
+    """[n, K] probabilities exp(option_scores); rows with fewer options are padded with 0.
+
+    ``renormalise``: divide each row by its sum (the full-vocabulary readout's letter
+    probabilities do not sum to one; the other readouts' already do).
+    """
     scores = df["option_scores"].tolist()
     width = max((len(s) for s in scores), default=0)
     out = np.zeros((len(scores), width))
     for i, s in enumerate(scores):
         out[i, : len(s)] = np.exp(np.asarray(s, dtype=np.float64))
+    if renormalise:
+        totals = out.sum(axis=1, keepdims=True)
+        out = np.divide(out, totals, out=out.copy(), where=totals > 0)
     return out
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmcal.modeling import load_model
-from mmcal.prompt_search_job import answer_prefix_for
-from mmcal.prompts import PromptVariant
-from mmcal.scenarios import Scenario
-from mmcal.scoring import Engine, load_image
+from mmcal.engine.loading import load_model
+from mmcal.promptopt.job import answer_prefix_for
+from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.scenarios import Scenario
+from mmcal.engine.scoring import Engine, load_image
 from test_scoring import READOUT_ORDER, _by, _hand_readouts
 from tiny_models import build_tiny_idefics3, build_tiny_llava, build_tiny_qwen2vl
 

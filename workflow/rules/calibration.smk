@@ -26,7 +26,7 @@ rule recalibrate:
 rule prompt_search:
     input:
         item_file="data/datasets/{dataset}/items.jsonl",
-        model=lambda wildcards: study.model_dir(config, wildcards.model) or [],
+        model=lambda wildcards: plan.model_dir(config, wildcards.model) or [],
     output:
         trajectory="data/promptopt/{model}/{dataset}/trajectory.csv",
         best="data/promptopt/{model}/{dataset}/best.json",

@@ -9,16 +9,16 @@ def dataset_cfg(name):
 def score_inputs(wildcards):
     """Items, the model folder when the DAG builds it, descriptions when the scenario needs them."""
     inputs = {"item_file": f"data/datasets/{wildcards.dataset}/items.jsonl"}
-    local = study.model_dir(config, wildcards.model)
+    local = plan.model_dir(config, wildcards.model)
     if local:
         inputs["model"] = local
-    if study.scenario_needs_descriptions(config, wildcards.scenario):
+    if plan.scenario_needs_descriptions(config, wildcards.scenario):
         inputs["descriptions"] = f"data/datasets/{wildcards.dataset}/descriptions.json"
     return inputs
 
 
 def score_params(wildcards):
-    run = study.run_for(
+    run = plan.run_for(
         config, wildcards.model, wildcards.dataset, wildcards.scenario, wildcards.prompt
     )
     mcfg = config["models"][wildcards.model]
@@ -41,7 +41,7 @@ def model_gpus(wildcards):
 
 
 def all_records():
-    return study.all_records(config)
+    return plan.all_records(config)
 
 
 def all_targets():
@@ -63,7 +63,7 @@ def idk_records():
     idk_sets = {
         n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
     }
-    return [study.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
+    return [plan.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
 
 
 def idk_comparisons():
@@ -80,7 +80,7 @@ def idk_comparisons():
 
 def recalibration_records():
     targets = (
-        study.expand_runs(
+        plan.expand_runs(
             {**config, "runs": config["recalibration"].get("targets") or []}, key="runs"
         )
         if config["recalibration"].get("targets")
@@ -95,16 +95,16 @@ def recalibration_records():
             and r["scenario"] == "image"
         ]
     )
-    return [study.records_path(r) for r in targets]
+    return [plan.records_path(r) for r in targets]
 
 
 def promptopt_cfg():
     return config["promptopt"]
 
 
-from mmcal import report as study_report  # noqa: E402
+from mmcal.figures import registry as figure_registry  # noqa: E402
 
-FIGURES = study_report.figure_plan(config, RUNS)
+FIGURES = figure_registry.figure_plan(config, RUNS)
 
 
 def figure_targets():

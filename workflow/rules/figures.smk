@@ -1,4 +1,4 @@
-# Figures: one job per figure kind (see mmcal.report.figure_plan); figure options are params of
+# Figures: one job per figure kind (see mmcal.figures.registry.figure_plan); figure options are params of
 # these rules only, so changing them re-runs figures and nothing upstream.
 
 

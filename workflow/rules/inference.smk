@@ -5,7 +5,7 @@ rule score:
     input:
         unpack(score_inputs),
     output:
-        study.RECORDS,
+        plan.RECORDS,
     log:
         "logs/score/{model}/{dataset}/{scenario}/{prompt}.log",
     benchmark:

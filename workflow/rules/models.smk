@@ -3,7 +3,7 @@
 
 rule convert_smollm2:
     output:
-        model_dir=directory(study.BUILD_PATHS["smollm2"]),
+        model_dir=directory(plan.BUILD_PATHS["smollm2"]),
     log:
         "logs/models/smollm2.log",
     benchmark:
@@ -16,7 +16,7 @@ rule convert_smollm2:
 
 rule train_vision:
     output:
-        model_dir=directory(study.BUILD_PATHS["vision"]),
+        model_dir=directory(plan.BUILD_PATHS["vision"]),
     log:
         "logs/models/vision.log",
     benchmark:
@@ -32,10 +32,10 @@ rule train_vision:
 
 rule train_stage1:
     input:
-        vision=study.BUILD_PATHS["vision"],
-        lm=study.BUILD_PATHS["smollm2"],
+        vision=plan.BUILD_PATHS["vision"],
+        lm=plan.BUILD_PATHS["smollm2"],
     output:
-        model_dir=directory(study.BUILD_PATHS["stage1"]),
+        model_dir=directory(plan.BUILD_PATHS["stage1"]),
     log:
         "logs/models/stage1.log",
     benchmark:
@@ -51,9 +51,9 @@ rule train_stage1:
 
 rule train_stage2:
     input:
-        start=study.BUILD_PATHS["stage1"],
+        start=plan.BUILD_PATHS["stage1"],
     output:
-        model_dir=directory(study.BUILD_PATHS["stage2"]),
+        model_dir=directory(plan.BUILD_PATHS["stage2"]),
     log:
         "logs/models/stage2.log",
     benchmark:
@@ -71,9 +71,9 @@ rule train_stage2:
 # so it does not pay stage 2's plateau again.
 rule train_stage2_idk:
     input:
-        start=study.BUILD_PATHS["stage2"],
+        start=plan.BUILD_PATHS["stage2"],
     output:
-        model_dir=directory(study.BUILD_PATHS["stage2_idk"]),
+        model_dir=directory(plan.BUILD_PATHS["stage2_idk"]),
     log:
         "logs/models/stage2_idk.log",
     benchmark:

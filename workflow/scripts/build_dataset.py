@@ -6,7 +6,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.datasets import build_dataset  # noqa: E402
+from mmcal.data.registry import build_dataset  # noqa: E402
 
 sm = snakemake  # noqa: F821
 info = build_dataset(

@@ -8,8 +8,8 @@ from _setup import start  # noqa: E402
 log = start(snakemake)  # noqa: F821
 import pandas as pd  # noqa: E402
 
-from mmcal.idk_compare import idk_paired  # noqa: E402
-from mmcal.idk_metrics import idk_table  # noqa: E402
+from mmcal.analysis.idk_comparisons import idk_paired  # noqa: E402
+from mmcal.analysis.idk import idk_table  # noqa: E402
 from mmcal.records import read_records  # noqa: E402
 
 sm = snakemake  # noqa: F821

@@ -7,9 +7,9 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.paper import write_main_tex  # noqa: E402
+from mmcal.paper.main_tex import write_main_tex  # noqa: E402
 from mmcal.provenance import config_hash, git_commit, today  # noqa: E402
-from mmcal.report import paper_sections  # noqa: E402
+from mmcal.figures.registry import paper_sections  # noqa: E402
 
 sm = snakemake  # noqa: F821
 tables = json.loads(open(sm.input.tables).read())["tables"]

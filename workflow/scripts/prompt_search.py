@@ -7,10 +7,10 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.modeling import load_model  # noqa: E402
-from mmcal.prompt_search_job import run_prompt_search  # noqa: E402
-from mmcal.prompts import PromptVariant  # noqa: E402
-from mmcal.scoring import Engine  # noqa: E402
+from mmcal.engine.loading import load_model  # noqa: E402
+from mmcal.promptopt.job import run_prompt_search  # noqa: E402
+from mmcal.engine.prompts import PromptVariant  # noqa: E402
+from mmcal.engine.scoring import Engine  # noqa: E402
 
 sm = snakemake  # noqa: F821
 mcfg = sm.params.model_cfg

@@ -7,7 +7,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.recal_study import recalibration_study, split_robustness  # noqa: E402
+from mmcal.calibration.study import recalibration_study, split_robustness  # noqa: E402
 from mmcal.records import read_records, write_records  # noqa: E402
 
 sm = snakemake  # noqa: F821

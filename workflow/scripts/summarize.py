@@ -7,7 +7,7 @@ from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.records import read_records  # noqa: E402
-from mmcal.summarize import summarize  # noqa: E402
+from mmcal.analysis.summary import summarize  # noqa: E402
 
 sm = snakemake  # noqa: F821
 m = sm.params.metrics

@@ -8,7 +8,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.report import make_tables  # noqa: E402
+from mmcal.figures.registry import make_tables  # noqa: E402
 
 sm = snakemake  # noqa: F821
 inputs = {name: sm.input[name] for name in sm.input.keys()}

@@ -1,4 +1,4 @@
-"""Rule train_stage1: LLaVA stage 1, projector alignment (logic: mmcal.models.stage1)."""
+"""Rule train_stage1: LLaVA stage 1, projector alignment (logic: mmcal.tinyllava.stage1)."""
 
 import sys
 
@@ -6,7 +6,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake, spin_wait=True)  # noqa: F821
-from mmcal.models.stage1 import train_stage1  # noqa: E402
+from mmcal.tinyllava.stage1 import train_stage1  # noqa: E402
 
 summary = train_stage1(
     snakemake.params.cfg,  # noqa: F821

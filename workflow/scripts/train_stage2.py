@@ -1,5 +1,5 @@
 """Rules train_stage2 / train_stage2_idk: LLaVA stage 2, visual instruction tuning
-(logic: mmcal.models.stage2), starting from ``input.start`` (stage 1; stage 2 for the IDK-trained
+(logic: mmcal.tinyllava.stage2), starting from ``input.start`` (stage 1; stage 2 for the IDK-trained
 variant). With stage2.idk_train_classes in params.cfg it builds the IDK variant."""
 
 import sys
@@ -8,7 +8,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake, spin_wait=True)  # noqa: F821
-from mmcal.models.stage2 import train_stage2  # noqa: E402
+from mmcal.tinyllava.stage2 import train_stage2  # noqa: E402
 
 summary = train_stage2(
     snakemake.params.cfg,  # noqa: F821

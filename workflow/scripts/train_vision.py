@@ -1,4 +1,4 @@
-"""Rule train_vision: pretrain the tiny-LLaVA vision tower (logic: mmcal.models.vision)."""
+"""Rule train_vision: pretrain the tiny-LLaVA vision tower (logic: mmcal.tinyllava.vision)."""
 
 import sys
 
@@ -6,7 +6,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake, spin_wait=True)  # noqa: F821
-from mmcal.models.vision import train_vision  # noqa: E402
+from mmcal.tinyllava.vision import train_vision  # noqa: E402
 
 summary = train_vision(
     snakemake.params.cfg, snakemake.output.model_dir, threads=snakemake.threads  # noqa: F821

@@ -26,8 +26,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 def setup(args):
     import torch
 
-    from ..data.fashion_mnist import build_fashion_mnist_items
-    from ..modeling import load_model
+    from mmcal.data.fashion_mnist import build_fashion_mnist_items
+    from mmcal.engine.loading import load_model
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="mmcal-bench-"))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..prompt_search_job import answer_prefix_for
-from ..prompts import PromptVariant
-from ..scenarios import Scenario
-from ..scoring import Engine
-from .common import parser, setup, timed
+from mmcal.promptopt.job import answer_prefix_for
+from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.scenarios import Scenario
+from mmcal.engine.scoring import Engine
+from mmcal.bench.common import parser, setup, timed
 
 WORDS = ["The answer might be", "The answer must be", "The correct option is", "I think it is",
          "Most likely it is", "The right choice is", "My answer is", "It should be",

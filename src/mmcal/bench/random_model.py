@@ -5,7 +5,7 @@
 The GPU machine has no copy of the trained checkpoints (they are built by the DAG, and too large to
 carry there), so speed is measured on a model with the same shapes: SmolLM2-135M's config with
 random weights, a randomly initialised vision tower of the default ``vision`` config, assembled by
-the very code the DAG uses (:func:`mmcal.models.tinyllava.assemble_tiny_llava`). ``--lm-source``
+the very code the DAG uses (:func:`mmcal.tinyllava.model.assemble_tiny_llava`). ``--lm-source``
 needs only ``config.json`` and the tokenizer files. Timings transfer; predictions do not (random
 weights), so the scoring benchmark caps the reference decoder's steps at what the trained model
 needs (``--max-steps``).
@@ -22,9 +22,9 @@ def build_random_tiny_llava(lm_source: str | Path, out_dir: str | Path, seed: in
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
-    from ..models.tinyllava import assemble_tiny_llava, save_tiny_llava
-    from ..models.tinyllava_config import VISION_DEFAULTS
-    from ..models.vision import make_image_processor, vision_config
+    from mmcal.tinyllava.model import assemble_tiny_llava, save_tiny_llava
+    from mmcal.tinyllava.config import VISION_DEFAULTS
+    from mmcal.tinyllava.vision import make_image_processor, vision_config
 
     torch.manual_seed(seed)
     work = Path(tempfile.mkdtemp(prefix="mmcal-random-"))

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..chat import render_prompt
-from ..prompts import PromptVariant, build_messages
-from ..scenarios import Scenario
-from ..scoring import Engine, load_image
-from .common import parser, setup, timed
+from mmcal.engine.chat import render_prompt
+from mmcal.engine.prompts import PromptVariant, build_messages
+from mmcal.engine.scenarios import Scenario
+from mmcal.engine.scoring import Engine, load_image
+from mmcal.bench.common import parser, setup, timed
 
 LETTER_SET = {"A", "B", "C", "D", "E"}
 

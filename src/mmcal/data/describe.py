@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, MmcalError
-from ..items import MCItem
-from .fashion_mnist import CLASSES
+from mmcal.errors import ConfigError, DataError, MmcalError
+from mmcal.items import MCItem
+from mmcal.data.fashion_mnist import CLASSES
 
 MODES = ("consistent", "conflicting", "only")
 ENTRY_KEYS = (

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..items import MCItem
+from mmcal.errors import DataError
+from mmcal.items import MCItem
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = (

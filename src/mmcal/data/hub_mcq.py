@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import LETTERS
-from ..errors import DataError, MmcalError
-from ..items import MCItem
+from mmcal import LETTERS
+from mmcal.errors import DataError, MmcalError
+from mmcal.items import MCItem
 
 
 def _answer_index(value, n_options: int) -> int | None:

@@ -44,10 +44,10 @@ from typing import Iterable
 
 import numpy as np
 
-from .. import LETTERS
-from ..errors import ConfigError, DataError
-from ..items import MCItem
-from .fashion_mnist import CLASSES, QUESTION, load_fashion_mnist, select_indices
+from mmcal import LETTERS
+from mmcal.errors import ConfigError, DataError
+from mmcal.items import MCItem
+from mmcal.data.fashion_mnist import CLASSES, QUESTION, load_fashion_mnist, select_indices
 
 IDK_TEXT = "I don't know"
 # Phrasings recognised as the IDK option in released files (compared after normalisation).

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DataError
-from ..items import MCItem
+from mmcal.errors import DataError
+from mmcal.items import MCItem
 
 SOMETIMES = "~"
 FORWARD = "attribute_to_object"

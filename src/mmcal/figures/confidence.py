@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import group_label, require, scored, varying
-from .style import CORRECT_COLOR, INCORRECT_COLOR, panel_grid, save_figure, styled
+from mmcal.figures.frames import group_label, require, scored, varying
+from mmcal.figures.style import CORRECT_COLOR, INCORRECT_COLOR, panel_grid, save_figure, styled
 
 
 @styled

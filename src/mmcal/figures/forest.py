@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import require
-from .style import CORRECT_COLOR, NEUTRAL_COLOR, metric_label, panel_grid, save_figure, styled
+from mmcal.figures.frames import require
+from mmcal.figures.style import CORRECT_COLOR, NEUTRAL_COLOR, metric_label, panel_grid, save_figure, styled
 
 DEFAULT_METRICS = ("accuracy", "ece_10", "brier", "nll", "auroc")
 

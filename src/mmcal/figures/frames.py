@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from mmcal.stats import cluster_bootstrap_weights
+from mmcal.analysis.stats import cluster_bootstrap_weights
 
 GROUP_COLS = ("model", "dataset", "scenario", "prompt", "readout")
 

@@ -14,10 +14,10 @@ import matplotlib.patches as mpatches
 import numpy as np
 import pandas as pd
 
-from mmcal.tables import canonical_idk_columns
+from mmcal.paper.tables import canonical_idk_columns
 
-from .frames import ci_errors, option_probs, parse_meta, require, scored, select
-from .style import (CORRECT_COLOR, INCORRECT_COLOR, MARKERS, NEUTRAL_COLOR, metric_label,
+from mmcal.figures.frames import ci_errors, option_probs, parse_meta, require, scored, select
+from mmcal.figures.style import (CORRECT_COLOR, INCORRECT_COLOR, MARKERS, NEUTRAL_COLOR, metric_label,
                     model_color, panel_grid, save_figure, styled)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import cluster_mean_ci, option_probs, option_shift, parse_meta, require, scored, select
-from .style import NEUTRAL_COLOR, model_color, panel_grid, save_figure, styled
+from mmcal.figures.frames import cluster_mean_ci, option_probs, option_shift, parse_meta, require, scored, select
+from mmcal.figures.style import NEUTRAL_COLOR, model_color, panel_grid, save_figure, styled
 
 
 def shift_scenarios(records: pd.DataFrame, baseline: str = "image") -> list[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import require
-from .style import NEUTRAL_COLOR, metric_label, model_color, panel_grid, save_figure, styled
+from mmcal.figures.frames import require
+from mmcal.figures.style import NEUTRAL_COLOR, metric_label, model_color, panel_grid, save_figure, styled
 
 
 def best_per_round(trajectory: pd.DataFrame) -> pd.DataFrame:

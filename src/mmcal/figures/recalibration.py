@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import GROUP_COLS, ci_errors, require, select
-from .reliability import plot_reliability_panels
-from .style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
+from mmcal.figures.frames import GROUP_COLS, ci_errors, require, select
+from mmcal.figures.reliability import plot_reliability_panels
+from mmcal.figures.style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
                     styled)
 
 
@@ -25,7 +25,7 @@ def plot_recalibration_reliability(before: pd.DataFrame, after: pd.DataFrame, ou
                                    seed: int = 0, dpi: int = 200) -> list[Path]:
     """Reliability of the same items before and after recalibration, side by side.
 
-    ``after`` is a recalibrated copy of the records (``mmcal.recalibration.apply_to_records``);
+    ``after`` is a recalibrated copy of the records (``mmcal.calibration.recalibration.apply_to_records``);
     ``before`` is cut down to the groups, splits and items of the recalibrated rows so both
     panels show the same items.
     """

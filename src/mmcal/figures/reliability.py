@@ -3,7 +3,7 @@
 A panel shows the accuracy of each equal-width confidence bin (bars) against the diagonal, the
 mean confidence of each bin (markers), a 95 % cluster-bootstrap band of the per-bin accuracy,
 and the number of items per bin underneath; the legend carries the ECE of the same bins.
-Bins follow ``mmcal.metrics``: (b/M, (b+1)/M], confidence 0 in the first bin.
+Bins follow ``mmcal.analysis.metrics``: (b/M, (b+1)/M], confidence 0 in the first bin.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mmcal.metrics import equal_width_bin_index
-from mmcal.stats import cluster_bootstrap_weights
+from mmcal.analysis.metrics import equal_width_bin_index
+from mmcal.analysis.stats import cluster_bootstrap_weights
 
-from .frames import GROUP_COLS, require, scored, slug
-from .style import NEUTRAL_COLOR, ONE_COLUMN, TWO_COLUMN, model_color, save_figure, styled
+from mmcal.figures.frames import GROUP_COLS, require, scored, slug
+from mmcal.figures.style import NEUTRAL_COLOR, ONE_COLUMN, TWO_COLUMN, model_color, save_figure, styled
 
 
 def reliability_bins(confidence, correct, bins: int = 10) -> pd.DataFrame:

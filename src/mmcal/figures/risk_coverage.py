@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .frames import GROUP_COLS, group_label, require, scored, varying
-from .style import ONE_COLUMN, group_styles, save_figure, styled
+from mmcal.figures.frames import GROUP_COLS, group_label, require, scored, varying
+from mmcal.figures.style import ONE_COLUMN, group_styles, save_figure, styled
 
 
 def risk_coverage_curve(confidence, correct) -> pd.DataFrame:
@@ -17,7 +17,7 @@ def risk_coverage_curve(confidence, correct) -> pd.DataFrame:
 
     Items with the same confidence can only be accepted together, so the curve has one point
     per tie group; ``aurc`` (returned in ``attrs``) is the mean over items of the risk at which
-    each item is accepted, as in ``mmcal.metrics``.
+    each item is accepted, as in ``mmcal.analysis.metrics``.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     errors = 1.0 - np.asarray(correct, dtype=np.float64)

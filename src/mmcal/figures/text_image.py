@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .frames import ci_errors, cluster_mean_ci, require, scored, select
-from .style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
+from mmcal.figures.frames import ci_errors, cluster_mean_ci, require, scored, select
+from mmcal.figures.style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
                     scenario_label, styled)
 
 TEXT_IMAGE_SCENARIOS = ("image", "blind", "text-desc", "image-desc-consistent", "image-desc-conflicting")

@@ -12,14 +12,14 @@ OpenAI-compatible chat-completions endpoint). Generated candidates are cached on
 with the same seed needs neither a model nor an API.
 """
 
-from .base import Generated, Paraphraser, ParaphraserError
-from .cache import CandidateCache
-from .openai_paraphraser import OpenAIParaphraser
-from .paraphrasers import PARAPHRASERS, make_paraphraser, propose_paraphrases
-from .ranking import DEFAULT_BAND_WIDTH, accuracy_band, rank_key
-from .rule import RuleParaphraser, rule_variants
-from .search import DEFAULT_SEEDS, CandidateRecord, SearchError, SearchResult, run_search
-from .smollm2_paraphraser import DEFAULT_MODEL_PATH, SmolLM2Paraphraser
+from mmcal.promptopt.base import Generated, Paraphraser, ParaphraserError
+from mmcal.promptopt.cache import CandidateCache
+from mmcal.promptopt.openai_paraphraser import OpenAIParaphraser
+from mmcal.promptopt.paraphrasers import PARAPHRASERS, make_paraphraser, propose_paraphrases
+from mmcal.promptopt.ranking import DEFAULT_BAND_WIDTH, accuracy_band, rank_key
+from mmcal.promptopt.rule import RuleParaphraser, rule_variants
+from mmcal.promptopt.search import DEFAULT_SEEDS, CandidateRecord, SearchError, SearchResult, run_search
+from mmcal.promptopt.smollm2_paraphraser import DEFAULT_MODEL_PATH, SmolLM2Paraphraser
 
 __all__ = [
     "CandidateCache",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from ..errors import MmcalError
-from .text import CLEANING_VERSION, fingerprint
+from mmcal.errors import MmcalError
+from mmcal.promptopt.text import CLEANING_VERSION, fingerprint
 
 
 class ParaphraserError(MmcalError):
@@ -70,7 +70,7 @@ class Paraphraser(ABC):
         """One raw paraphrase of ``parent``, reproducible for a given ``sample_seed``."""
 
     def fingerprint(self) -> str:
-        from .rule import rule_table_fingerprint  # the fallback's table shapes outputs too
+        from mmcal.promptopt.rule import rule_table_fingerprint  # the fallback's table shapes outputs too
 
         return fingerprint(
             {

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from .base import Generated
+from mmcal.promptopt.base import Generated
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import time
 import urllib.error
 import urllib.request
 
-from ..errors import ConfigError
-from .base import Paraphraser, ParaphraserError, instruction_settings, paraphrase_messages
+from mmcal.errors import ConfigError
+from mmcal.promptopt.base import Paraphraser, ParaphraserError, instruction_settings, paraphrase_messages
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 
-from ..errors import ConfigError
-from .base import Generated, Paraphraser
-from .cache import CandidateCache
-from .openai_paraphraser import OpenAIParaphraser
-from .rule import RuleParaphraser, rule_pick
-from .smollm2_paraphraser import SmolLM2Paraphraser
-from .text import clean_candidate, derive_seed, is_acceptable, normalise
+from mmcal.errors import ConfigError
+from mmcal.promptopt.base import Generated, Paraphraser
+from mmcal.promptopt.cache import CandidateCache
+from mmcal.promptopt.openai_paraphraser import OpenAIParaphraser
+from mmcal.promptopt.rule import RuleParaphraser, rule_pick
+from mmcal.promptopt.smollm2_paraphraser import SmolLM2Paraphraser
+from mmcal.promptopt.text import clean_candidate, derive_seed, is_acceptable, normalise
 
 PARAPHRASERS: dict[str, type[Paraphraser]] = {
     "rule": RuleParaphraser,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import re
 
-from .base import Paraphraser
-from .text import clean_candidate, fingerprint, is_acceptable, normalise
+from mmcal.promptopt.base import Paraphraser
+from mmcal.promptopt.text import clean_candidate, fingerprint, is_acceptable, normalise
 
 # Whole-word (or whole-phrase) swaps, matched case-insensitively; the first occurrence is replaced.
 SWAPS: dict[str, tuple[str, ...]] = {

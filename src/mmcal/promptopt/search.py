@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..errors import ConfigError, MmcalError
-from .base import Paraphraser
-from .cache import CandidateCache
-from .paraphrasers import make_paraphraser, propose_paraphrases
-from .ranking import DEFAULT_BAND_WIDTH, accuracy_band, rank_key
+from mmcal.errors import ConfigError, MmcalError
+from mmcal.promptopt.base import Paraphraser
+from mmcal.promptopt.cache import CandidateCache
+from mmcal.promptopt.paraphrasers import make_paraphraser, propose_paraphrases
+from mmcal.promptopt.ranking import DEFAULT_BAND_WIDTH, accuracy_band, rank_key
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Paraphraser, ParaphraserError, instruction_settings, paraphrase_messages
+from mmcal.promptopt.base import Paraphraser, ParaphraserError, instruction_settings, paraphrase_messages
 
 DEFAULT_MODEL_PATH = "data/models/smollm2-135m-instruct"
 
@@ -22,7 +22,7 @@ def load_paraphrase_model(model_path: str | Path):
     if not (path / "config.json").exists():
         raise ParaphraserError(
             f"no model checkpoint at {path}: build it with "
-            "mmcal.models.smollm2.convert_smollm2 (the workflow's models rule does this)"
+            "mmcal.tinyllava.smollm2.convert_smollm2 (the workflow's models rule does this)"
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -1,0 +1,244 @@
+"""Records -> metric tables: per-group metrics with intervals, and paired comparisons.
+
+``summarize`` gives one row per (model, dataset, scenario, prompt, readout) with every metric of
+``mmcal.analysis.metrics.compute_all`` and its cluster-bootstrap interval. ``compare`` matches two groups
+item by item and tests the differences, with Holm's correction over the whole table.
+
+Rows with ``status != "ok"`` are counted (``n_unscorable``) and left out of every metric; a
+comparison uses the items scorable on both sides. Option probabilities are exp(option_scores);
+a group whose rows have different numbers of options is padded with probability 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from mmcal.analysis import metrics as m
+from mmcal.analysis import stats
+from mmcal.records import metric_arrays
+
+GROUP_KEYS = ("model", "dataset", "scenario", "prompt", "readout")
+DEFAULT_COMPARE_METRICS = ("accuracy", "ece_10", "ece_debiased", "smece", "brier", "nll", "auroc")
+COMPARE_COLUMNS = [
+    "comparison",
+    "metric",
+    "a_label",
+    "b_label",
+    "n_paired",
+    "value_a",
+    "value_b",
+    "diff",
+    "diff_lo",
+    "diff_hi",
+    "p_value",
+    "p_holm",
+    "tost_p",
+    "margin",
+    "equivalent",
+    "significant",
+]
+_NOT_FILTERS = {"name", "a", "b", "where", "margin", "a_label", "b_label"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Records -> arrays
+
+
+def group_arrays(frame: pd.DataFrame) -> tuple[dict, np.ndarray]:
+    """Metric inputs (confidence, correct, probs, gold) and cluster ids of scorable rows."""
+    data = metric_arrays(frame)
+    if np.isnan(data["confidence"]).any():
+        ids = frame.index if "item_id" not in frame.columns else frame["item_id"]
+        bad = list(ids[np.isnan(data["confidence"])])[:5]
+        raise ValueError(f"rows with status 'ok' but NaN confidence (items {bad}): records are malformed")
+    return data, frame["cluster_id"].to_numpy()
+
+
+def _in_split(records: pd.DataFrame, split) -> pd.DataFrame:
+    return records if split is None else records[records["split"] == split]
+
+
+def _scorable(frame: pd.DataFrame) -> pd.DataFrame:
+    # Sorted by item so the input row order never changes a number (ties, equal-mass bins).
+    return frame[frame["status"] == "ok"].sort_values("item_id", kind="stable")
+
+
+# ---------------------------------------------------------------------------------------------
+# summarize
+
+
+def summarize(
+    records: pd.DataFrame,
+    B: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    split: str | None = "test",
+    smece_test: bool = True,
+) -> pd.DataFrame:
+    """One row per (model, dataset, scenario, prompt, readout) of the records in ``split``.
+
+    Columns: the group keys, ``n`` (rows with status ok), ``n_unscorable`` (other rows), every
+    metric of ``compute_all`` with ``<metric>_lo``/``<metric>_hi`` (cluster-bootstrap percentile
+    interval at ``level``; see ``mmcal.analysis.stats``), and, with ``smece_test``,
+    ``smece_p_calibrated`` (consistency-resampling p-value of perfect calibration). Each group's
+    bootstrap seed is derived from ``seed`` and the group key with SHA-256, so a group's numbers
+    do not depend on which other groups are in the table.
+    """
+    frame = _in_split(records, split)
+    rows = []
+    for key, group in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
+        ok = _scorable(group)
+        data, clusters = group_arrays(ok)
+        group_seed = stats.derive_seed(seed, *key)
+        row = dict(zip(GROUP_KEYS, key))
+        row["n_unscorable"] = int(len(group) - len(ok))
+        row.update(stats.metric_cis(**data, cluster_ids=clusters, B=B, seed=group_seed, level=level))
+        if smece_test:
+            test = stats.smece_calibration_test(data["confidence"], data["correct"], B, group_seed)
+            row["smece_p_calibrated"] = test["p_value"]
+        rows.append(row)
+    columns = [*GROUP_KEYS, "n", "n_unscorable", *_metric_columns()]
+    if smece_test:
+        columns.append("smece_p_calibrated")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _metric_columns() -> list[str]:
+    return [c for k in m.METRIC_KEYS if k != "n" for c in (k, f"{k}_lo", f"{k}_hi")]
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def compare(
+    records: pd.DataFrame,
+    comparisons: list[dict],
+    B: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    margin_default: float | dict | None = None,
+    metrics=DEFAULT_COMPARE_METRICS,
+    split: str | None = "test",
+) -> pd.DataFrame:
+    """Paired comparisons of groups, one row per (comparison, metric); columns COMPARE_COLUMNS.
+
+    Each comparison dict has ``name``, ``a`` and ``b`` (column filters of each side, e.g.
+    ``{"model": "tiny-llava-stage1", "scenario": "image"}``), optional ``a_label``/``b_label``,
+    optional ``margin`` (a number, or ``{metric: number}``), and filters shared by both sides
+    (``readout``, ``dataset``, ...) either under ``where`` or as further top-level keys. A filter
+    value that is a list means "one of".
+    Each side must select at most one scorable row per item; items are matched by ``item_id``
+    (inner join, ``n_paired``). ``diff`` = B - A with the tests of ``stats.paired_difference``;
+    ``p_holm`` is Holm's adjustment over every row of the returned table; ``significant`` =
+    p_holm < alpha and ``equivalent`` = TOST p < alpha, alpha = 1 - level. Without a margin
+    ``tost_p``/``margin`` are NaN and ``equivalent`` is False.
+
+    Resolution: a bootstrap p-value is at least 2 / (B + 1), so with m rows the smallest
+    possible ``p_holm`` is 2 m / (B + 1); a warning says when that is not below alpha (choose
+    B > 2 m / alpha, e.g. B = 3000 for 70 rows at alpha = 0.05).
+    """
+    frame = _scorable(_in_split(records, split))
+    rows = []
+    for comparison in comparisons:
+        rows += _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))
+    table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    alpha = 1 - level
+    _warn_if_holm_cannot_reach_alpha(len(table), B, alpha)
+    table["p_holm"] = stats.holm(table["p_value"].to_numpy(dtype=float))
+    table["significant"] = (table["p_holm"] < alpha).astype(bool)
+    table["equivalent"] = table["equivalent"].astype(bool)
+    return table
+
+
+def _warn_if_holm_cannot_reach_alpha(n_tests: int, B: int, alpha: float) -> None:
+    """A bootstrap p-value is at least 2 / (B + 1), so Holm's smallest is n_tests times that."""
+    floor = 2 * n_tests / (B + 1)
+    if n_tests and floor >= alpha:
+        warnings.warn(
+            f"with B={B} replicates and {n_tests} tests no Holm-adjusted p-value can fall below "
+            f"{floor:.3g} >= alpha={alpha:.3g}; use B > {int(np.ceil(2 * n_tests / alpha))}",
+            stacklevel=3,
+        )
+
+
+def _compare_one(frame, comparison, B, seed, level, margin_default, metrics) -> list[dict]:
+    name = comparison["name"]
+    shared = {**comparison.get("where", {}), **{k: v for k, v in comparison.items() if k not in _NOT_FILTERS}}
+    side_a = _select(frame, {**shared, **comparison["a"]}, name, "a")
+    side_b = _select(frame, {**shared, **comparison["b"]}, name, "b")
+    common = side_a.index.intersection(side_b.index).sort_values()
+    data_a, clusters = group_arrays(side_a.loc[common])
+    data_b, _ = group_arrays(side_b.loc[common])
+    margins = {k: _margin(k, comparison.get("margin"), margin_default) for k in metrics}
+    results = stats.paired_metric_differences(
+        data_a,
+        data_b,
+        clusters,
+        metrics,
+        B=B,
+        seed=stats.derive_seed(seed, name),
+        level=level,
+        margins=margins,
+    )
+    a_label = comparison.get("a_label") or _label(comparison["a"])
+    b_label = comparison.get("b_label") or _label(comparison["b"])
+    return [
+        {
+            "comparison": name,
+            "metric": k,
+            "a_label": a_label,
+            "b_label": b_label,
+            "n_paired": len(common),
+            "value_a": r["value_a"],
+            "value_b": r["value_b"],
+            "diff": r["diff"],
+            "diff_lo": r["lo"],
+            "diff_hi": r["hi"],
+            "p_value": r["p_value"],
+            "p_holm": np.nan,
+            "tost_p": r["tost_p"],
+            "margin": r["margin"],
+            "equivalent": r["equivalent"],
+            "significant": False,
+        }
+        for k, r in results.items()
+    ]
+
+
+def _select(frame: pd.DataFrame, filters: dict, name: str, side: str) -> pd.DataFrame:
+    """Rows matching ``filters``, indexed by item_id; one row per item or a clear error."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in filters.items():
+        if column not in frame.columns:
+            raise ValueError(f"comparison {name!r}: filter on unknown column {column!r}")
+        if isinstance(value, (list, tuple, set)):
+            mask &= frame[column].isin(list(value))
+        else:
+            mask &= frame[column] == value
+    rows = frame[mask]
+    duplicated = rows["item_id"].duplicated()
+    if duplicated.any():
+        item = rows.loc[duplicated, "item_id"].iloc[0]
+        raise ValueError(
+            f"comparison {name!r}, side {side}: several rows for item {item!r}; "
+            "add filters (readout, prompt, scenario, ...) so each side is one group"
+        )
+    return rows.set_index("item_id")
+
+
+def _margin(metric: str, own, default) -> float | None:
+    for source in (own, default):
+        if isinstance(source, dict):
+            if metric in source:
+                return float(source[metric])
+        elif source is not None:
+            return float(source)
+    return None
+
+
+def _label(filters: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in filters.items())

@@ -1,0 +1,137 @@
+"""A resumable scoring job: one (model, dataset, scenario, prompt) → one records Parquet file.
+
+Items are scored in shards written next to the output (``<output>.shards/``). A killed job that
+is restarted reads the finished shards and scores only the items they do not hold; the final file
+is assembled from the shards in item order, then the shards are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mmcal.items import read_items
+from mmcal.records import to_frame, write_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSpec:
+    model: str
+    dataset: str
+    scenario: str
+    prompt: str
+    items_path: str
+    out_path: str
+    splits: tuple[str, ...] = ("calib", "test")
+    descriptions_path: str | None = None
+    shard_size: int = 64
+    limit_per_split: int | None = None
+    # Identity of the model and prompt: shards written by another model or prompt are discarded,
+    # never mixed into the records (e.g. after a checkpoint was retrained).
+    fingerprint: str | None = None
+    prompt_hash: str | None = None
+
+
+def shard_dir_for(out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".shards")
+
+
+def finished_shards(shard_dir: Path, fingerprint: str | None = None,
+                    prompt_hash: str | None = None) -> tuple[list[Path], set[str]]:
+    """Shards a restarted job can reuse; stale ones (other model or prompt) are deleted."""
+    shards = sorted(shard_dir.glob("shard-*.parquet")) if shard_dir.exists() else []
+    done: set[str] = set()
+    kept = []
+    for s in shards:
+        df = pd.read_parquet(s, columns=["item_id", "model_fingerprint", "prompt_hash"])
+        stale = (fingerprint and (df["model_fingerprint"] != fingerprint).any()) or (
+            prompt_hash and (df["prompt_hash"] != prompt_hash).any()
+        )
+        if stale:
+            log.warning("discarding %s: written by another model or prompt", s)
+            s.unlink()
+            continue
+        kept.append(s)
+        done.update(df["item_id"].tolist())
+    return kept, done
+
+
+def select_items(spec: JobSpec):
+    items = read_items(spec.items_path, splits=spec.splits)
+    if spec.limit_per_split:
+        kept, count = [], {}
+        for it in items:
+            count[it.split] = count.get(it.split, 0) + 1
+            if count[it.split] <= spec.limit_per_split:
+                kept.append(it)
+        items = kept
+    return items
+
+
+def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict:
+    """Score what is not yet scored, then assemble. ``make_engine()`` loads the model lazily,
+    so a job whose shards are all done never loads the model."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    items = select_items(spec)
+    descriptions = None
+    if spec.descriptions_path:
+        descriptions = json.loads(Path(spec.descriptions_path).read_text())
+    shard_dir = shard_dir_for(spec.out_path)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    shards, done = finished_shards(shard_dir, spec.fingerprint, spec.prompt_hash)
+    todo = [it for it in items if it.item_id not in done]
+    log.info(
+        "items: %d selected, %d already scored in %d shards, %d to score",
+        len(items), len(items) - len(todo), len(shards), len(todo),
+    )
+    engine = None
+    if todo:
+        engine = make_engine()
+        provenance = {
+            "model": spec.model,
+            "dataset": spec.dataset,
+            "scenario": spec.scenario,
+            "prompt": spec.prompt,
+            "prompt_hash": engine.prompt.prompt_hash(),
+            "model_fingerprint": engine.lm.fingerprint,
+        }
+        bar = tqdm(total=len(todo), unit="item", desc=f"{spec.model}/{spec.dataset}/{spec.scenario}/{spec.prompt}", mininterval=5)
+        next_index = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=-1)
+        for start in range(0, len(todo), spec.shard_size):
+            chunk = todo[start : start + spec.shard_size]
+            rows = engine.score(chunk, scenario, descriptions, progress=bar.update)
+            for r in rows:
+                r.update(provenance)
+            write_records(to_frame(rows), shard_dir / f"shard-{next_index:05d}.parquet")
+            next_index += 1
+        bar.close()
+    frames = [pd.read_parquet(s) for s in sorted(shard_dir.glob("shard-*.parquet"))]
+    df = pd.concat(frames, ignore_index=True) if frames else to_frame([])
+    order = {it.item_id: i for i, it in enumerate(items)}
+    df = df[df["item_id"].isin(order)]
+    df = df.assign(_o=df["item_id"].map(order)).sort_values(["_o", "readout"], kind="stable")
+    df = df.drop(columns="_o").reset_index(drop=True)
+    write_records(df, spec.out_path)
+    shutil.rmtree(shard_dir)
+    per_item = df.drop_duplicates("item_id")
+    stats = {
+        "items": len(items),
+        "scored_now": len(todo),
+        "resumed": len(items) - len(todo),
+        "ok": int((per_item["status"] == "ok").sum()),
+        "unscorable": int((per_item["status"] != "ok").sum()),
+        "seconds": round(time.time() - t0, 1),
+    }
+    log.info("done: %s", json.dumps(stats))
+    return stats

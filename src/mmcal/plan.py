@@ -1,0 +1,109 @@
+"""The study plan: which (model, dataset, scenario, prompt) combinations the config asks for.
+
+The Snakefile and the CLI both use this, so the DAG is planned from config data alone: a user adds
+a model pair, a condition or a prompt by editing config, not code.
+"""
+
+from __future__ import annotations
+
+from itertools import product
+from pathlib import Path
+
+from mmcal.errors import ConfigError
+
+RECORDS = "data/records/{model}/{dataset}/{scenario}/{prompt}.parquet"
+
+
+def _check_names(config: dict, section: str, names: list[str], where: str) -> None:
+    known = config.get(section) or {}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"{where}: unknown {section} {missing}; defined: {sorted(known)}")
+
+
+def expand_runs(config: dict, key: str = "runs") -> list[dict]:
+    """Expand each entry of ``config[key]`` (lists of models × datasets × scenarios × prompts)."""
+    out, seen = [], set()
+    for i, run in enumerate(config.get(key) or []):
+        where = f"config {key}[{i}]"
+        for section in ("models", "datasets", "scenarios", "prompts"):
+            if not run.get(section):
+                raise ConfigError(f"{where}: needs a non-empty list '{section}'")
+            _check_names(config, section, run[section], where)
+        splits = list(run.get("splits") or ["calib", "test"])
+        limit = run.get("limit")
+        for m, d, s, p in product(run["models"], run["datasets"], run["scenarios"], run["prompts"]):
+            mcfg = config["models"][m]
+            scfg = config["scenarios"][s] or {}
+            if mcfg.get("kind", "mllm") == "llm" and scfg.get("image", True):
+                raise ConfigError(
+                    f"{where}: model {m!r} is text-only (kind: llm) but scenario {s!r} shows an image"
+                )
+            combo = (m, d, s, p)
+            if combo in seen:  # listed by two runs: score the union of their splits
+                prev = next(r for r in out if (r["model"], r["dataset"], r["scenario"], r["prompt"]) == combo)
+                prev["splits"] = sorted(set(prev["splits"]) | set(splits))
+                prev["limit"] = None if prev["limit"] is None or limit is None else max(prev["limit"], limit)
+                continue
+            seen.add(combo)
+            out.append({"model": m, "dataset": d, "scenario": s, "prompt": p, "splits": splits, "limit": limit})
+    return out
+
+
+def run_for(config: dict, model: str, dataset: str, scenario: str, prompt: str) -> dict:
+    for r in expand_runs(config):
+        if (r["model"], r["dataset"], r["scenario"], r["prompt"]) == (model, dataset, scenario, prompt):
+            return r
+    raise ConfigError(f"no run in the config scores {model}/{dataset}/{scenario}/{prompt}")
+
+
+def records_path(run: dict) -> str:
+    return RECORDS.format(model=run["model"], dataset=run["dataset"], scenario=run["scenario"], prompt=run["prompt"])
+
+
+def all_records(config: dict) -> list[str]:
+    return [records_path(r) for r in expand_runs(config)]
+
+
+# Where the DAG writes each model it builds (the Snakemake rules produce exactly these folders).
+BUILD_PATHS = {
+    "smollm2": "data/models/smollm2-135m-instruct",
+    "vision": "data/models/tiny-llava-vision",
+    "stage1": "data/models/tiny-llava-stage1",
+    "stage2": "data/models/tiny-llava-stage2",
+    "stage2_idk": "data/models/tiny-llava-stage2-idk",
+}
+
+
+def model_dir(config: dict, model: str) -> str | None:
+    """Local folder the DAG builds for this model, or None for a model it does not build."""
+    mcfg = config["models"][model]
+    build = mcfg.get("build")
+    if not build:
+        return None
+    if mcfg["path"] != BUILD_PATHS[build]:
+        raise ConfigError(
+            f"model {model!r}: a model built by the DAG (build: {build}) lives at "
+            f"{BUILD_PATHS[build]}, not {mcfg['path']}"
+        )
+    return BUILD_PATHS[build]
+
+
+def scenario_needs_descriptions(config: dict, scenario: str) -> bool:
+    return (config["scenarios"][scenario] or {}).get("description") is not None
+
+
+def describe_outputs(config: dict) -> list[str]:
+    return sorted(
+        {
+            f"data/datasets/{r['dataset']}/descriptions.json"
+            for r in expand_runs(config)
+            if scenario_needs_descriptions(config, r["scenario"])
+        }
+    )
+
+
+def ensure_relative(path: str) -> str:
+    if Path(path).is_absolute():
+        raise ConfigError(f"paths in the config must be relative to the repository: {path}")
+    return path
