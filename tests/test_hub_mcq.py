@@ -8,6 +8,7 @@ import pandas as pd
 from PIL import Image
 
 from mmcal.data.hub_mcq import build_hub_mcq_items
+from mmcal.data.registry import BuildContext, build_items
 
 
 def _png(color):
@@ -38,3 +39,7 @@ def test_hub_mcq_from_local_parquet(tmp_path):
     by_q = {it.question: it for it in items}
     assert by_q["Which shape?"].gold == 1 and by_q["Which colour?"].gold == 0
     assert all((tmp_path / "out" / it.image).exists() for it in items)
+    # the registry dispatches `builder: hub_mcq` to the same function, with the study's seed
+    context = BuildContext(classes={}, fmnist_root="", seed=0)
+    via_registry = build_items("bench", {**cfg, "builder": "hub_mcq"}, tmp_path / "out", context)
+    assert via_registry == (items, report)

@@ -15,15 +15,10 @@ import pytest
 from PIL import Image
 
 from mmcal.data.fashion_mnist import CLASSES, load_fashion_mnist
-from mmcal.data.idk import (
-    build_dated_news_idk,
-    build_fmnist_idk_items,
-    hf_rows_to_records,
-    idk_manifest,
-    load_news_records,
-    parse_mc_prompt,
-    read_llava_conversation_json,
-)
+from mmcal.data.idk.common import idk_manifest
+from mmcal.data.idk.dated_news import build_dated_news_idk, hf_rows_to_records, load_news_records
+from mmcal.data.idk.fmnist import build_fmnist_idk_items
+from mmcal.data.idk.llava_json import parse_mc_prompt, read_llava_conversation_json
 from mmcal.errors import ConfigError, DataError
 from mmcal.analysis.idk import idk_metrics_with_ci, idk_point_metrics, idk_table
 from mmcal.items import read_items, write_items

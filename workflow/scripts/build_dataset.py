@@ -6,11 +6,9 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.data.registry import build_dataset  # noqa: E402
+from mmcal.data.registry import BuildContext, build_dataset  # noqa: E402
 
 sm = snakemake  # noqa: F821
-info = build_dataset(
-    sm.wildcards.dataset, dict(sm.params.cfg), sm.output.item_file, sm.output.manifest,
-    dict(sm.params.classes), sm.params.fmnist_root, int(sm.params.seed),
-)
+context = BuildContext(classes=dict(sm.params.classes), fmnist_root=sm.params.fmnist_root, seed=int(sm.params.seed))
+info = build_dataset(sm.wildcards.dataset, dict(sm.params.cfg), sm.output.item_file, sm.output.manifest, context)
 log.info("built %s: %s", sm.wildcards.dataset, info["per_split"])

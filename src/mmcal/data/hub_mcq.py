@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mmcal import LETTERS
+from mmcal.data.registry import BuildContext, register, require
 from mmcal.errors import DataError, MmcalError
 from mmcal.items import MCItem
 
@@ -106,6 +107,11 @@ def rows_to_items(rows, name: str, columns: dict, splits: dict, image_dir: Path,
 
 
 def build_hub_mcq_items(name: str, cfg: dict, out_dir: Path, seed: int = 0):
-    rows = load_source(cfg["hub"])
+    rows = load_source(require(cfg, "hub", name))
     return rows_to_items(rows, name, cfg.get("columns") or {}, cfg.get("splits") or {"test": len(rows)},
                          Path(out_dir) / "images", "images", bool(cfg.get("text_only")), seed)
+
+
+@register("hub_mcq")
+def build_hub_mcq(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
+    return build_hub_mcq_items(name, cfg, out_dir, seed=context.seed)

@@ -1,14 +1,94 @@
-"""Build a configured data set (dispatch on ``builder``) and write items + manifest."""
+"""Build a configured data set and write items + manifest.
+
+Builders are registered by name (the config's ``datasets.<name>.builder``): a builder module
+decorates one function with ``@register("<builder>")``. Every builder has one signature::
+
+    builder(name, cfg, out_dir, context) -> list[MCItem] | tuple[list[MCItem], dict]
+
+``name``: the data set's name (item ids start with it); ``cfg``: its ``datasets.<name>`` entry;
+``out_dir``: the folder of its items file (images go below it); ``context``: what the study shares
+with every builder (:class:`BuildContext`). A builder that excludes rows also returns a report,
+stored in the manifest as ``build_report``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmcal.errors import ConfigError
-from mmcal.items import MCItem, write_items
+from mmcal.items import MCItem, read_items, write_items
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Study-wide settings a builder may need besides its own config entry."""
+
+    classes: dict  # the config's ``classes``: known / idk_train / idk_test Fashion-MNIST indices
+    fmnist_root: str  # default Fashion-MNIST folder (a data set's ``root`` overrides it)
+    seed: int
+
+
+Built = list[MCItem] | tuple[list[MCItem], dict]
+Builder = Callable[[str, dict, Path, BuildContext], Built]
+
+# Modules whose import registers builders; adding a builder = a module here + ``@register``.
+BUILDER_MODULES = (
+    "mmcal.data.fashion_mnist",
+    "mmcal.data.text_mcq",
+    "mmcal.data.hub_mcq",
+    "mmcal.data.idk.fmnist",
+    "mmcal.data.idk.llava_json",
+    "mmcal.data.idk.dated_news",
+)
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register(builder_name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make ``fn`` the builder for ``builder: <builder_name>`` in the config."""
+
+    def add(fn: Builder) -> Builder:
+        if builder_name in _BUILDERS and _BUILDERS[builder_name] is not fn:
+            raise ValueError(f"builder {builder_name!r} registered twice ({_BUILDERS[builder_name].__module__}, "
+                             f"{fn.__module__})")
+        _BUILDERS[builder_name] = fn
+        return fn
+
+    return add
+
+
+def builders() -> dict[str, Builder]:
+    """Every registered builder by name (importing the builder modules registers them)."""
+    for module in BUILDER_MODULES:
+        importlib.import_module(module)
+    return dict(sorted(_BUILDERS.items()))
+
+
+def require(cfg: dict, key: str, name: str):
+    """``cfg[key]``, or a ConfigError naming the data set, its builder and the missing key."""
+    if cfg.get(key) in (None, ""):
+        raise ConfigError(f"data set {name!r} (builder {cfg.get('builder')!r}) needs the key {key!r}")
+    return cfg[key]
+
+
+@register("jsonl")
+def build_jsonl(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
+    """Items already in the common schema: read (and validated) as they are."""
+    return read_items(require(cfg, "path", name))
+
+
+def build_items(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> Built:
+    """Items of the configured builder; some builders also return a report of excluded rows."""
+    known = builders()
+    builder = cfg.get("builder")
+    if builder not in known:
+        raise ConfigError(f"data set {name!r}: unknown builder {builder!r}; known builders: {', '.join(known)}")
+    return known[builder](name, cfg, out_dir, context)
 
 
 def manifest(items: list[MCItem], content_hash: str, cfg: dict) -> dict:
@@ -29,70 +109,9 @@ def manifest(items: list[MCItem], content_hash: str, cfg: dict) -> dict:
     }
 
 
-def build_items(name: str, cfg: dict, out_dir: Path, classes: dict, fmnist_root: str, seed: int):
-    """Items of the configured builder; some builders also return a report of excluded rows."""
-    builder = cfg["builder"]
-    n_options = int(cfg.get("n_options", 4))
-    splits = cfg.get("splits") or {}
-    if builder == "fashion_mnist":
-        from mmcal.data.fashion_mnist import build_fashion_mnist_items
-
-        return build_fashion_mnist_items(
-            cfg.get("root", fmnist_root), out_dir / "images", "images", splits,
-            n_options=n_options, classes=classes["known"], seed=seed, dataset=name,
-        )
-    if builder == "text_mcq":
-        from mmcal.data.text_mcq import build_text_mcq_items
-
-        return build_text_mcq_items(
-            n_calib=int(splits.get("calib", 0)), n_test=int(splits.get("test", 0)),
-            n_options=n_options, seed=seed, dataset=name,
-        )
-    if builder == "fmnist_idk":
-        from mmcal.data.idk import build_fmnist_idk_items
-
-        return build_fmnist_idk_items(
-            cfg.get("root", fmnist_root), out_dir / "images", "images",
-            held_out_classes=classes["idk_test"], known_classes=classes["known"],
-            n_per_kind=cfg.get("n_per_kind") or {}, n_options=n_options,
-            idk_text=cfg.get("idk_text", "I don't know"),
-            idk_position=cfg.get("idk_position", "last"),
-            calib_fraction=float(cfg.get("calib_fraction", 0.3)), seed=seed, dataset=name,
-        )
-    if builder == "llava_json":
-        from mmcal.data.idk import read_llava_conversation_json
-
-        image_root = cfg.get("image_root", str(Path(cfg["path"]).parent))
-        return read_llava_conversation_json(
-            cfg["path"], image_root, dataset=name, split=cfg.get("split", "test"),
-            idk_text=cfg.get("idk_text", "I don't know"), image_rel=os.path.relpath(image_root, out_dir),
-            calib_fraction=cfg.get("calib_fraction"), seed=seed,
-        )
-    if builder == "dated_news":
-        from mmcal.data.idk import build_dated_news_idk, load_news_records
-
-        path = Path(cfg["path"])
-        image_root = cfg.get("image_root", str(path.parent))
-        return build_dated_news_idk(
-            load_news_records(str(path)), cfg["cutoff"], image_root=image_root,
-            image_rel=os.path.relpath(image_root, out_dir), n_options=n_options, seed=seed, idk_text=cfg.get("idk_text", "I don't know"),
-            gold=cfg.get("gold", "idk"), dataset=name,
-        )
-    if builder == "hub_mcq":
-        from mmcal.data.hub_mcq import build_hub_mcq_items
-
-        return build_hub_mcq_items(name, cfg, out_dir, seed=seed)
-    if builder == "jsonl":
-        from mmcal.items import read_items
-
-        return read_items(cfg["path"])
-    raise ConfigError(f"data set {name!r}: builder {builder!r} is not available in this workflow")
-
-
-def build_dataset(name: str, cfg: dict, items_path: str, manifest_path: str, classes: dict,
-                  fmnist_root: str, seed: int) -> dict:
-    out_dir = Path(items_path).parent
-    built = build_items(name, cfg, out_dir, classes, fmnist_root, seed)
+def build_dataset(name: str, cfg: dict, items_path: str, manifest_path: str, context: BuildContext) -> dict:
+    """Build data set ``name``, write its items and manifest; return the manifest."""
+    built = build_items(name, cfg, Path(items_path).parent, context)
     items, report = built if isinstance(built, tuple) else (built, None)
     content_hash = write_items(items, items_path)
     info = manifest(items, content_hash, cfg)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from mmcal.data.registry import BuildContext, register
 from mmcal.errors import DataError
 from mmcal.items import MCItem
 
@@ -1202,3 +1204,13 @@ benchmark, and were not validated by independent annotators; "usually" is a judg
 entries. Questions are English only and concern one domain. Difficulty is low for large models and
 is meant to be partly answerable by a 135M-parameter model.
 """
+
+
+@register("text_mcq")
+def build_text_mcq(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
+    """Config adapter: ``splits`` (calib / test counts) and ``n_options``."""
+    splits = cfg.get("splits") or {}
+    return build_text_mcq_items(
+        n_calib=int(splits.get("calib", 0)), n_test=int(splits.get("test", 0)),
+        n_options=int(cfg.get("n_options", 4)), seed=context.seed, dataset=name,
+    )

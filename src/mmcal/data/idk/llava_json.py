@@ -1,0 +1,236 @@
+"""The released IDK format: LLaVA-style conversation JSON (builder ``llava_json``)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from mmcal import LETTERS
+from mmcal.data.idk.common import IDK_TEXT, assign_calib_test, check_unique_ids, is_idk_text, norm_text, read_json
+from mmcal.data.registry import BuildContext, register, require
+from mmcal.errors import ConfigError, DataError
+from mmcal.items import MCItem
+
+# One option at the start of a line: "A. x", "A) x", "A: x" or "(A) x".
+_OPTION_LINE = re.compile(r"^\s*(?:\(([A-J])\)|([A-J])[.):])\s*(.*?)\s*$")
+# The answer turn: "A", "(A)", "A.", "A) text", "A. text".
+_ANSWER = re.compile(r"^\s*\(?\s*([A-J])\s*(?:\)|\.|:|$|\s)")
+
+
+def parse_mc_prompt(text: str, where: str) -> tuple[str, list[str], str]:
+    """Split a human turn into (question, options, trailing instruction); '<image>' is dropped."""
+    text = text.replace("<image>", "").strip()
+    lines = text.splitlines()
+    question_lines, options, trailer_lines = [], [], []
+    for line in lines:
+        m = _OPTION_LINE.match(line)
+        letter = (m.group(1) or m.group(2)) if m else None
+        expected = LETTERS[len(options)] if len(options) < len(LETTERS) else None
+        if letter is not None and letter == expected and not trailer_lines:
+            options.append(m.group(3))
+        elif options:
+            if line.strip():
+                trailer_lines.append(line.strip())
+        elif line.strip():
+            question_lines.append(line.strip())
+    if not options:  # all on one line: "Question? A. x B. y C. z"
+        question, options, trailer = _parse_inline_options(" ".join(question_lines))
+        question_lines, trailer_lines = [question], [trailer] if trailer else []
+    if len(options) < 2:
+        raise DataError(
+            f"{where}: found {len(options)} lettered options ('A. x', 'A) x' or '(A) x'), "
+            "need at least 2"
+        )
+    if any(not o for o in options):
+        raise DataError(f"{where}: option {LETTERS[options.index('')]} has no text")
+    question = " ".join(question_lines).strip()
+    if not question:
+        raise DataError(f"{where}: no question text before the options")
+    return question, options, " ".join(trailer_lines)
+
+
+def _parse_inline_options(text: str) -> tuple[str, list[str], str]:
+    """Options written inline; letters must follow each other from A."""
+    marks = []
+    pos = 0
+    for letter in LETTERS:
+        m = re.compile(rf"(?:^|\s)(?:\({letter}\)|{letter}[.)])\s+").search(text, pos)
+        if not m:
+            break
+        marks.append(m)
+        pos = m.end()
+    if len(marks) < 2:
+        return text, [], ""
+    options = [text[a.end() : b.start()].strip() for a, b in zip(marks, marks[1:])]
+    options.append(text[marks[-1].end() :].strip())
+    return text[: marks[0].start()].strip(), options, ""
+
+
+def parse_answer(value: str, options: list[str], where: str) -> int:
+    """Gold index from the answer turn: an option's full text, or its letter."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: empty answer turn")
+    norm = norm_text(value)
+    for i, opt in enumerate(options):  # text first: "I don't know" must not read as letter I
+        if norm_text(opt) == norm:
+            return i
+    m = _ANSWER.match(value)
+    if m is None:
+        raise DataError(f"{where}: answer {value!r} is neither an option letter nor an option text")
+    index = LETTERS.index(m.group(1))
+    if index >= len(options):
+        raise DataError(
+            f"{where}: answer letter {m.group(1)} but only {len(options)} options "
+            f"(A-{LETTERS[len(options) - 1]})"
+        )
+    return index
+
+
+def _turn_index(conv: list, roles: tuple[str, ...], start: int = 0) -> int | None:
+    for i in range(start, len(conv)):
+        if isinstance(conv[i], dict) and conv[i].get("from") in roles:
+            return i
+    return None
+
+
+def _conversation_turns(rec: dict, where: str) -> tuple[str, str]:
+    """(question text, answer text): the first human turn and the first answer turn after it."""
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: 'conversations' must be a non-empty list of turns")
+    human = _turn_index(conv, ("human", "user"))
+    if human is None:
+        raise DataError(f"{where}: no turn with from='human'")
+    answer = _turn_index(conv, ("gpt", "assistant"), start=human + 1)
+    if answer is None:
+        raise DataError(f"{where}: no answer turn (from='gpt') after the question")
+    value = conv[human].get("value")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: the human turn has no text 'value'")
+    return value, conv[answer].get("value")
+
+
+def parse_llava_record(
+    rec,
+    index: int,
+    path: Path,
+    image_root: Path | None,
+    idk_text: str,
+    gold_mode: str,
+    check_images: bool,
+) -> dict:
+    """Fields of one conversation record; a problem raises DataError naming the record id."""
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    where = f"{path}: record #{index}" + (f" (id {rid!r})" if rid not in (None, "") else "")
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
+    if rid in (None, ""):
+        raise DataError(f"{where}: missing 'id'")
+    image = rec.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise DataError(f"{where}: missing 'image'")
+    if check_images:
+        img_path = Path(image) if image_root is None else Path(image_root) / image
+        if not img_path.is_file():
+            raise DataError(f"{where}: image file {img_path} does not exist")
+    human, answer = _conversation_turns(rec, where)
+    question, options, instruction = parse_mc_prompt(human, where)
+    file_gold = parse_answer(answer, options, where)
+    idk = [i for i, o in enumerate(options) if is_idk_text(o, idk_text)]
+    if len(idk) > 1:
+        raise DataError(f"{where}: several IDK options {[LETTERS[i] for i in idk]}")
+    idk_index = idk[0] if idk else None
+    if gold_mode == "idk" and idk_index is None:
+        raise DataError(f"{where}: gold='idk' but no option reads like {idk_text!r}")
+    gold = idk_index if gold_mode == "idk" else file_gold
+    return {
+        "id": str(rid),
+        "image": image,
+        "question": question,
+        "options": options,
+        "gold": gold,
+        "file_gold": file_gold,
+        "idk_index": idk_index,
+        "instruction": instruction,
+    }
+
+
+def read_llava_conversation_json(
+    path: str | Path,
+    image_root: str | Path | None,
+    dataset: str,
+    split: str = "test",
+    idk_text: str = IDK_TEXT,
+    image_rel: str = "",
+    gold: str = "file",
+    calib_fraction: float | None = None,
+    seed: int = 0,
+    check_images: bool = True,
+) -> list[MCItem]:
+    """Items from a LLaVA-style conversation JSON file (the released IDK format).
+
+    Each record: ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n
+    Question\\nA. ...\\nB. ..."}, {"from": "gpt", "value": "A"}]}``. Options may be written
+    ``A. x``, ``A) x``, ``A: x`` or ``(A) x`` (one per line, or inline). The IDK option is found by
+    text (``idk_text`` or "I don't know"/"I do not know", any case) and stored as
+    ``metadata['idk_index']``. ``gold="file"`` keeps the file's answer; ``gold="idk"`` makes the IDK
+    option the gold (the reference study's reading of after-cutoff questions) and keeps the file's
+    answer as ``metadata['file_answer_index']``. With ``calib_fraction`` the items are split into
+    calib/test by image; otherwise all get ``split``.
+    """
+    if gold not in ("file", "idk"):
+        raise ConfigError(f"gold must be 'file' or 'idk', not {gold!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"IDK conversation file {path} does not exist")
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    root = None if image_root is None else Path(image_root)
+    parsed = [
+        parse_llava_record(rec, i, path, root, idk_text, gold, check_images)
+        for i, rec in enumerate(data)
+    ]
+    check_unique_ids([p["id"] for p in parsed], str(path))
+    items = [_llava_item(p, dataset, split, image_rel, idk_text, path) for p in parsed]
+    if calib_fraction is not None:
+        assign_calib_test(items, calib_fraction, seed)
+    for it in items:
+        it.validate(f"{path}: ")
+    return items
+
+
+def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCItem:
+    unknowable = p["idk_index"] is not None and p["gold"] == p["idk_index"]
+    return MCItem(
+        item_id=f"{dataset}-{p['id']}",
+        cluster_id=f"{dataset}:{p['image']}",  # items sharing an image share a cluster
+        question=p["question"],
+        options=p["options"],
+        gold=p["gold"],
+        split=split,
+        source=f"{path.name}#{p['id']}",
+        image=f"{image_rel}/{p['image']}" if image_rel else p["image"],
+        metadata={
+            "kind": "unknowable" if unknowable else "answerable",
+            "answerable": not unknowable,
+            "idk_index": p["idk_index"],
+            "idk_text": idk_text,
+            "file_answer_index": p["file_gold"],
+            "instruction": p["instruction"],
+            "record_id": p["id"],
+        },
+    )
+
+
+@register("llava_json")
+def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
+    """Config adapter: ``path``, ``image_root`` (default: the file's folder), ``split``, ``calib_fraction``."""
+    path = require(cfg, "path", name)
+    image_root = cfg.get("image_root", str(Path(path).parent))
+    return read_llava_conversation_json(
+        path, image_root, dataset=name, split=cfg.get("split", "test"),
+        idk_text=cfg.get("idk_text", IDK_TEXT), image_rel=os.path.relpath(image_root, out_dir),
+        calib_fraction=cfg.get("calib_fraction"), seed=context.seed,
+    )
