@@ -5,15 +5,20 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from mmcal.data.fashion_mnist import CLASSES
 from mmcal.data.text_mcq import (
+    ATTRIBUTES,
     CONCEPTS,
     FACTS,
     FORWARD,
     all_facts,
     build_text_mcq_items,
     check_item_against_facts,
+    parse_attributes,
+    parse_concepts,
+    read_knowledge_file,
     text_mcq_card,
 )
 from mmcal.errors import DataError
@@ -151,3 +156,82 @@ def test_card_documents_the_construction():
     card = text_mcq_card()
     assert "Fashion-MNIST" in card and "calib" in card
     assert str(len(FACTS)) in card
+
+
+# sha256 of items.jsonl as the study writes it: any edit of the knowledge-base YAML (or of the
+# builder) that changes the items changes these. The first is the default study's fmnist-text set.
+@pytest.mark.parametrize(
+    "dataset, n_calib, n_test, n_options, seed, sha256",
+    [
+        ("fmnist-text", 100, 300, 4, 0, "1f22929ec692c9d36a1c6dd2598c4eb0df0c8f3cbeb9fbd324b50ad56de5ff2d"),
+        ("text-small", 20, 40, 3, 0, "6c1db60f46be5b1e1a5da627b014d48dd89a208579d0561dbd8ae2ee9a7393f8"),
+    ],
+)
+def test_items_are_pinned(tmp_path, dataset, n_calib, n_test, n_options, seed, sha256):
+    built = build_text_mcq_items(n_calib, n_test, n_options=n_options, seed=seed, dataset=dataset)
+    assert write_items(built, tmp_path / "items.jsonl") == sha256
+
+
+def test_knowledge_base_is_read_from_package_yaml():
+    data, where = read_knowledge_file("concepts.yaml")
+    assert where == "mmcal/data/facts/concepts.yaml"
+    assert [c["key"] for c in data] == [c.key for c in FACTS]
+    assert len(FACTS) == 61 and list(ATTRIBUTES) == [
+        "category", "body", "material", "use", "occasion", "weather", "parts",
+    ]
+    jeans = CONCEPTS["jeans"]
+    assert jeans.plural and jeans.fmnist_class is None
+    assert jeans.facts["material"] == ("denim", "~cotton") and jeans.usual("material") == ("denim",)
+    assert ATTRIBUTES["material"].values["denim"] == ("Which of these is usually made of denim?", "denim")
+    assert ATTRIBUTES["weather"].reverse_question is None
+    assert CONCEPTS["necktie"].knows("parts") and CONCEPTS["necktie"].mentioned("parts") == set()
+
+
+ATTRS_YAML = """
+colour:
+  reverse_question: What colour {be} {name}?
+  values:
+    red: {question: "Which of these is red?", option: red}
+    blue: {question: "Which of these is blue?", option: blue}
+"""
+
+
+def _concepts(text):
+    attributes = parse_attributes(yaml.safe_load(ATTRS_YAML), "facts/attributes.yaml")
+    return parse_concepts(yaml.safe_load(text), "facts/concepts.yaml", attributes)
+
+
+def test_small_knowledge_base_parses():
+    (sky, berries) = _concepts("""
+- {key: sky, name: the sky, facts: {colour: blue}}
+- {key: berries, name: berries, plural: true, fmnist: null, facts: {colour: red ~blue}}
+""")
+    assert sky.facts == {"colour": ("blue",)} and not sky.plural
+    assert berries.plural and berries.usual("colour") == ("red",) and berries.mentioned("colour") == {"red", "blue"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- {key: sky, name: the sky, facts: {colour: green}}", r"object 'sky': colour values \['green'\]"),
+        ("- {key: sky, name: the sky, facts: {size: big}}", r"object 'sky': unknown attribute 'size'"),
+        ("- {key: sky, name: the sky, facts: {colour: [blue]}}", r"object 'sky': colour must be space-separated"),
+        ("- {key: sky, name: the sky, plural: yes please, facts: {}}", r"object 'sky': 'plural' must be true or false"),
+        ("- {key: sky, facts: {}}", r"object #0: missing keys \['name'\]"),
+        ("- {key: sky, name: the sky, colour: blue, facts: {}}", r"object #0: .*unknown keys \['colour'\]"),
+        ("- {key: no, name: the sky, facts: {}}", r"object #0: key False must be one word"),
+        ("- {key: sky, name: a, facts: {}}\n- {key: sky, name: b, facts: {}}", r"object 'sky': key listed twice"),
+    ],
+)
+def test_bad_concepts_name_the_file_and_object(text, message):
+    with pytest.raises(DataError, match=r"^facts/concepts\.yaml: " + message):
+        _concepts(text)
+
+
+def test_bad_attributes_name_the_file_and_value():
+    bad = yaml.safe_load(ATTRS_YAML.replace("option: blue", "opt: blue"))
+    with pytest.raises(DataError, match=r"^attrs\.yaml: attribute 'colour' value 'blue': missing keys \['option'\]"):
+        parse_attributes(bad, "attrs.yaml")
+    empty = yaml.safe_load(ATTRS_YAML.replace('"Which of these is red?"', "''"))
+    with pytest.raises(DataError, match=r"attribute 'colour' value 'red' question: expected non-empty text"):
+        parse_attributes(empty, "attrs.yaml")
