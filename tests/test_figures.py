@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mmcal import figures as F
+from mmcal.errors import DataError
 from mmcal.records import readout_row, to_frame
 
 DPI = 60  # small PNGs keep the tests fast; the figures' layout does not depend on dpi
@@ -187,7 +188,6 @@ def test_position_bias(tmp_path):
 
 def test_idk_figures(tmp_path):
     stem = tmp_path / "tradeoff"
-    # the column names mmcal.analysis.idk writes are accepted as well as the canonical ones
     assert_written(F.plot_idk_tradeoff(make_idk_table(), stem, dpi=DPI), stem)
     records = make_records(dataset="idk", prompts=("idk-neutral", "idk-hint"), idk=True)
     for value in ("confidence", "p_idk"):
@@ -235,9 +235,19 @@ def test_reliability_bins_by_hand():
     assert table["count"].tolist() == [2, 2]
     assert table["accuracy"].tolist() == [0.5, 1.0]
     assert np.allclose(table["confidence"], [0.4, 0.95])
-    from mmcal.figures.reliability import expected_calibration_error
 
-    assert expected_calibration_error(table) == pytest.approx((2 * 0.1 + 2 * 0.05) / 4)
+
+def test_reliability_panel_ece_is_that_of_its_bins():
+    import matplotlib.pyplot as plt
+
+    from mmcal.figures.reliability import draw_reliability
+
+    records = pd.DataFrame({"item_id": list("abcd"), "cluster_id": list("abcd"), "status": "ok",
+                            "confidence": [0.3, 0.5, 0.9, 1.0], "correct": [True, False, True, True]})
+    fig, (ax, ax_count) = plt.subplots(2)
+    # bins (0, .5], (.5, 1]: |0.5 - 0.4| for two items, |1 - 0.95| for two
+    assert draw_reliability(ax, ax_count, records, bins=2, n_boot=10) == pytest.approx((2 * 0.1 + 2 * 0.05) / 4)
+    plt.close(fig)
 
 
 def test_reliability_band_is_seeded_and_brackets_the_estimate():
@@ -307,10 +317,27 @@ def test_entropy_shift_matches_items():
 
 
 def test_idk_items_reads_meta():
-    items = F.idk_items(make_records(models=("m",), dataset="idk", idk=True, n_items=6))
+    records = make_records(models=("m",), dataset="idk", idk=True, n_items=6)
+    items = F.idk_items(records)
     assert items["answerable"].tolist() == [False, False, True] * 2
     assert items["kind"].iloc[0] == "unknown_class"
     assert items["p_idk"].between(0, 1).all()
+    # full-vocabulary letter probabilities 0.3, 0.1, 0.05, 0.05 (sum 0.5): P(IDK) renormalised = 0.1
+    records.at[0, "option_scores"] = list(np.log([0.3, 0.1, 0.05, 0.05]))
+    assert F.idk_items(records)["p_idk"].iloc[0] == pytest.approx(0.1)
+    records.at[0, "meta"] = "{broken"
+    with pytest.raises(DataError, match="'it0'"):  # never silently treated as no metadata
+        F.idk_items(records)
+
+
+def test_cluster_mean_ci_by_hand():
+    from mmcal.figures.frames import cluster_mean_ci
+
+    # one cluster: every replicate redraws it, so the interval is the mean itself
+    assert cluster_mean_ci([0.2, 0.4], ["a", "a"], B=50) == pytest.approx((0.3, 0.3, 0.3))
+    # two clusters of one item: replicate means are 0, 0.5 or 1; the interval spans them
+    mean, lo, hi = cluster_mean_ci([0.0, 1.0], ["a", "b"], B=400, seed=1)
+    assert (mean, lo, hi) == (0.5, 0.0, 1.0)
 
 
 def test_model_colours_are_consistent():

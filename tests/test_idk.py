@@ -450,18 +450,18 @@ def test_idk_point_metrics_hand_computed():
         "n_abstained": 2,
         "admit_rate": 1 / 4,  # u1
         "false_idk_rate": 1 / 4,  # c4
-        "accuracy_answerable": 2 / 4,  # c1, c2
+        "answerable_accuracy": 2 / 4,  # c1, c2
         "accuracy_all": 3 / 8,  # c1, c2, u1
         "abstain_precision": 1 / 2,
         "abstain_recall": 1 / 4,
         "abstain_f1": 1 / 3,
-        "unknowable_answered_conf_ge_50": 2 / 4,  # u2 (0.85), n1 (0.55)
-        "unknowable_answered_conf_ge_80": 1 / 4,  # u2
+        "confident_answer_rate_50": 2 / 4,  # u2 (0.85), n1 (0.55)
+        "confident_answer_rate_80": 1 / 4,  # u2
         # answered answerable: c1 (0.9, right), c2 (0.6, right), c3 (0.7, wrong), one per bin
-        "ece_answered": (0.1 + 0.4 + 0.7) / 3,
-        "accuracy_answered_answerable": 2 / 3,
-        "mean_p_idk_unknowable": (0.60 + 0.05 + 0.20 + 0.30) / 4,
-        "mean_p_idk_answerable": (0.05 + 0.10 + 0.10 + 0.50) / 4,
+        "answered_ece_10": (0.1 + 0.4 + 0.7) / 3,
+        "answered_accuracy": 2 / 3,
+        "idk_prob_unknowable": (0.60 + 0.05 + 0.20 + 0.30) / 4,
+        "idk_prob_answerable": (0.05 + 0.10 + 0.10 + 0.50) / 4,
         "admit_rate_unknown_class": 1 / 2,
         "admit_rate_no_information": 0.0,
     }
@@ -475,7 +475,7 @@ def test_idk_ece_bins_are_right_closed():
         ("b", "control", True, 0, 1, 0.55, [0.25, 0.55, 0.20], "k2"),  # bin (0.5, 0.6]
     ]
     m = idk_point_metrics(records_frame(rows, unscored=False))
-    assert m["ece_answered"] == pytest.approx((abs(1 - 0.50) + abs(0 - 0.55)) / 2)
+    assert m["answered_ece_10"] == pytest.approx((abs(1 - 0.50) + abs(0 - 0.55)) / 2)
 
 
 def test_idk_metrics_read_back_from_parquet(tmp_path):
@@ -491,7 +491,7 @@ def test_idk_metrics_shared_bin_ece():
         ("b", "control", True, 0, 1, 0.96, [0.02, 0.96, 0.02], "k2"),
     ]
     m = idk_point_metrics(records_frame(rows, unscored=False))
-    assert m["ece_answered"] == pytest.approx(abs(1 / 2 - 0.94))  # one bin: |acc - mean conf|
+    assert m["answered_ece_10"] == pytest.approx(abs(1 / 2 - 0.94))  # one bin: |acc - mean conf|
     assert math.isnan(m["admit_rate"]) and math.isnan(m["admit_rate_unknown_class"])
     assert math.isnan(m["abstain_f1"])  # no unknowable item and no abstention: undefined
     rows.append(("u", "unknown_class", False, 2, 0, 0.5, [0.5, 0.3, 0.2], "k3"))
@@ -503,11 +503,11 @@ def test_idk_metrics_missing_kind_gives_nan_not_crash():
     only_control = records_frame(ROWS[:4], unscored=False)
     m = idk_metrics_with_ci(only_control, B=200)
     assert math.isnan(m["admit_rate"]) and math.isnan(m["admit_rate_lo"])
-    assert math.isnan(m["mean_p_idk_unknowable"])
+    assert math.isnan(m["idk_prob_unknowable"])
     assert m["false_idk_rate"] == pytest.approx(0.25)
     only_unknowable = records_frame(ROWS[4:], unscored=False)
     m = idk_metrics_with_ci(only_unknowable, B=200)
-    assert math.isnan(m["ece_answered"]) and math.isnan(m["accuracy_answerable"])
+    assert math.isnan(m["answered_ece_10"]) and math.isnan(m["answerable_accuracy"])
     assert m["admit_rate_no_information"] == 0.0
 
 
@@ -516,7 +516,7 @@ def test_idk_bootstrap_ci_brackets_point_and_is_seeded():
     a = idk_metrics_with_ci(df, B=500, seed=4)
     b = idk_metrics_with_ci(df, B=500, seed=4)
     assert a == pytest.approx(b, nan_ok=True)
-    for key in ("admit_rate", "false_idk_rate", "accuracy_answerable", "ece_answered"):
+    for key in ("admit_rate", "false_idk_rate", "answerable_accuracy", "answered_ece_10"):
         assert a[f"{key}_lo"] <= a[key] <= a[f"{key}_hi"], key
     assert a["admit_rate_lo"] < a["admit_rate_hi"]
     # One cluster only: every replicate redraws the same data, so the CI collapses.
@@ -583,3 +583,19 @@ def test_idk_metrics_errors_name_item():
         idk_point_metrics(df)
     with pytest.raises(DataError, match="lack columns"):
         idk_point_metrics(df.drop(columns=["meta"]))
+    df.loc[2, "meta"] = "not json"  # records.parse_meta: an error naming the item, never {}
+    with pytest.raises(DataError, match="'c3'.*not a JSON object"):
+        idk_point_metrics(df)
+    with pytest.raises(DataError, match="lack columns.*status"):
+        idk_point_metrics(records_frame().drop(columns=["status"]))
+
+
+def test_idk_ece_is_the_metrics_ece_and_row_order_changes_nothing():
+    from mmcal.analysis import metrics
+
+    df = records_frame()
+    m = idk_metrics_with_ci(df, B=300, seed=2)
+    answered = df[df["item_id"].isin(["c1", "c2", "c3"])]  # answered answerable items
+    assert m["answered_ece_10"] == metrics.ece(answered["confidence"], answered["correct"], n_bins=10)
+    shuffled = df.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    assert idk_metrics_with_ci(shuffled, B=300, seed=2) == m

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mmcal.analysis.idk_comparisons import idk_paired
 
@@ -44,3 +45,15 @@ def test_identical_prompts_show_no_difference():
     df = pd.concat([df, df.assign(prompt="b")])
     out = idk_paired(df, [{"name": "same", "a": {"prompt": "a"}, "b": {"prompt": "b"}}], B=200)
     assert (out["diff"].abs() < 1e-12).all() and not out["significant"].any()
+
+
+def test_rates_use_the_idk_metric_names_and_unknown_filters_are_named():
+    df = _records({"a": 0.3, "b": 0.3})
+    out = idk_paired(df, [{"name": "ab", "a": {"prompt": "a"}, "b": {"prompt": "b"}}], B=50)
+    assert list(out["metric"]) == ["admit_rate", "false_idk_rate", "answerable_accuracy"]
+    answerable = df[df.item_id.str[1:].astype(int) >= 100]  # items 100..199 are answerable
+    by_prompt = answerable.groupby("prompt")["correct"].mean()
+    row = out.set_index("metric").loc["answerable_accuracy"]
+    assert row["value_a"] == by_prompt["a"] and row["value_b"] == by_prompt["b"]
+    with pytest.raises(ValueError, match="'ab'.*'promt'"):
+        idk_paired(df, [{"name": "ab", "a": {"promt": "a"}, "b": {"prompt": "b"}}], B=50)

@@ -181,3 +181,14 @@ def test_synthetic_truth_calibrated_vs_overconfident():
     assert calibrated[0] >= 90 and calibrated[1] >= 90, calibrated
     assert 100 - overconf[0] >= 90 and 100 - overconf[1] >= 90, overconf
     assert calibrated[2] == 0  # plug-in intervals: never cover 0 even when calibrated
+
+
+def test_percentile_interval_by_hand_leaves_out_undefined_replicates():
+    # 0..100: the 2.5 % and 97.5 % quantiles (linear interpolation) are 2.5 and 97.5
+    assert stats.percentile_interval(np.arange(101.0)) == pytest.approx((2.5, 97.5), abs=1e-12)
+    assert stats.percentile_interval(np.arange(101.0), level=0.5) == (25.0, 75.0)
+    # NaN / inf replicates (a metric undefined in that replicate) do not count
+    with_undefined = np.r_[np.arange(101.0), np.nan, np.inf, -np.inf]
+    assert stats.percentile_interval(with_undefined) == stats.percentile_interval(np.arange(101.0))
+    lo, hi = stats.percentile_interval([np.nan, np.nan])
+    assert np.isnan(lo) and np.isnan(hi)

@@ -67,7 +67,9 @@ def test_summarize_counts_and_metrics():
     records = _records()
     table = summarize(records, B=B, seed=0)
     assert len(table) == 4
-    assert list(table.columns[: len(GROUP_KEYS) + 2]) == [*GROUP_KEYS, "n", "n_unscorable"]
+    # the split the rows were computed on comes right after the group keys
+    assert list(table.columns[: len(GROUP_KEYS) + 3]) == [*GROUP_KEYS, "split", "n", "n_unscorable"]
+    assert (table["split"] == "test").all()
     for key in m.METRIC_KEYS:
         if key != "n":
             assert {key, f"{key}_lo", f"{key}_hi"} <= set(table.columns)
@@ -88,6 +90,15 @@ def test_summarize_split_filter():
     row = table[(table.model == "tiny-a") & (table.readout == "option_loglik")].iloc[0]
     assert row.n == 59 and row.n_unscorable == 1
     assert "smece_p_calibrated" not in table.columns
+    assert (table["split"] == "all").all()  # computed on every split
+    pd.testing.assert_frame_equal(summarize(_records(), B=20, seed=0, split="all", smece_test=False), table)
+    train = summarize(_records(), B=20, seed=0, split="train", smece_test=False)  # items q050..q059
+    assert (train["split"] == "train").all() and (train["n"] == 10).all()
+
+
+def test_summarize_names_a_missing_split_column():
+    with pytest.raises(ValueError, match="no 'split' column"):
+        summarize(_records().drop(columns=["split"]), B=20, seed=0, smece_test=False)
 
 
 def test_summarize_is_deterministic_and_independent_of_row_order_and_other_groups():

@@ -153,14 +153,52 @@ def test_comparison_table_marks_holm_significance():
     assert not latex_problems(tex)
 
 
-def test_idk_table_accepts_either_column_naming():
-    canonical = summary_rows(admit_rate=(0.3, 0.6), false_idk_rate=(0.1, 0.2),
-                             answerable_accuracy=(0.8, 0.7))
-    native = canonical.rename(columns=lambda c: c.replace("answerable_accuracy", "accuracy_answerable"))
-    tex_a = T.idk_table_tex(canonical)
-    tex_b = T.idk_table_tex(native)
-    assert tex_a == tex_b
-    assert r"\textbf{0.600}" in tex_a and r"\textbf{0.100}" in tex_a and r"\textbf{0.800}" in tex_a
+def test_summary_split_column_changes_no_table():
+    summary = summary_rows(accuracy=(0.7, 0.8), ece_10=(0.1, 0.05))
+    assert T.main_results_table(summary.assign(split="test")) == T.main_results_table(summary)
+    assert T.scenario_table(summary.assign(split="test"), ["image"]) == T.scenario_table(summary, ["image"])
+
+
+def test_idk_table():
+    idk = summary_rows(admit_rate=(0.3, 0.6), false_idk_rate=(0.1, 0.2), answerable_accuracy=(0.8, 0.7))
+    tex = T.idk_table_tex(idk)
+    assert r"\textbf{0.600}" in tex and r"\textbf{0.100}" in tex and r"\textbf{0.800}" in tex
+    assert "Acc. (answerable)" in tex
+    assert not latex_problems(tex)
+
+
+def idk_records(prompt: str, preds) -> pd.DataFrame:
+    """Four IDK items (option 2 = IDK): two answerable (gold 0), two unknowable (gold 2)."""
+    rows = []
+    for i, pred in enumerate(preds):
+        answerable = i < 2
+        gold = 0 if answerable else 2
+        rows.append({"item_id": f"i{i}", "cluster_id": f"c{i}", "split": "test", "model": "m", "dataset": "idk",
+                     "scenario": "image", "prompt": prompt, "readout": "letter_restricted", "gold": gold,
+                     "pred": pred, "correct": pred == gold, "confidence": 0.6,
+                     "option_scores": [np.log(0.6 if k == pred else 0.2) for k in range(3)], "status": "ok",
+                     "meta": json.dumps({"answerable": answerable, "idk_index": 2,
+                                         "kind": "control" if answerable else "unknown_class"})})
+    return pd.DataFrame(rows)
+
+
+def test_idk_table_reads_the_names_the_idk_metrics_write():
+    from mmcal.analysis.idk import idk_table
+
+    records = pd.concat([idk_records("plain", [0, 1, 2, 0]), idk_records("hint", [0, 2, 2, 2])])
+    idk = idk_table(records, B=50)
+    # one vocabulary: every metric the table shows is a column the producer writes, with a header
+    for metric in T.IDK_METRICS:
+        assert {metric, f"{metric}_lo", f"{metric}_hi"} <= set(idk.columns), metric
+        assert metric in T.METRIC_TEX, metric
+    tex = T.idk_table_tex(idk)
+    rows = [line for line in tex.split(r"\midrule")[1].splitlines() if line.endswith(r"\\")]
+    values = {line.split(" & ")[0]: [cell.split(" [")[0] for cell in line[:-2].split(" & ")[1:]] for line in rows}
+    # columns: admit rate, false IDK, answerable accuracy, abstain F1, ECE of the answered answerable
+    # hint: admits both unknowable items, refuses i1; tp 2, fp 1, fn 0; answered: i0 (0.6, right)
+    assert values["hint"] == [r"\textbf{1.000}", "0.500", r"\textbf{0.500}", r"\textbf{0.800}", "0.400"]
+    # plain: admits i2 only, refuses nothing; tp 1, fp 0, fn 1; answered: i0 right, i1 wrong, both 0.6
+    assert values["plain"] == ["0.500", r"\textbf{0.000}", r"\textbf{0.500}", "0.667", r"\textbf{0.100}"]
 
 
 def test_recalibration_table():

@@ -18,9 +18,9 @@ import pandas as pd
 
 from mmcal.analysis import metrics as m
 from mmcal.analysis import stats
-from mmcal.records import metric_arrays
+from mmcal.records import GROUP_KEYS, metric_arrays, scorable, select
 
-GROUP_KEYS = ("model", "dataset", "scenario", "prompt", "readout")
+ALL_SPLITS = "all"  # the ``split`` a summary row names when it was computed on every split
 DEFAULT_COMPARE_METRICS = ("accuracy", "ece_10", "ece_debiased", "smece", "brier", "nll", "auroc")
 COMPARE_COLUMNS = [
     "comparison",
@@ -58,12 +58,12 @@ def group_arrays(frame: pd.DataFrame) -> tuple[dict, np.ndarray]:
 
 
 def _in_split(records: pd.DataFrame, split) -> pd.DataFrame:
-    return records if split is None else records[records["split"] == split]
-
-
-def _scorable(frame: pd.DataFrame) -> pd.DataFrame:
-    # Sorted by item so the input row order never changes a number (ties, equal-mass bins).
-    return frame[frame["status"] == "ok"].sort_values("item_id", kind="stable")
+    """The rows of ``split``; every row for None or ``ALL_SPLITS``."""
+    if split in (None, ALL_SPLITS):
+        return records
+    if "split" not in records.columns:
+        raise ValueError(f"records have no 'split' column to select split {split!r}")
+    return select(records, split=split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,27 +80,30 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per (model, dataset, scenario, prompt, readout) of the records in ``split``.
 
-    Columns: the group keys, ``n`` (rows with status ok), ``n_unscorable`` (other rows), every
-    metric of ``compute_all`` with ``<metric>_lo``/``<metric>_hi`` (cluster-bootstrap percentile
-    interval at ``level``; see ``mmcal.analysis.stats``), and, with ``smece_test``,
-    ``smece_p_calibrated`` (consistency-resampling p-value of perfect calibration). Each group's
-    bootstrap seed is derived from ``seed`` and the group key with SHA-256, so a group's numbers
-    do not depend on which other groups are in the table.
+    Columns: the group keys, ``split`` (the split the row was computed on: ``split``, or
+    ``"all"`` when ``split`` is None or "all" and every row counts), ``n`` (rows with status
+    ok), ``n_unscorable`` (other rows), every metric of ``compute_all`` with
+    ``<metric>_lo``/``<metric>_hi`` (cluster-bootstrap percentile interval at ``level``; see
+    ``mmcal.analysis.stats``), and, with ``smece_test``, ``smece_p_calibrated``
+    (consistency-resampling p-value of perfect calibration). Each group's bootstrap seed is
+    derived from ``seed`` and the group key with SHA-256, so a group's numbers do not depend on
+    which other groups are in the table.
     """
     frame = _in_split(records, split)
     rows = []
     for key, group in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
-        ok = _scorable(group)
+        ok = scorable(group)
         data, clusters = group_arrays(ok)
         group_seed = stats.derive_seed(seed, *key)
         row = dict(zip(GROUP_KEYS, key))
+        row["split"] = ALL_SPLITS if split is None else split
         row["n_unscorable"] = int(len(group) - len(ok))
         row.update(stats.metric_cis(**data, cluster_ids=clusters, B=B, seed=group_seed, level=level))
         if smece_test:
             test = stats.smece_calibration_test(data["confidence"], data["correct"], B, group_seed)
             row["smece_p_calibrated"] = test["p_value"]
         rows.append(row)
-    columns = [*GROUP_KEYS, "n", "n_unscorable", *_metric_columns()]
+    columns = [*GROUP_KEYS, "split", "n", "n_unscorable", *_metric_columns()]
     if smece_test:
         columns.append("smece_p_calibrated")
     return pd.DataFrame(rows, columns=columns)
@@ -141,7 +144,7 @@ def compare(
     possible ``p_holm`` is 2 m / (B + 1); a warning says when that is not below alpha (choose
     B > 2 m / alpha, e.g. B = 3000 for 70 rows at alpha = 0.05).
     """
-    frame = _scorable(_in_split(records, split))
+    frame = scorable(_in_split(records, split))
     rows = []
     for comparison in comparisons:
         rows += _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))
@@ -168,8 +171,8 @@ def _warn_if_holm_cannot_reach_alpha(n_tests: int, B: int, alpha: float) -> None
 def _compare_one(frame, comparison, B, seed, level, margin_default, metrics) -> list[dict]:
     name = comparison["name"]
     shared = {**comparison.get("where", {}), **{k: v for k, v in comparison.items() if k not in _NOT_FILTERS}}
-    side_a = _select(frame, {**shared, **comparison["a"]}, name, "a")
-    side_b = _select(frame, {**shared, **comparison["b"]}, name, "b")
+    side_a = _comparison_side(frame, {**shared, **comparison["a"]}, name, "a")
+    side_b = _comparison_side(frame, {**shared, **comparison["b"]}, name, "b")
     common = side_a.index.intersection(side_b.index).sort_values()
     data_a, clusters = group_arrays(side_a.loc[common])
     data_b, _ = group_arrays(side_b.loc[common])
@@ -209,17 +212,12 @@ def _compare_one(frame, comparison, B, seed, level, margin_default, metrics) -> 
     ]
 
 
-def _select(frame: pd.DataFrame, filters: dict, name: str, side: str) -> pd.DataFrame:
+def _comparison_side(frame: pd.DataFrame, filters: dict, name: str, side: str) -> pd.DataFrame:
     """Rows matching ``filters``, indexed by item_id; one row per item or a clear error."""
-    mask = pd.Series(True, index=frame.index)
-    for column, value in filters.items():
-        if column not in frame.columns:
-            raise ValueError(f"comparison {name!r}: filter on unknown column {column!r}")
-        if isinstance(value, (list, tuple, set)):
-            mask &= frame[column].isin(list(value))
-        else:
-            mask &= frame[column] == value
-    rows = frame[mask]
+    unknown = [column for column in filters if column not in frame.columns]
+    if unknown:
+        raise ValueError(f"comparison {name!r}: filter on unknown column {unknown[0]!r}")
+    rows = select(frame, **filters)
     duplicated = rows["item_id"].duplicated()
     if duplicated.any():
         item = rows.loc[duplicated, "item_id"].iloc[0]

@@ -4,7 +4,7 @@ and returns the two paths. The look is defined once in :mod:`mmcal.figures.style
 
 from mmcal.figures.confidence import plot_confidence_histograms
 from mmcal.figures.forest import plot_forest
-from mmcal.figures.idk import canonical_idk_columns, idk_items, plot_idk_confidence, plot_idk_tradeoff
+from mmcal.figures.idk import idk_items, plot_idk_confidence, plot_idk_tradeoff
 from mmcal.figures.option_order import permutation_average, plot_position_bias, position_bias
 from mmcal.figures.promptopt import best_per_round, plot_prompt_trajectory
 from mmcal.figures.recalibration import (plot_recalibration_ece, plot_recalibration_metric,
@@ -17,7 +17,6 @@ from mmcal.figures.text_image import entropy_shift, plot_entropy_shift, plot_tex
 
 __all__ = [
     "best_per_round",
-    "canonical_idk_columns",
     "entropy_shift",
     "idk_items",
     "permutation_average",

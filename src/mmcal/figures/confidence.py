@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmcal.figures.frames import group_label, require, scored, varying
+from mmcal.figures.frames import group_label, require, varying
 from mmcal.figures.style import CORRECT_COLOR, INCORRECT_COLOR, panel_grid, save_figure, styled
+from mmcal.records import scorable
 
 
 @styled
@@ -17,7 +18,7 @@ def plot_confidence_histograms(records: pd.DataFrame, out_stem: Path, *, bins: i
                                dpi: int = 200) -> list[Path]:
     """Histogram of confidence for correct and incorrect predictions, one panel per group
     (the group columns that vary name the panels)."""
-    rows = require(scored(records), "the confidence histograms")
+    rows = require(scorable(records), "the confidence histograms")
     label_cols = varying(rows) or ["model"]
     groups = list(rows.groupby(label_cols, sort=True))
     fig, axes = panel_grid(len(groups), max_cols=max_cols, sharey=density)

@@ -14,11 +14,10 @@ import matplotlib.patches as mpatches
 import numpy as np
 import pandas as pd
 
-from mmcal.paper.tables import canonical_idk_columns
-
-from mmcal.figures.frames import ci_errors, option_probs, parse_meta, require, scored, select
+from mmcal.figures.frames import ci_errors, require
 from mmcal.figures.style import (CORRECT_COLOR, INCORRECT_COLOR, MARKERS, NEUTRAL_COLOR, metric_label,
                     model_color, panel_grid, save_figure, styled)
+from mmcal.records import option_probs, parse_meta, scorable, select
 
 
 @styled
@@ -26,7 +25,7 @@ def plot_idk_tradeoff(idk: pd.DataFrame, out_stem: Path, *, readout: str | None 
                       dataset: str | None = None, dpi: int = 200) -> list[Path]:
     """Admit rate vs false-IDK rate, one point per model (colour) x prompt (marker), with CIs.
     Top left is best: admits what it cannot know, never refuses what it can."""
-    rows = canonical_idk_columns(select(idk, readout=readout, dataset=dataset))
+    rows = select(idk, readout=readout, dataset=dataset)
     rows = require(rows.dropna(subset=["admit_rate", "false_idk_rate"]), "the IDK trade-off plot")
     fig, axes = panel_grid(1, panel_height=2.6, legend_room=0.7)
     ax = axes[0]
@@ -53,15 +52,14 @@ def plot_idk_tradeoff(idk: pd.DataFrame, out_stem: Path, *, readout: str | None 
 def idk_items(records: pd.DataFrame) -> pd.DataFrame:
     """Scored IDK records with ``answerable`` (bool), ``kind`` and ``p_idk`` (the probability of
     the IDK option, renormalised over the options) taken from ``meta``."""
-    rows = scored(records)
-    metas = [parse_meta(m) for m in rows["meta"]]
-    rows = rows.assign(
-        answerable=[bool(m.get("answerable", True)) for m in metas],
-        kind=[str(m.get("kind", "")) for m in metas],
-        p_idk=[float(option_probs(s)[int(m["idk_index"])]) if m.get("idk_index") is not None
-               and len(s) > int(m["idk_index"]) else np.nan for s, m in zip(rows["option_scores"], metas)],
-    )
-    return rows
+    rows = scorable(records)
+    metas = [parse_meta(m, item_id) for m, item_id in zip(rows["meta"], rows["item_id"])]
+    probs = option_probs(rows, renormalise=True)
+    widths = [len(s) for s in rows["option_scores"]]
+    p_idk = [float(probs[j, int(m["idk_index"])]) if m.get("idk_index") is not None and widths[j] > int(m["idk_index"])
+             else np.nan for j, m in enumerate(metas)]
+    return rows.assign(answerable=[bool(m.get("answerable", True)) for m in metas],
+                       kind=[str(m.get("kind", "")) for m in metas], p_idk=p_idk)
 
 
 @styled

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmcal.figures.frames import cluster_mean_ci, option_probs, option_shift, parse_meta, require, scored, select
+from mmcal.figures.frames import cluster_mean_ci, option_shift, require
 from mmcal.figures.style import NEUTRAL_COLOR, model_color, panel_grid, save_figure, styled
+from mmcal.records import GROUP_KEYS, option_probs, parse_meta, scorable, select
 
 
 def shift_scenarios(records: pd.DataFrame, baseline: str = "image") -> list[str]:
@@ -27,7 +28,7 @@ def shift_scenarios(records: pd.DataFrame, baseline: str = "image") -> list[str]
 
 def position_bias(records: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Accuracy and mean confidence (cluster-bootstrap 95 % CIs) per model and gold position."""
-    rows = scored(records)
+    rows = scorable(records)
     out = []
     for (model, gold), part in rows.groupby(["model", "gold"], sort=True):
         acc = cluster_mean_ci(part["correct"].astype(float), part["cluster_id"], n_boot, seed)
@@ -42,17 +43,21 @@ def position_bias(records: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) ->
 def permutation_average(records: pd.DataFrame) -> pd.DataFrame:
     """Per item: mean confidence / accuracy over its rotations, and the confidence / correctness
     of the permutation-averaged distribution. Items seen under one rotation only are left out."""
-    rows = scored(records)
+    rows = scorable(records)
     rows = rows[rows["gold"].astype(int) >= 0]
-    keys = [c for c in ("model", "dataset", "prompt", "readout", "item_id") if c in rows.columns]
+    # an item's rows under every rotation: its group keys bar the scenario
+    keys = [c for c in (*GROUP_KEYS, "item_id") if c != "scenario" and c in rows.columns]
     out = []
     for key, part in rows.groupby(keys, sort=True):
         if len(part) < 2:
             continue
         aligned = []
-        for scenario, scores, meta, gold in zip(part["scenario"], part["option_scores"], part["meta"], part["gold"]):
-            p = option_probs(scores)
-            k = option_shift(scenario, parse_meta(meta)) % len(p)
+        probs = option_probs(part, renormalise=True)
+        for j, (scenario, scores, meta, item_id, gold) in enumerate(
+            zip(part["scenario"], part["option_scores"], part["meta"], part["item_id"], part["gold"])
+        ):
+            p = probs[j, : len(scores)]
+            k = option_shift(scenario, parse_meta(meta, item_id)) % len(p)
             aligned.append(np.roll(p, -k))  # shifted option (i + k) mod n is original option i
             original_gold = (int(gold) - k) % len(p)
         mean_p = np.mean(aligned, axis=0)
@@ -72,7 +77,7 @@ def _per_rotation(rows: pd.DataFrame, averaged: pd.DataFrame, model: str, scenar
         part = rows[(rows["model"] == model) & (rows["scenario"] == scenario)]
         if part.empty:
             continue
-        k = option_shift(scenario, parse_meta(part["meta"].iloc[0]) if "meta" in part else {})
+        k = option_shift(scenario, parse_meta(part["meta"].iloc[0], part["item_id"].iloc[0]) if "meta" in part else {})
         labels.append(f"+{k}" if k else "0")
         acc.append(cluster_mean_ci(part["correct"].astype(float), part["cluster_id"], n_boot, seed))
         conf.append(cluster_mean_ci(part["confidence"], part["cluster_id"], n_boot, seed))
@@ -98,7 +103,7 @@ def plot_position_bias(records: pd.DataFrame, out_stem: Path, *, scenarios=None,
     per rotation vs the permutation-averaged prediction."""
     rows = select(records, readout=readout)
     scenarios = list(scenarios) if scenarios is not None else shift_scenarios(rows, baseline)
-    rows = require(scored(select(rows, scenario=scenarios)), "the position-bias figure")
+    rows = require(scorable(select(rows, scenario=scenarios)), "the position-bias figure")
     bias = position_bias(rows, n_boot=n_boot, seed=seed)
     averaged = permutation_average(rows)
     models = sorted(rows["model"].unique())

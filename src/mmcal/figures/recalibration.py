@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmcal.figures.frames import GROUP_COLS, ci_errors, require, select
+from mmcal.figures.frames import ci_errors, require
 from mmcal.figures.reliability import plot_reliability_panels
 from mmcal.figures.style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
                     styled)
+from mmcal.records import GROUP_KEYS, select
 
 
 def _recalibrated_rows(after: pd.DataFrame) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def plot_recalibration_reliability(before: pd.DataFrame, after: pd.DataFrame, ou
     panels show the same items.
     """
     after = require(_recalibrated_rows(after), "recalibrated records")
-    keys = [c for c in (*GROUP_COLS, "split", "item_id") if c in before.columns and c in after.columns]
+    keys = [c for c in (*GROUP_KEYS, "split", "item_id") if c in before.columns and c in after.columns]
     before = require(before.merge(after[keys].drop_duplicates(), on=keys, how="inner"),
                      "records before recalibration matching the recalibrated ones")
     if label is None:
@@ -57,8 +58,7 @@ def plot_recalibration_metric(recal: pd.DataFrame, out_stem: Path, *, metric: st
     if metric not in rows.columns:
         raise ValueError(f"the recalibration table has no column {metric!r}")
     # One bar per model x recalibrator: the remaining grouping columns go into the model label.
-    label_cols = [c for c in ("model", "dataset", "scenario", "prompt", "readout")
-                  if c in rows.columns and (c == "model" or rows[c].nunique() > 1)]
+    label_cols = [c for c in GROUP_KEYS if c in rows.columns and (c == "model" or rows[c].nunique() > 1)]
     rows = rows.assign(_label=rows[label_cols].astype(str).agg(" / ".join, axis=1))
     labels = sorted(rows["_label"].unique())
     methods = _recalibrator_order(rows["recalibrator"])

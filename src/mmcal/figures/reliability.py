@@ -3,7 +3,8 @@
 A panel shows the accuracy of each equal-width confidence bin (bars) against the diagonal, the
 mean confidence of each bin (markers), a 95 % cluster-bootstrap band of the per-bin accuracy,
 and the number of items per bin underneath; the legend carries the ECE of the same bins.
-Bins follow ``mmcal.analysis.metrics``: (b/M, (b+1)/M], confidence 0 in the first bin.
+Bins and ECE are ``mmcal.analysis.metrics``' ((b/M, (b+1)/M], confidence 0 in the first bin),
+the band's intervals ``mmcal.analysis.stats``'.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from mmcal.analysis import metrics
 from mmcal.analysis.metrics import equal_width_bin_index
-from mmcal.analysis.stats import cluster_bootstrap_weights
-
-from mmcal.figures.frames import GROUP_COLS, require, scored, slug
+from mmcal.analysis.stats import cluster_bootstrap_weights, percentile_interval
+from mmcal.figures.frames import require, slug
+from mmcal.records import GROUP_KEYS, scorable
 from mmcal.figures.style import NEUTRAL_COLOR, ONE_COLUMN, TWO_COLUMN, model_color, save_figure, styled
 
 
@@ -38,13 +40,6 @@ def reliability_bins(confidence, correct, bins: int = 10) -> pd.DataFrame:
     )
 
 
-def expected_calibration_error(table: pd.DataFrame) -> float:
-    """ECE of a ``reliability_bins`` table: count-weighted mean |accuracy - confidence|."""
-    filled = table[table["count"] > 0]
-    gaps = (filled["accuracy"] - filled["confidence"]).abs()
-    return float((filled["count"] * gaps).sum() / filled["count"].sum())
-
-
 def reliability_band(confidence, correct, clusters, bins: int = 10, n_boot: int = 200,
                      seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile band of each bin's accuracy over a cluster bootstrap (items of one image or
@@ -57,12 +52,7 @@ def reliability_band(confidence, correct, clusters, bins: int = 10, n_boot: int 
         with np.errstate(invalid="ignore", divide="ignore"):
             reps.append((w @ hits) / (w @ onehot))
     reps = np.concatenate(reps)
-    lo = np.full(bins, np.nan)
-    hi = np.full(bins, np.nan)
-    for b in range(bins):
-        finite = reps[:, b][np.isfinite(reps[:, b])]
-        if finite.size:
-            lo[b], hi[b] = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = np.array([percentile_interval(reps[:, b], level) for b in range(bins)]).T
     return lo, hi
 
 
@@ -75,10 +65,10 @@ def _panel_color(records: pd.DataFrame) -> str:
 def draw_reliability(ax, ax_count, records: pd.DataFrame, *, bins: int = 10, n_boot: int = 200,
                      seed: int = 0, color: str | None = None, title: str | None = None) -> float:
     """Draw one reliability panel (main axis + count axis) and return its ECE."""
-    rows = require(scored(records), title or "the reliability diagram")
+    rows = require(scorable(records), title or "the reliability diagram")
     color = color or _panel_color(rows)
     table = reliability_bins(rows["confidence"], rows["correct"], bins)
-    ece = expected_calibration_error(table)
+    ece = metrics.ece(rows["confidence"], rows["correct"], n_bins=bins)
     lo, hi = reliability_band(rows["confidence"], rows["correct"], rows["cluster_id"], bins, n_boot, seed)
     width = 1.0 / bins
     centers = (table["left"] + table["right"]).to_numpy() / 2
@@ -122,9 +112,10 @@ def draw_reliability(ax, ax_count, records: pd.DataFrame, *, bins: int = 10, n_b
 
 
 def _default_title(records: pd.DataFrame) -> str:
-    keys = {c: records[c].iloc[0] for c in GROUP_COLS if c in records.columns and len(records)}
-    first = " · ".join(str(keys[c]) for c in ("model", "dataset") if c in keys)
-    second = " · ".join(str(keys[c]) for c in ("scenario", "prompt", "readout") if c in keys)
+    keys = {c: records[c].iloc[0] for c in GROUP_KEYS if c in records.columns and len(records)}
+    # model and dataset on the first line, scenario, prompt and readout on the second
+    first = " · ".join(str(keys[c]) for c in GROUP_KEYS[:2] if c in keys)
+    second = " · ".join(str(keys[c]) for c in GROUP_KEYS[2:] if c in keys)
     return "\n".join(part for part in (first, second) if part)
 
 
@@ -158,7 +149,7 @@ def plot_reliability_panels(panels: Sequence[tuple[str, pd.DataFrame]], out_stem
 def plot_reliability(records: pd.DataFrame, out_stem: Path, *, bins: int = 10, n_boot: int = 200,
                      seed: int = 0, title: str | None = None, dpi: int = 200) -> list[Path]:
     """Reliability diagram of one (model, dataset, scenario, prompt, readout) group."""
-    present = [c for c in GROUP_COLS if c in records.columns]
+    present = [c for c in GROUP_KEYS if c in records.columns]
     groups = records[present].drop_duplicates()
     if len(groups) > 1:
         raise ValueError(
@@ -174,9 +165,9 @@ def plot_reliability_groups(records: pd.DataFrame, out_dir: Path, *, prefix: str
                             bins: int = 10, n_boot: int = 200, seed: int = 0,
                             dpi: int = 200) -> list[Path]:
     """One reliability diagram per group, named ``<prefix>_<model>_<dataset>_..._<readout>``."""
-    present = [c for c in GROUP_COLS if c in records.columns]
+    present = [c for c in GROUP_KEYS if c in records.columns]
     paths: list[Path] = []
-    for keys, group in scored(records).groupby(present, sort=True):
+    for keys, group in scorable(records).groupby(present, sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
         stem = Path(out_dir) / "_".join([prefix, *(slug(k) for k in keys)])
         paths += plot_reliability(group, stem, bins=bins, n_boot=n_boot, seed=seed, dpi=dpi)

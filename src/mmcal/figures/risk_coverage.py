@@ -8,8 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mmcal.figures.frames import GROUP_COLS, group_label, require, scored, varying
+from mmcal.figures.frames import group_label, require, varying
 from mmcal.figures.style import ONE_COLUMN, group_styles, save_figure, styled
+from mmcal.records import GROUP_KEYS, scorable
 
 
 def risk_coverage_curve(confidence, correct) -> pd.DataFrame:
@@ -34,8 +35,8 @@ def risk_coverage_curve(confidence, correct) -> pd.DataFrame:
 def plot_risk_coverage(records: pd.DataFrame, out_stem: Path, *, width: float = ONE_COLUMN,
                        dpi: int = 200) -> list[Path]:
     """Risk-coverage curves of every records group on one axis, AURC in the legend."""
-    rows = require(scored(records), "the risk-coverage curves")
-    present = [c for c in GROUP_COLS if c in rows.columns]
+    rows = require(scorable(records), "the risk-coverage curves")
+    present = [c for c in GROUP_KEYS if c in rows.columns]
     label_cols = varying(rows, present) or present[:1]
     groups = [(dict(zip(present, k if isinstance(k, tuple) else (k,))), g)
               for k, g in rows.groupby(present, sort=True)]

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmcal.figures.frames import ci_errors, cluster_mean_ci, require, scored, select
+from mmcal.figures.frames import ci_errors, cluster_mean_ci, require
 from mmcal.figures.style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
                     scenario_label, styled)
+from mmcal.records import GROUP_KEYS, scorable, select
 
 TEXT_IMAGE_SCENARIOS = ("image", "blind", "text-desc", "image-desc-consistent", "image-desc-conflicting")
 DESCRIPTION_CONDITIONS = {"consistent": "image-desc-consistent", "conflicting": "image-desc-conflicting"}
@@ -73,8 +74,9 @@ def entropy_shift(records: pd.DataFrame, *, baseline: str = "image", conditions=
     item_id, cluster_id, entropy_base, entropy, delta_entropy.
     """
     conditions = dict(conditions or DESCRIPTION_CONDITIONS)
-    rows = scored(select(records, readout=readout))
-    keys = [c for c in ("model", "dataset", "prompt", "readout", "item_id") if c in rows.columns]
+    rows = scorable(select(records, readout=readout))
+    # an item's rows in the two scenarios: its group keys bar the scenario
+    keys = [c for c in (*GROUP_KEYS, "item_id") if c != "scenario" and c in rows.columns]
     base = rows[rows["scenario"] == baseline][keys + ["entropy"]].rename(columns={"entropy": "entropy_base"})
     parts = []
     for label, scenario in conditions.items():

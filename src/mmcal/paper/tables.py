@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-GROUP_COLS = ("model", "dataset", "scenario", "prompt", "readout")
+from mmcal.records import GROUP_KEYS, select
+
 MAIN_METRICS = ("accuracy", "ece_10", "brier", "nll", "auroc", "aurc")
 SCENARIO_METRICS = ("accuracy", "mean_confidence", "ece_10", "mean_entropy")
 IDK_METRICS = ("admit_rate", "false_idk_rate", "answerable_accuracy", "abstain_f1", "answered_ece_10")
@@ -73,20 +74,11 @@ METRIC_TEX = {
 ID_TEX = {"model": "Model", "dataset": "Dataset", "scenario": "Scenario", "prompt": "Prompt",
           "readout": "Readout", "recalibrator": "Recalibrator"}
 
-# The IDK table's metric names as the study's brief gives them, and as mmcal.analysis.idk writes them.
-IDK_ALIASES = {
-    "admit_rate": ("admit_rate",),
-    "false_idk_rate": ("false_idk_rate",),
-    "answerable_accuracy": ("answerable_accuracy", "accuracy_answerable"),
-    "abstain_precision": ("abstain_precision",),
-    "abstain_recall": ("abstain_recall",),
-    "abstain_f1": ("abstain_f1",),
-    "confident_answer_rate_50": ("confident_answer_rate_50", "unknowable_answered_conf_ge_50"),
-    "confident_answer_rate_80": ("confident_answer_rate_80", "unknowable_answered_conf_ge_80"),
-    "answered_ece_10": ("answered_ece_10", "ece_answered"),
-    "idk_prob_unknowable": ("idk_prob_unknowable", "mean_p_idk_unknowable"),
-    "idk_prob_answerable": ("idk_prob_answerable", "mean_p_idk_answerable"),
-}
+
+def keys_varying_last(last: str) -> tuple[str, ...]:
+    """The group keys with ``last`` moved to the end: rows of one model, dataset, ... then vary in
+    ``last`` (scenario in the scenario table, prompt in the IDK table)."""
+    return (*(c for c in GROUP_KEYS if c != last), last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,13 +247,8 @@ def _constant_note(df: pd.DataFrame, cols: Sequence[str]) -> str:
 
 
 def _where(df: pd.DataFrame, where: dict | None) -> pd.DataFrame:
-    mask = np.ones(len(df), dtype=bool)
-    for col, value in (where or {}).items():
-        if value is None or col not in df.columns:
-            continue
-        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
-        mask &= df[col].isin(values).to_numpy()
-    return df[mask]
+    """The rows of a table that ``where`` (``column: value or values``) selects."""
+    return select(df, **(where or {}))
 
 
 def _split_id_cols(df: pd.DataFrame, row_cols: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -305,7 +292,7 @@ def _order_rows(df: pd.DataFrame, cols: Sequence[str], orders: dict | None = Non
         [f"_k{i}" for i in range(len(cols))], kind="stable").drop(columns=[f"_k{i}" for i in range(len(cols))])
 
 
-def metrics_table(df: pd.DataFrame, metrics: Sequence[str], *, row_cols: Sequence[str] = GROUP_COLS,
+def metrics_table(df: pd.DataFrame, metrics: Sequence[str], *, row_cols: Sequence[str] = GROUP_KEYS,
                   best_within: Sequence[str] = (), orders: dict | None = None, decimals: int = 3,
                   level: float = 0.95, caption: str | None = None, label: str | None = None,
                   extra_notes: Sequence[str] = (), resize: bool = True) -> str:
@@ -332,7 +319,7 @@ def metrics_table(df: pd.DataFrame, metrics: Sequence[str], *, row_cols: Sequenc
 
 
 def main_results_table(summary: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS, *,
-                       where: dict | None = None, row_cols: Sequence[str] = GROUP_COLS,
+                       where: dict | None = None, row_cols: Sequence[str] = GROUP_KEYS,
                        best_within: Sequence[str] = ("dataset", "scenario", "prompt", "readout"),
                        decimals: int = 3, level: float = 0.95,
                        caption: str = "Accuracy and calibration of each model.",
@@ -345,8 +332,8 @@ def main_results_table(summary: pd.DataFrame, metrics: Sequence[str] = MAIN_METR
 
 def scenario_table(summary: pd.DataFrame, scenarios: Sequence[str],
                    metrics: Sequence[str] = SCENARIO_METRICS, *, where: dict | None = None,
-                   row_cols: Sequence[str] = ("model", "dataset", "prompt", "readout", "scenario"),
-                   best_within: Sequence[str] = ("model", "dataset", "prompt", "readout"),
+                   row_cols: Sequence[str] = keys_varying_last("scenario"),
+                   best_within: Sequence[str] = keys_varying_last("scenario")[:-1],
                    decimals: int = 3, level: float = 0.95,
                    caption: str = "The same items under different scenarios.",
                    label: str = "tab:scenarios") -> str:
@@ -358,27 +345,16 @@ def scenario_table(summary: pd.DataFrame, scenarios: Sequence[str],
                          caption=caption, label=label)
 
 
-def canonical_idk_columns(idk: pd.DataFrame) -> pd.DataFrame:
-    """A copy whose IDK metric columns (and _lo/_hi) use the names of ``IDK_ALIASES``."""
-    renames = {}
-    for name, aliases in IDK_ALIASES.items():
-        found = next((a for a in aliases if a in idk.columns), None)
-        if found is not None and found != name:
-            for suffix in ("", "_lo", "_hi"):
-                if found + suffix in idk.columns and name + suffix not in idk.columns:
-                    renames[found + suffix] = name + suffix
-    return idk.rename(columns=renames)
-
-
 def idk_table_tex(idk: pd.DataFrame, metrics: Sequence[str] = IDK_METRICS, *,
                   where: dict | None = None,
-                  row_cols: Sequence[str] = ("model", "dataset", "scenario", "readout", "prompt"),
+                  row_cols: Sequence[str] = keys_varying_last("prompt"),
                   best_within: Sequence[str] = ("dataset", "scenario", "readout"),
                   decimals: int = 3, level: float = 0.95,
                   caption: str = r"Admitting ``I don't know'': rates on unknowable and answerable items.",
                   label: str = "tab:idk") -> str:
-    """IDK results, one row per model x prompt; all model-prompt pairs on the same data compared."""
-    rows = canonical_idk_columns(_where(idk, where))
+    """IDK results (``mmcal.analysis.idk``'s table), one row per model x prompt; all model-prompt
+    pairs on the same data compared."""
+    rows = _where(idk, where)
     counts = ""
     if {"n_unknowable", "n_answerable"} <= set(rows.columns) and len(rows):
         counts = (f"Items per row: {int(rows['n_unknowable'].max())} unknowable, "
@@ -426,7 +402,7 @@ def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METR
     if "recalibrator" not in df.columns:
         raise ValueError("the recalibration table needs a 'recalibrator' column ('none' = before)")
     metrics = [m for m in metrics if m in df.columns]
-    shown, constant = _split_id_cols(df, GROUP_COLS)
+    shown, constant = _split_id_cols(df, GROUP_KEYS)
     methods = list(dict.fromkeys(df["recalibrator"]))
     methods = (["none"] if "none" in methods else []) + [m for m in methods if m != "none"]
     df = _order_rows(df, [*shown, "recalibrator"], {"recalibrator": methods})
