@@ -14,7 +14,8 @@ from mmcal.engine.chat import render_prompt
 from mmcal.engine.loading import load_model
 from mmcal.engine.prompts import PromptVariant, build_messages
 from mmcal.engine.scenarios import Scenario
-from mmcal.engine.scoring import Engine, letter_token_ids, load_image
+from mmcal.engine.readouts import letter_token_ids
+from mmcal.engine.scoring import Engine, load_image
 
 
 READOUT_ORDER = ("letter_restricted", "letter_full_vocab", "option_loglik")  # as _hand_readouts returns
@@ -157,7 +158,7 @@ def test_shared_prefix_candidates_match_scoring_from_scratch(tiny_llava_dir, fmn
     prefixes = [answer_prefix_for(w) for w in ("The answer might be", "I think it is", "Probably")]
     shared = Engine(lm, PromptVariant(), readouts=["letter_restricted"], batch_size=3, image_root=root)
     reused = shared.score_answer_prefixes(items, Scenario(), prefixes)
-    assert shared._packed_ok  # the packed path (one continuation per item) was checked and used
+    assert shared.forward.packed_ok  # the packed path (one continuation per item) was checked and used
     for pre in prefixes:
         alone = Engine(lm, PromptVariant(answer_prefix=pre), readouts=["letter_restricted"], image_root=root)
         scratch = alone.score(items, Scenario())

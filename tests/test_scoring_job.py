@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
+import yaml
 
+from mmcal.cli import main as mmcal_main
 from mmcal.items import write_items
-from mmcal.engine.loading import load_model
+from mmcal.engine.build import engine_fingerprint
+from mmcal.engine.loading import load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
-from mmcal.engine.job import JobSpec, run_job, shard_dir_for
+from mmcal.engine.job import JobSpec, run_job, score_to_records, scoring_engine, shard_dir_for
+from mmcal.promptopt.job import search_engine
 
 
 class Crash(RuntimeError):
@@ -92,3 +97,61 @@ def test_shards_of_another_model_are_discarded(tiny_llava_dir, fmnist_items, tmp
     stats = run_job(spec, lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
     assert stats["resumed"] == 0 and stats["scored_now"] == len(items)
     assert set(pd.read_parquet(out)["model_fingerprint"]) == {lm.fingerprint}
+
+
+def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir, fmnist_items, tmp_path):
+    root, items = fmnist_items
+    items_path = root / "items.jsonl"
+    write_items(items, items_path)
+    # The entry's own options win over the study-wide dtype (bfloat16) and batch size (8).
+    entry = {"path": str(tiny_llava_dir), "kind": "mllm", "revision": "v-test", "dtype": "float32", "batch_size": 3}
+    scoring = scoring_engine("tiny", entry, PromptVariant(), readouts=["letter_restricted"], device="cpu",
+                             dtype="bfloat16", batch_size=8, items_path=items_path)
+    search = search_engine("tiny", entry, device="cpu", dtype="bfloat16", batch_size=8, image_root=root)
+    for engine in (scoring, search):
+        assert engine.lm.revision == "v-test"
+        assert engine.lm.model.dtype == torch.float32
+        assert engine.lm.multimodal and engine.lm.device == "cpu"
+        assert engine.batch_size == 3 and engine.image_root == root
+        assert engine.lm.fingerprint == engine_fingerprint("tiny", entry)
+    # Same model, same numbers: the search's default-prompt candidate is the scoring job's readout.
+    # (to float32 rounding: the search runs the answer prefix on the prefix's KV cache)
+    scored = {r["item_id"]: r["confidence"] for r in scoring.score(items, Scenario())}
+    prefix = PromptVariant().answer_prefix
+    searched = {r["item_id"]: r["confidence"] for r in search.score_answer_prefixes(items, Scenario(), [prefix])[prefix]}
+    assert scored.keys() == searched.keys()
+    assert all(abs(scored[i] - searched[i]) < 1e-5 for i in scored)
+
+
+def test_a_hub_revision_is_part_of_the_fingerprint():
+    plain = engine_fingerprint("m", {"path": "org/model"})
+    assert plain == model_fingerprint("org/model")
+    assert engine_fingerprint("m", {"path": "org/model", "revision": "abc123"}) != plain
+    assert engine_fingerprint("m", {"path": "org/model"}, path="org/other") == model_fingerprint("org/other")
+
+
+def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path):
+    root, items = fmnist_items
+    items_path = root / "items.jsonl"
+    write_items(items, items_path)
+    entry = {"path": str(tiny_llava_dir), "kind": "mllm"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"models": {"tiny": entry}, "device": "cpu", "dtype": "float32",
+                                      "prompts": {"default": {}}, "scenarios": {"image": {"image": True}}}))
+    via_job = tmp_path / "job.parquet"
+    score_to_records("tiny", entry, root.name, items_path, via_job, Scenario(), PromptVariant(),
+                     readouts=["letter_restricted", "letter_full_vocab", "option_loglik"],
+                     splits=["calib", "test"], device="cpu", dtype="float32", batch_size=8, progress=False)
+    via_cli = tmp_path / "cli.parquet"
+    assert mmcal_main(["score", "--config", str(config), "--model-name", "tiny", "--items", str(items_path),
+                       "--out", str(via_cli)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(via_job), pd.read_parquet(via_cli))
+
+
+def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys):
+    root, items = fmnist_items
+    items_path = root / "items.jsonl"
+    write_items(items, items_path)
+    assert mmcal_main(["score", "--model-name", "ghost", "--items", str(items_path),
+                       "--out", str(tmp_path / "r.parquet")]) == 2
+    assert "model 'ghost'" in capsys.readouterr().err

@@ -158,7 +158,7 @@ def test_training_tokens_match_the_scoring_engine(tiny_build):
     from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
     from mmcal.tinyllava.model import load_tiny_llava, n_image_tokens
     from mmcal.engine.prompts import PromptVariant, build_messages
-    from mmcal.engine.scoring import encode_ids, letter_token_ids
+    from mmcal.engine.readouts import encode_ids, letter_token_ids
 
     model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
     images, labels = load_fashion_mnist(DEFAULT_ROOT, "train")

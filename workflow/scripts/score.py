@@ -6,9 +6,17 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.cli import score_from_params  # noqa: E402
+from mmcal.engine.job import score_to_records  # noqa: E402
+from mmcal.engine.prompts import prompt_from_config  # noqa: E402
+from mmcal.engine.scenarios import scenario_from_config  # noqa: E402
 
 sm = snakemake  # noqa: F821
-score_from_params(
-    dict(sm.params.cfg), sm.wildcards, sm.input, sm.output[0],
+p = sm.params.cfg
+score_to_records(
+    sm.wildcards.model, p["model_cfg"], sm.wildcards.dataset, sm.input.item_file, sm.output[0],
+    scenario_from_config(sm.wildcards.scenario, p["scenario_cfg"]),
+    prompt_from_config(sm.wildcards.prompt, p["prompt_cfg"]),
+    readouts=p["readouts"], splits=p["splits"], device=p["device"], dtype=p["dtype"],
+    batch_size=p["batch_size"], shard_size=p["shard_size"], limit_per_split=p.get("limit_per_split"),
+    model_path=sm.input.get("model"), descriptions_path=sm.input.get("descriptions"),
 )

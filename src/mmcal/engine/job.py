@@ -3,6 +3,9 @@
 Items are scored in shards written next to the output (``<output>.shards/``). A killed job that
 is restarted reads the finished shards and scores only the items they do not hold; the final file
 is assembled from the shards in item order, then the shards are removed.
+
+:func:`score_to_records` is the job with explicit arguments; the workflow's ``score`` rule and
+``mmcal score`` both call it, so a DAG run and a CLI run write identical records.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmcal.engine.build import build_engine, engine_fingerprint
+from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.scenarios import Scenario
 from mmcal.items import read_items
 from mmcal.records import to_frame, write_records
 
@@ -135,3 +141,54 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
     }
     log.info("done: %s", json.dumps(stats))
     return stats
+
+
+def score_to_records(
+    model_name: str,
+    model_entry: dict,
+    dataset: str,
+    items_path: str | Path,
+    out_path: str | Path,
+    scenario: Scenario,
+    prompt: PromptVariant,
+    *,
+    readouts: list[str],
+    splits: list[str],
+    device: str,
+    dtype: str,
+    batch_size: int,
+    shard_size: int = 64,
+    limit_per_split: int | None = None,
+    model_path: str | Path | None = None,
+    descriptions_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score one (model, dataset, scenario, prompt) into ``out_path``; returns the job's stats.
+
+    ``model_path`` is the folder the DAG built for the model (default: the entry's ``path``).
+    """
+    spec = JobSpec(
+        model=model_name, dataset=dataset, scenario=scenario.name, prompt=prompt.name,
+        items_path=str(items_path), out_path=str(out_path), splits=tuple(splits),
+        descriptions_path=str(descriptions_path) if descriptions_path else None,
+        shard_size=int(shard_size), limit_per_split=limit_per_split,
+        fingerprint=engine_fingerprint(model_name, model_entry, model_path),
+        prompt_hash=prompt.prompt_hash(),
+    )
+
+    def make_engine():
+        return scoring_engine(
+            model_name, model_entry, prompt, readouts=readouts, device=device, dtype=dtype,
+            batch_size=batch_size, items_path=items_path, model_path=model_path,
+        )
+
+    return run_job(spec, make_engine, scenario, progress)
+
+
+def scoring_engine(model_name: str, model_entry: dict, prompt: PromptVariant, *, readouts: list[str], device: str,
+                   dtype: str, batch_size: int, items_path: str | Path, model_path: str | Path | None = None):
+    """The engine a scoring job scores with; images are looked up relative to the items file's folder."""
+    return build_engine(
+        model_name, model_entry, path=model_path, device=device, dtype=dtype, prompt=prompt,
+        readouts=readouts, batch_size=batch_size, image_root=Path(items_path).parent,
+    )

@@ -7,7 +7,6 @@ MLLMs: ``AutoModelForImageTextToText`` + ``AutoProcessor``; text-only LLMs:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ class LoadedModel:
     multimodal: bool
     device: str
     fingerprint: str
+    revision: str | None = None  # hub revision the weights were loaded at (None: default branch)
 
     @property
     def model_type(self) -> str:
@@ -60,16 +60,17 @@ def resolve_dtype(dtype: str, device: str):
         raise MmcalError(f"unknown dtype {dtype!r}") from None
 
 
-def model_fingerprint(path_or_id: str) -> str:
+def model_fingerprint(path_or_id: str, revision: str | None = None) -> str:
     """Cheap, stable identity of a checkpoint: config + weight file names, sizes and first MiB.
 
     Hashing every byte of a 7B model costs minutes; the first MiB of each shard plus its size
-    changes whenever the weights do in practice.
+    changes whenever the weights do in practice. A hub id is identified by its name and the
+    revision asked for (a local folder has no revision: its files are what it is).
     """
     path = Path(path_or_id)
     h = hashlib.sha256()
     if not path.is_dir():
-        h.update(f"hub:{path_or_id}".encode())
+        h.update(f"hub:{path_or_id}".encode() + (f"@{revision}".encode() if revision else b""))
         return h.hexdigest()[:16]
     for f in sorted(path.iterdir()):
         if f.name == "config.json" or f.suffix in {".json", ".jinja"} and "config" in f.name:
@@ -95,7 +96,6 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a model and its processor/tokenizer; ``kind`` is ``mllm``, ``llm`` or ``auto``."""
-    import torch
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -139,19 +139,7 @@ def load_model(
         tokenizer=tokenizer,
         multimodal=multimodal,
         device=device,
-        fingerprint=model_fingerprint(path),
+        fingerprint=model_fingerprint(path, revision),
+        revision=revision,
     )
 
-
-def describe(lm: LoadedModel) -> str:
-    n = sum(p.numel() for p in lm.model.parameters())
-    return json.dumps(
-        {
-            "name": lm.name,
-            "type": lm.model_type,
-            "multimodal": lm.multimodal,
-            "parameters": n,
-            "device": lm.device,
-            "fingerprint": lm.fingerprint,
-        }
-    )

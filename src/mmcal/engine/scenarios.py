@@ -23,10 +23,6 @@ class Scenario:
     description: str | None = None
     option_shift: int = 0
 
-    @property
-    def needs_descriptions(self) -> bool:
-        return self.description is not None
-
 
 def scenario_from_config(name: str, cfg: dict | None) -> Scenario:
     cfg = dict(cfg or {})

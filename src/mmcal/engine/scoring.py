@@ -1,28 +1,17 @@
 """The one scoring engine: one forward pass per item gives every readout.
 
 For each item the chat prompt (image + question + options, up to the opened assistant turn) is the
-*shared prefix*. Everything a readout needs is a short *continuation* of it:
-
-- letter readouts: the answer prefix ("Answer: (") — the next-token logits give the option letters'
-  scores (``letter_restricted``: softmax over the letters; ``letter_full_vocab``: the reference
-  study's full-vocabulary probability of each letter, and the letters' total mass);
-- ``option_loglik``: option_prefix + " " + option text — the length-normalised log-likelihood of
-  each option's tokens;
-- the prompt search: many candidate answer prefixes.
-
-When an item needs a single continuation, prefix + continuation run as one forward pass. When it
-needs several, the prefix runs once with ``use_cache=True`` and the continuations run on its KV
-cache, one unpadded pass per continuation length (prompt-search candidates: all of an item's
-candidates packed into one pass behind a block mask). Items are batched only with items whose prefix has exactly the same
-token length, so no padding ever enters a prefix: results do not depend on the batch size.
+*shared prefix*. Everything a readout needs is a short *continuation* of it (which continuations,
+and what each readout computes from their logits: :mod:`mmcal.engine.readouts`; how the prefix and
+its continuations run through the model: :mod:`mmcal.engine.forward`). This module renders and
+tokenises items and batches them. Items are batched only with items whose prefix has exactly the
+same token length, so no padding ever enters a prefix: results do not depend on the batch size.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,46 +19,15 @@ import numpy as np
 
 from mmcal import LETTERS
 from mmcal.engine.chat import render_prompt
-from mmcal.errors import MmcalError
-from mmcal.items import MCItem
+from mmcal.engine.forward import Encoded, Forward
 from mmcal.engine.loading import LoadedModel
 from mmcal.engine.prompts import PromptVariant, build_messages
-from mmcal.records import READOUTS, meta_json, readout_row, unscorable_rows
+from mmcal.engine.readouts import ReadoutSet, encode_ids
 from mmcal.engine.scenarios import Scenario, description_for, shift_options
+from mmcal.items import MCItem
+from mmcal.records import READOUTS, meta_json, unscorable_rows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    """An item ready for the model: prefix token ids plus processor tensors (batch dim 1)."""
-
-    pos: int
-    item: MCItem
-    prefix_ids: list[int] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-    status: str = "ok"
-
-    def bucket_key(self) -> tuple:
-        return (len(self.prefix_ids),) + tuple(
-            (k, tuple(v.shape)) for k, v in sorted(self.extra.items())
-        )
-
-
-@dataclass
-class Row:
-    """One continuation of an item's prefix: ``ids`` appended; tokens ids[span_from:] are scored."""
-
-    enc_index: int
-    ids: list[int]
-    span_from: int
-
-
-@dataclass
-class RowOut:
-    last_logits: object  # torch tensor [V]: logits after the row's last token
-    span_logprob: float
-    span_len: int
 
 
 def load_image(path: Path):
@@ -84,43 +42,6 @@ def load_image(path: Path):
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"image unreadable: {path}: {exc}") from None
-
-
-def encode_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def letter_token_ids(tokenizer, answer_prefix: str, n: int) -> list[int]:
-    """Token id of each option letter as the model would emit it right after ``answer_prefix``.
-
-    "A", " A" and "(A" tokenise differently; the letter's id is the token that the tokenizer
-    produces for prefix+letter beyond the prefix's own tokens. Letters that do not come out as one
-    clean extra token are an error (the readout would be ill-defined).
-    """
-    base = encode_ids(tokenizer, answer_prefix) if answer_prefix else []
-    ids = []
-    for letter in LETTERS[:n]:
-        full = encode_ids(tokenizer, answer_prefix + letter)
-        if full[: len(base)] == base and len(full) == len(base) + 1:
-            ids.append(full[-1])
-            continue
-        # The prefix's last token merged with the letter: fall back to the letter's own token.
-        variant = letter if (not answer_prefix or answer_prefix[-1] in " (\n") else " " + letter
-        alone = encode_ids(tokenizer, variant)
-        if len(alone) != 1:
-            raise MmcalError(
-                f"option letter {letter!r} after answer prefix {answer_prefix!r} is not a single "
-                f"token for this tokenizer ({alone}); change the prompt's answer_prefix"
-            )
-        ids.append(alone[0])
-    if len(set(ids)) != len(ids):
-        raise MmcalError(f"option letters map to repeated token ids {ids}")
-    return ids
-
-
-def _per_token(value, n_tokens: int) -> bool:
-    """A processor output with one integer per prompt token (token types), not image data."""
-    return value.dim() == 2 and value.shape[1] == n_tokens and not value.is_floating_point()
 
 
 ENCODE_CHUNK = 256  # items per processor call when encoding in bulk
@@ -140,29 +61,17 @@ class Engine:
     ):
         self.lm = lm
         self.prompt = prompt
-        self.readouts = tuple(readouts)
-        bad = set(self.readouts) - set(READOUTS)
-        if bad:
-            raise MmcalError(f"unknown readouts {sorted(bad)}; known: {READOUTS}")
-        if "option_loglik" in self.readouts and not prompt.option_prefix:
-            raise MmcalError(f"prompt {prompt.name!r}: option_loglik needs a non-empty option_prefix")
+        self.readout_set = ReadoutSet(lm.tokenizer, prompt, readouts)
+        self.readouts = self.readout_set.readouts
+        self.forward = Forward(lm)
         self.batch_size = max(1, int(batch_size))
         cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
         self.max_prompt_tokens = max_prompt_tokens or getattr(cfg, "max_position_embeddings", 4096)
         self.image_root = Path(image_root)
         self.tok = lm.tokenizer
-        self._letter_cache: dict[tuple[str, int], list[int]] = {}
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self._batch_encode_ok: bool | None = None  # decided on the first item encoded in bulk
-        self._packed_ok: bool | None = None  # packed prompt-search candidates, checked on first use
 
     # ---- encoding -----------------------------------------------------------------------
-    def letters(self, answer_prefix: str, n: int) -> list[int]:
-        key = (answer_prefix, n)
-        if key not in self._letter_cache:
-            self._letter_cache[key] = letter_token_ids(self.tok, answer_prefix, n)
-        return self._letter_cache[key]
-
     def _add_special(self, text: str) -> bool:
         bos = getattr(self.tok, "bos_token", None)
         return not (bos and text.startswith(bos))
@@ -289,188 +198,6 @@ class Engine:
         for (enc, _, _), (ids, extra) in zip(chunk, split):
             self._set_encoding(enc, ids, extra)
 
-    # ---- forward passes -----------------------------------------------------------------
-    def _extra_for(self, encs: list[Encoded], appended: int = 0) -> dict:
-        """Concatenate processor tensors along dim 0 (works for [1, C, H, W] and flat patches).
-
-        Per-token integer tensors (e.g. Qwen2-VL's ``mm_token_type_ids``, [1, prefix length]) are
-        extended by ``appended`` zeros (= text tokens) for the continuation that follows the prefix.
-        """
-        import torch
-
-        if not encs[0].extra:
-            return {}
-        out = {}
-        for k in encs[0].extra:
-            parts = []
-            for e in encs:
-                v = e.extra[k]
-                if appended and _per_token(v, len(e.prefix_ids)):
-                    v = torch.cat([v, v.new_zeros((v.shape[0], appended))], dim=1)
-                parts.append(v)
-            out[k] = torch.cat(parts, dim=0).to(self.lm.device)
-            if out[k].is_floating_point():
-                out[k] = out[k].to(self.lm.model.dtype)
-        return out
-
-    def run_rows(self, encs: list[Encoded], rows: list[Row]) -> list[RowOut]:
-        """Forward passes for continuations of same-length prefixes; returns one RowOut per row."""
-        import torch
-
-        per_item = np.bincount([r.enc_index for r in rows], minlength=len(encs))
-        with torch.inference_mode():
-            if per_item.max() == 1 and len({len(r.ids) for r in rows}) == 1:
-                return self._run_joined(encs, rows)
-            if self.lm.prefix_cache_ok:
-                return self._run_cached(encs, rows)
-            return self._run_full(encs, rows)
-
-    def _span_sums(self, first_logits, cont_logits, rows) -> tuple[list[float], list[int]]:
-        """Per row: sum and count of log p(ids[j]) for span_from <= j < len(ids), on the device.
-
-        ``first_logits`` [R, V] predict each row's ids[0]; ``cont_logits`` [R, W, V] (W >= longest
-        row - 1) hold the logits after ids[0..W-1], so position t predicts ids[t + 1]. One gather and
-        one transfer for the whole batch (per-token reads would each wait for the GPU).
-        """
-        import torch
-
-        width = max(len(r.ids) for r in rows)
-        dev = first_logits.device
-        ids = torch.tensor([r.ids + [0] * (width - len(r.ids)) for r in rows], device=dev)
-        pos = torch.arange(width, device=dev)[None]
-        lo = torch.tensor([r.span_from for r in rows], device=dev)[:, None]
-        hi = torch.tensor([len(r.ids) for r in rows], device=dev)[:, None]
-        inside = (pos >= lo) & (pos < hi)
-        # log p(t) = logit[t] - logsumexp(logits), normalised only where a scored token is predicted
-        lp = torch.zeros((len(rows), width), dtype=torch.float32, device=dev)
-        first = first_logits.float()
-        lp[:, 0] = first.gather(1, ids[:, :1])[:, 0] - torch.logsumexp(first, -1)
-        if width > 1:
-            need = inside[:, 1:]
-            picked = cont_logits[:, : width - 1][need].float()  # [n scored, V]
-            target = ids[:, 1:][need]
-            rest = lp[:, 1:]
-            rest[need] = picked.gather(1, target[:, None])[:, 0] - torch.logsumexp(picked, -1)
-        totals = torch.where(inside, lp.double(), 0.0).sum(1).cpu().tolist()
-        return totals, inside.sum(1).cpu().tolist()
-
-    def _run_joined(self, encs, rows) -> list[RowOut]:
-        """One pass per item: prefix + its single continuation (the common letter-only case)."""
-        import torch
-
-        order = sorted(range(len(rows)), key=lambda i: rows[i].enc_index)
-        rows_sorted = [rows[i] for i in order]
-        ids = torch.tensor(
-            [encs[r.enc_index].prefix_ids + r.ids for r in rows_sorted], device=self.lm.device
-        )
-        keep = len(rows_sorted[0].ids) + 1  # logits from the prefix's last token onwards
-        out = self.lm.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            logits_to_keep=keep,
-            **self._extra_for(encs, appended=len(rows_sorted[0].ids)),
-        )
-        logits = out.logits  # [B, keep, V]; position t predicts continuation token t
-        last = logits[:, -1].float().cpu()
-        totals, counts = [0.0] * len(rows), [0] * len(rows)
-        if any(r.span_from < len(r.ids) for r in rows_sorted):
-            totals, counts = self._span_sums(logits[:, 0], logits[:, 1:], rows_sorted)
-        results = [None] * len(rows)
-        for b, i in enumerate(order):
-            results[i] = RowOut(last[b], totals[b], counts[b])
-        return results
-
-    def _prefix_pass(self, encs):
-        """(model output with its KV cache and last-token logits, prefix length) for same-length prefixes."""
-        import torch
-
-        ids = torch.tensor([e.prefix_ids for e in encs], device=self.lm.device)
-        out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                            logits_to_keep=1, **self._extra_for(encs))
-        return out, ids.shape[1]
-
-    def _run_cached(self, encs, rows) -> list[RowOut]:
-        """Prefix once per item (KV cache), then the continuations, one pass per token length.
-
-        Grouping by length needs no padding, so every continuation costs exactly its own tokens
-        (prompt-search candidates and option texts differ in length).
-        """
-        import torch
-
-        dev = self.lm.device
-        out, L = self._prefix_pass(encs)
-        prefix_last = out.logits[:, -1].float()
-        prefix_cache = out.cache
-        results: list[RowOut | None] = [None] * len(rows)
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            if r.ids:
-                groups.setdefault(len(r.ids), []).append(i)
-        for g, (width, members) in enumerate(sorted(groups.items())):
-            group = [rows[i] for i in members]
-            # the last group may consume the prefix cache; earlier ones work on a copy
-            cache = prefix_cache if g == len(groups) - 1 else copy.deepcopy(prefix_cache)
-            which = torch.tensor([r.enc_index for r in group], device=dev)
-            cache.batch_select_indices(which)
-            cids = torch.tensor([r.ids for r in group], device=dev)
-            mask = torch.ones((len(group), L + width), dtype=torch.long, device=dev)
-            scored = any(r.span_from < width for r in group)
-            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache,
-                                 **({} if scored else {"logits_to_keep": 1}))
-            last = cout.logits[:, -1].float().cpu()
-            totals, counts = [0.0] * len(group), [0] * len(group)
-            if scored:
-                totals, counts = self._span_sums(prefix_last[which], cout.logits, group)
-            for k, i in enumerate(members):
-                results[i] = RowOut(last[k], totals[k], counts[k])
-        prefix_last_cpu = prefix_last.cpu()
-        for i, r in enumerate(rows):
-            if not r.ids:
-                results[i] = RowOut(prefix_last_cpu[r.enc_index], 0.0, 0)
-        return results
-
-    def _run_full(self, encs, rows) -> list[RowOut]:
-        """No cache reuse (position ids depend on the whole sequence): one full pass per row."""
-        return [self._run_joined([encs[r.enc_index]], [Row(0, r.ids, r.span_from)])[0] for r in rows]
-
-    # ---- readouts -----------------------------------------------------------------------
-    def item_rows(self, enc: Encoded, enc_index: int) -> list[Row]:
-        """Continuations needed for this item's readouts: first the answer prefix, then options."""
-        rows = []
-        if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
-            rows.append(Row(enc_index, encode_ids(self.tok, self.prompt.answer_prefix), 10**9))
-        if "option_loglik" in self.readouts:
-            head = encode_ids(self.tok, self.prompt.option_prefix)
-            for opt in enc.item.options:
-                rows.append(Row(enc_index, head + encode_ids(self.tok, " " + opt), len(head)))
-        return rows
-
-    def readout_rows(self, enc: Encoded, outs: list[RowOut]) -> list[dict]:
-        import torch
-
-        n = len(enc.item.options)
-        gold = enc.item.gold
-        res = []
-        k = 0
-        option_mass = float("nan")
-        letter_logits = full_lp = None
-        if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
-            last = outs[0].last_logits
-            letter_ids = self.letters(self.prompt.answer_prefix, n)
-            full = torch.log_softmax(last, -1)
-            full_lp = full[letter_ids].double().numpy()
-            letter_logits = last[letter_ids].double().numpy()
-            option_mass = float(np.exp(full_lp).sum())
-            k = 1
-        for readout in self.readouts:
-            if readout == "option_loglik":
-                opt_outs = outs[k : k + n]
-                scores = np.array([o.span_logprob / max(o.span_len, 1) for o in opt_outs])
-                res.append(readout_row(readout, scores, gold, option_mass))
-            else:
-                res.append(readout_row(readout, letter_logits, gold, option_mass, full_lp))
-        return res
-
     # ---- public API ---------------------------------------------------------------------
     def score(
         self,
@@ -488,9 +215,9 @@ class Engine:
                 if progress:
                     progress(1)
         for batch in self._batches([e for e in encs if e.status == "ok"]):
-            rows = [r for j, e in enumerate(batch) for r in self.item_rows(e, j)]
+            rows = [r for j, e in enumerate(batch) for r in self.readout_set.continuations(e, j)]
             try:
-                outs = self.run_rows(batch, rows)
+                outs = self.forward.run_rows(batch, rows)
             except Exception as exc:  # e.g. out of memory on one batch: record, keep going
                 log.exception("forward pass failed for %d items", len(batch))
                 for e in batch:
@@ -501,7 +228,7 @@ class Engine:
                 continue
             for j, e in enumerate(batch):
                 mine = [o for r, o in zip(rows, outs) if r.enc_index == j]
-                rows_by_pos[e.pos] = self._finish(e, self.readout_rows(e, mine))
+                rows_by_pos[e.pos] = self._finish(e, self.readout_set.rows(e, mine))
             if progress:
                 progress(len(batch))
         return [r for pos in range(len(items)) for r in rows_by_pos[pos]]
@@ -546,83 +273,8 @@ class Engine:
                 for p in prefixes:
                     result[p] += self._finish(e, unscorable_rows(["letter_restricted"], e.item.gold, len(e.item.options), e.status))
         for batch in self._batches([e for e in encs if e.status == "ok"]):
-            lasts = self._candidate_last_logits(batch, cand_ids)
+            lasts = self.forward.candidate_last_logits(batch, cand_ids)
             for j, e in enumerate(batch):
-                n = len(e.item.options)
                 for c, p in enumerate(prefixes):
-                    last = lasts[j][c]
-                    ids = self.letters(p, n)
-                    lp = np.asarray(__import__("torch").log_softmax(last, -1)[ids].double())
-                    row = readout_row("letter_restricted", last[ids].double().numpy(), e.item.gold, float(np.exp(lp).sum()), lp)
-                    result[p] += self._finish(e, [row])
+                    result[p] += self._finish(e, [self.readout_set.candidate_row(lasts[j][c], p, e.item)])
         return result
-
-    # ---- many candidates on one prefix ---------------------------------------------------
-    def _candidate_last_logits(self, encs: list[Encoded], cand_ids: list[list[int]]) -> list[list]:
-        """Per item, per candidate: logits after the candidate's last token.
-
-        Fast path (checked once per engine against the general one): the candidates of an item go
-        into ONE continuation after its cached prefix, each attending to the prefix and itself only
-        (a block mask, positions restarting after the prefix), so the prefix cache is never copied.
-        """
-        if all(cand_ids) and self.lm.prefix_cache_ok and self._packed_ok is not False:
-            try:
-                packed = self._run_packed(encs, cand_ids)
-            except Exception as exc:  # an architecture without custom 4-D masks
-                log.info("packed candidates unavailable for %s: %s", self.lm.model_type, exc)
-                self._packed_ok = False
-            else:
-                if self._packed_ok is None:
-                    self._packed_ok = self._agrees(packed, self._run_rows_for(encs, cand_ids))
-                if self._packed_ok:
-                    return packed
-        return self._run_rows_for(encs, cand_ids)
-
-    def _run_rows_for(self, encs, cand_ids) -> list[list]:
-        rows = [Row(j, ids, 10**9) for j in range(len(encs)) for ids in cand_ids]
-        outs = self.run_rows(encs, rows)
-        k = len(cand_ids)
-        return [[o.last_logits for o in outs[j * k : (j + 1) * k]] for j in range(len(encs))]
-
-    def _agrees(self, a, b) -> bool:
-        import torch
-
-        tol = 1e-3 if self.lm.model.dtype == torch.float32 else 0.25  # bf16 rounding vs a wrong mask
-        worst = max(float((torch.log_softmax(x, -1) - torch.log_softmax(y, -1)).abs().max())
-                    for xs, ys in zip(a, b) for x, y in zip(xs, ys))
-        if worst > tol:
-            log.warning("packed candidates differ from separate passes by %.3g; not used", worst)
-        return worst <= tol
-
-    def _run_packed(self, encs, cand_ids) -> list[list]:
-        import torch
-
-        dev = self.lm.device
-        with torch.inference_mode():
-            out, L = self._prefix_pass(encs)
-            B = len(encs)
-            flat = [t for c in cand_ids for t in c]
-            block = torch.tensor([k for k, c in enumerate(cand_ids) for _ in c], device=dev)
-            offset = torch.tensor([j for c in cand_ids for j in range(len(c))], device=dev)
-            T = len(flat)
-            # query t sees the whole prefix, and tokens of its own candidate up to itself
-            own = (block[:, None] == block[None, :]) & (offset[:, None] >= offset[None, :])
-            allowed = torch.cat([torch.ones((T, L), dtype=torch.bool, device=dev), own], 1)
-            if getattr(self.lm.model.config, "_attn_implementation", "sdpa") == "eager":
-                mask = torch.zeros(allowed.shape, dtype=self.lm.model.dtype, device=dev)
-                mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
-            else:
-                mask = allowed
-            ends = torch.cumsum(torch.tensor([len(c) for c in cand_ids], device=dev), 0) - 1
-            cout = self.lm.model(
-                input_ids=torch.tensor(flat, device=dev)[None].expand(B, T),
-                attention_mask=mask[None, None].expand(B, 1, T, L + T),
-                position_ids=(L + offset)[None].expand(B, T),
-                cache=out.cache,
-                logits_to_keep=ends,
-            )
-            logits = cout.logits.float()
-            if logits.shape[:2] != (B, len(cand_ids)):
-                raise MmcalError(f"unexpected logits shape {tuple(logits.shape)}")
-            logits = logits.cpu()
-        return [[logits[j, c] for c in range(len(cand_ids))] for j in range(B)]

@@ -16,6 +16,7 @@ import numpy as np
 
 from mmcal.items import read_items
 from mmcal.analysis.metrics import ece
+from mmcal.engine.build import build_engine
 from mmcal.engine.prompts import PromptVariant
 from mmcal.promptopt import run_search
 from mmcal.engine.scenarios import Scenario
@@ -33,6 +34,16 @@ DEFAULTS = {
     "n_test": 1000,
     "ci_bootstrap": 1000,  # cluster-bootstrap replicates for the test-split intervals
 }
+
+
+def search_engine(model_name: str, model_entry: dict, *, path: str | Path | None = None, device: str,
+                  dtype: str, batch_size: int, image_root: str | Path):
+    """The engine the search scores candidates with: the model loaded as the scoring job loads it,
+    the default prompt (candidates replace its answer prefix), the letter readout only."""
+    return build_engine(
+        model_name, model_entry, path=path, device=device, dtype=dtype, prompt=PromptVariant(),
+        readouts=["letter_restricted"], batch_size=batch_size, image_root=image_root,
+    )
 
 
 def answer_prefix_for(suffix: str) -> str:
@@ -106,8 +117,3 @@ def run_prompt_search(engine, items_path: str, out_dir: str | Path, cfg: dict, s
     (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
     return best
 
-
-def best_prompt_variant(best_json: str | Path, name: str = "searched") -> PromptVariant:
-    """The prompt the search found, as a prompt variant usable in any scoring run."""
-    best = json.loads(Path(best_json).read_text())
-    return PromptVariant(name=name, answer_prefix=best["answer_prefix"])

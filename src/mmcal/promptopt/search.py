@@ -182,6 +182,7 @@ def run_search(
     trajectory: list[CandidateRecord] = []
     # text -> (source, parent) of the candidates in the current pool
     pool: dict[str, tuple[str, str | None]] = {s: ("seed", None) for s in seeds}
+    survivors: list[str] = []  # the k best of the previous round
     try:
         for r in range(rounds + 1):
             if r > 0:

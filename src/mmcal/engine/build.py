@@ -1,0 +1,60 @@
+"""The one way to build a scoring engine from a model entry (config ``models.<name>``).
+
+The scoring job, the prompt search and ``mmcal score`` all load through here, so an entry's loading
+options (``path``, ``kind``, ``revision``, ``dtype``, ``batch_size``) mean the same in each of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from mmcal.engine.loading import load_model, model_fingerprint
+from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.scoring import Engine
+from mmcal.errors import ConfigError
+
+
+def checkpoint_path(name: str, model_entry: dict, path: str | Path | None = None) -> str:
+    """What to load: ``path`` (a folder the DAG built) when given, else the entry's folder or hub id."""
+    if path:
+        return str(path)
+    if not model_entry.get("path"):
+        raise ConfigError(f"model {name!r}: the entry has no 'path' (a local folder or a hub id)")
+    return str(model_entry["path"])
+
+
+def engine_fingerprint(name: str, model_entry: dict, path: str | Path | None = None) -> str:
+    """The fingerprint ``build_engine`` stamps on records, computed without loading the model."""
+    return model_fingerprint(checkpoint_path(name, model_entry, path), model_entry.get("revision"))
+
+
+def build_engine(
+    name: str,
+    model_entry: dict,
+    *,
+    path: str | Path | None = None,
+    device: str,
+    dtype: str,
+    prompt: PromptVariant,
+    readouts: Iterable[str],
+    batch_size: int,
+    image_root: str | Path,
+) -> Engine:
+    """Load the entry's model and wrap it in an engine.
+
+    ``dtype`` and ``batch_size`` are the study-wide settings; the entry's own ``dtype`` and
+    ``batch_size`` take precedence over them.
+    """
+    lm = load_model(
+        name,
+        checkpoint_path(name, model_entry, path),
+        kind=model_entry.get("kind", "auto"),
+        device=device,
+        dtype=model_entry.get("dtype", dtype),
+        revision=model_entry.get("revision"),
+    )
+    return Engine(
+        lm, prompt, readouts=readouts, batch_size=int(model_entry.get("batch_size", batch_size)),
+        image_root=image_root,
+    )

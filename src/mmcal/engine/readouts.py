@@ -1,0 +1,121 @@
+"""Readouts: which continuations of its prefix each item needs, and the record rows their logits give.
+
+- letter readouts: the answer prefix ("Answer: (") — the next-token logits give the option letters'
+  scores (``letter_restricted``: softmax over the letters; ``letter_full_vocab``: the reference
+  study's full-vocabulary probability of each letter, and the letters' total mass);
+- ``option_loglik``: option_prefix + " " + option text — the length-normalised log-likelihood of
+  each option's tokens;
+- the prompt search: the ``letter_restricted`` row after each candidate answer prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from mmcal import LETTERS
+from mmcal.engine.forward import Encoded, Row, RowOut
+from mmcal.engine.prompts import PromptVariant
+from mmcal.errors import MmcalError
+from mmcal.items import MCItem
+from mmcal.records import READOUTS, readout_row
+
+
+def encode_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def letter_token_ids(tokenizer, answer_prefix: str, n: int) -> list[int]:
+    """Token id of each option letter as the model would emit it right after ``answer_prefix``.
+
+    "A", " A" and "(A" tokenise differently; the letter's id is the token that the tokenizer
+    produces for prefix+letter beyond the prefix's own tokens. Letters that do not come out as one
+    clean extra token are an error (the readout would be ill-defined).
+    """
+    base = encode_ids(tokenizer, answer_prefix) if answer_prefix else []
+    ids = []
+    for letter in LETTERS[:n]:
+        full = encode_ids(tokenizer, answer_prefix + letter)
+        if full[: len(base)] == base and len(full) == len(base) + 1:
+            ids.append(full[-1])
+            continue
+        # The prefix's last token merged with the letter: fall back to the letter's own token.
+        variant = letter if (not answer_prefix or answer_prefix[-1] in " (\n") else " " + letter
+        alone = encode_ids(tokenizer, variant)
+        if len(alone) != 1:
+            raise MmcalError(
+                f"option letter {letter!r} after answer prefix {answer_prefix!r} is not a single "
+                f"token for this tokenizer ({alone}); change the prompt's answer_prefix"
+            )
+        ids.append(alone[0])
+    if len(set(ids)) != len(ids):
+        raise MmcalError(f"option letters map to repeated token ids {ids}")
+    return ids
+
+
+class ReadoutSet:
+    """The readouts of one engine (one tokenizer, one prompt variant)."""
+
+    def __init__(self, tok, prompt: PromptVariant, readouts: Iterable[str]):
+        self.tok = tok
+        self.prompt = prompt
+        self.readouts = tuple(readouts)
+        bad = set(self.readouts) - set(READOUTS)
+        if bad:
+            raise MmcalError(f"unknown readouts {sorted(bad)}; known: {READOUTS}")
+        if "option_loglik" in self.readouts and not prompt.option_prefix:
+            raise MmcalError(f"prompt {prompt.name!r}: option_loglik needs a non-empty option_prefix")
+        self._letter_cache: dict[tuple[str, int], list[int]] = {}
+
+    def letters(self, answer_prefix: str, n: int) -> list[int]:
+        key = (answer_prefix, n)
+        if key not in self._letter_cache:
+            self._letter_cache[key] = letter_token_ids(self.tok, answer_prefix, n)
+        return self._letter_cache[key]
+
+    def continuations(self, enc: Encoded, enc_index: int) -> list[Row]:
+        """Continuations needed for this item's readouts: first the answer prefix, then options."""
+        rows = []
+        if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
+            rows.append(Row(enc_index, encode_ids(self.tok, self.prompt.answer_prefix), 10**9))
+        if "option_loglik" in self.readouts:
+            head = encode_ids(self.tok, self.prompt.option_prefix)
+            for opt in enc.item.options:
+                rows.append(Row(enc_index, head + encode_ids(self.tok, " " + opt), len(head)))
+        return rows
+
+    def rows(self, enc: Encoded, outs: list[RowOut]) -> list[dict]:
+        """The item's record rows, one per readout, from the outputs of its ``continuations``."""
+        import torch
+
+        n = len(enc.item.options)
+        gold = enc.item.gold
+        res = []
+        k = 0
+        option_mass = float("nan")
+        letter_logits = full_lp = None
+        if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
+            last = outs[0].last_logits
+            letter_ids = self.letters(self.prompt.answer_prefix, n)
+            full = torch.log_softmax(last, -1)
+            full_lp = full[letter_ids].double().numpy()
+            letter_logits = last[letter_ids].double().numpy()
+            option_mass = float(np.exp(full_lp).sum())
+            k = 1
+        for readout in self.readouts:
+            if readout == "option_loglik":
+                opt_outs = outs[k : k + n]
+                scores = np.array([o.span_logprob / max(o.span_len, 1) for o in opt_outs])
+                res.append(readout_row(readout, scores, gold, option_mass))
+            else:
+                res.append(readout_row(readout, letter_logits, gold, option_mass, full_lp))
+        return res
+
+    def candidate_row(self, last, answer_prefix: str, item: MCItem) -> dict:
+        """The ``letter_restricted`` row of one prompt-search candidate, from the logits after it."""
+        import torch
+
+        ids = self.letters(answer_prefix, len(item.options))
+        lp = np.asarray(torch.log_softmax(last, -1)[ids].double())
+        return readout_row("letter_restricted", last[ids].double().numpy(), item.gold, float(np.exp(lp).sum()), lp)
