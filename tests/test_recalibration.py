@@ -12,7 +12,7 @@ from scipy.optimize import check_grad
 
 from mmcal.errors import DataError
 from mmcal.records import log_softmax, readout_row, to_frame
-from mmcal.calibration.recalibration import (
+from mmcal.calibration import (
     METHODS,
     HistogramBinning,
     IsotonicCalibration,

@@ -9,14 +9,14 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mmcal.calibration import recalibration as rc
-from mmcal.errors import DataError
-from mmcal.records import metric_arrays
 from mmcal.analysis.stats import derive_seed, holm, metric_cis, paired_metric_differences
+from mmcal.calibration.records_adapter import apply_to_records, fit_on_records, labelled_rows
+from mmcal.calibration.splits import repeated_splits, summarise_splits
+from mmcal.errors import DataError
+from mmcal.records import RUN_KEYS, metric_arrays, scorable, select
 
 log = logging.getLogger(__name__)
 
-GROUP = ["model", "dataset", "scenario", "prompt"]
 TABLE_METRICS = ["accuracy", "ece_10", "ece_15", "ece_debiased", "smece", "nll", "brier", "auroc"]
 PAIRED_METRICS = ["ece_10", "ece_debiased", "nll", "brier"]
 
@@ -27,22 +27,21 @@ def _group_label(key) -> str:
 
 def recalibrate_group(rows: pd.DataFrame, readout: str, methods, B: int, seed: int, level: float):
     """One (model, dataset, scenario, prompt) × readout: returns (table rows, params, test frames)."""
-    ok = rows[(rows["status"] == "ok") & (rows["readout"] == readout) & (rows["gold"] >= 0)]
-    calib, test = ok[ok["split"] == "calib"], ok[ok["split"] == "test"]
+    calib, test = labelled_rows(rows, readout, "calib"), labelled_rows(rows, readout, "test")
     if calib.empty or test.empty:
         raise DataError(f"needs scored calib and test rows ({len(calib)} calib, {len(test)} test)")
-    key = tuple(rows.iloc[0][c] for c in GROUP)
+    key = tuple(rows.iloc[0][c] for c in RUN_KEYS)
     gseed = derive_seed(seed, *key, readout)
     before = metric_arrays(test)
     clusters = test["cluster_id"].to_numpy()
     frames = {"none": test.assign(recalibrator="none")}
     out_rows, params = [], {}
-    base = dict(zip(GROUP, key), readout=readout)
+    base = dict(zip(RUN_KEYS, key), readout=readout)
     stats_none = metric_cis(**before, cluster_ids=clusters, B=B, seed=gseed, level=level, keys=TABLE_METRICS)
     out_rows.append({**base, "recalibrator": "none", "params": "{}", **stats_none, "accuracy_unchanged": True})
     for method in methods:
-        recal = rc.fit_on_records(rows, method, readout, split="calib")
-        after_df = rc.apply_to_records(test, recal)
+        recal = fit_on_records(rows, method, readout, split="calib")
+        after_df = apply_to_records(test, recal)
         after = metric_arrays(after_df)
         stats_after = metric_cis(**after, cluster_ids=clusters, B=B, seed=gseed, level=level, keys=TABLE_METRICS)
         paired = paired_metric_differences(before, after, clusters, PAIRED_METRICS, B=B, seed=gseed, level=level)
@@ -71,9 +70,9 @@ def _short_params(fitted: dict) -> dict:
 def recalibration_study(records: pd.DataFrame, readouts, methods, B=1000, seed=0, level=0.95):
     """Every group × readout that has calib and test rows. Returns (table, params, recalibrated)."""
     table, params, frames = [], {}, []
-    for key, rows in records.groupby(GROUP, sort=True):
+    for key, rows in records.groupby(list(RUN_KEYS), sort=True):
         for readout in readouts:
-            if not (rows["readout"] == readout).any():
+            if select(rows, readout=readout).empty:
                 continue
             label = f"{_group_label(key)}/{readout}"
             try:
@@ -97,14 +96,14 @@ def recalibration_study(records: pd.DataFrame, readouts, methods, B=1000, seed=0
 def split_robustness(records: pd.DataFrame, readouts, methods, n_seeds: int, seed: int = 0) -> pd.DataFrame:
     """Repeated random cluster-level calib/test splits: mean and CI of post-calibration metrics."""
     out = []
-    for key, rows in records.groupby(GROUP, sort=True):
+    for key, rows in records.groupby(list(RUN_KEYS), sort=True):
         for readout in readouts:
-            if not ((rows["readout"] == readout) & (rows["status"] == "ok")).any():
+            if select(scorable(rows), readout=readout).empty:
                 continue
             for method in methods:
-                per_seed = rc.repeated_splits(rows, method, readout, n_seeds=n_seeds, seed=seed)
-                summary = rc.summarise_splits(per_seed)
-                for col, val in zip(GROUP, key):
+                per_seed = repeated_splits(rows, method, readout, n_seeds=n_seeds, seed=seed)
+                summary = summarise_splits(per_seed)
+                for col, val in zip(RUN_KEYS, key):
                     summary[col] = val
                 summary["readout"], summary["method"] = readout, method
                 out.append(summary)
