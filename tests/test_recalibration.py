@@ -1,4 +1,4 @@
-"""Recalibration maths, persistence, cluster-level splits and the records-level API."""
+"""Recalibration maths, persistence, cluster-level splits, the records-level API and the rule's study."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import check_grad
 
+from mmcal.calibration.study import recalibration_study, short_params
 from mmcal.errors import DataError
+from mmcal.paper.tables import format_params, recalibration_table
 from mmcal.records import log_softmax, readout_row, to_frame
 from mmcal.calibration import (
     METHODS,
@@ -536,3 +538,60 @@ def test_records_survive_a_parquet_round_trip(tmp_path):
         and (back["recalibrator"] == "vector").sum()
         == ((df["status"] == "ok") & (df["readout"] == "letter_full_vocab")).sum()
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The recalibrate rule's study and its table
+# ------------------------------------------------------------------------------------------------
+
+
+def known_temperature_records(t_best: float, n: int = 40) -> pd.DataFrame:
+    """Two options, logits (s, 0) on every item, the first option right on 3 items in 4.
+
+    NLL(T) is minimal where sigmoid(s / T) = 3/4, i.e. at T = s / log 3: s = t_best * log 3.
+    """
+    s = t_best * np.log(3.0)
+    rows = []
+    for split in ("calib", "test"):
+        for i in range(n):
+            base = {"item_id": f"{split}-{i:03d}", "cluster_id": f"{split}-{i:03d}", "split": split,
+                    "model": "m", "dataset": "d", "scenario": "image", "prompt": "default", "n_options": 2,
+                    "status": "ok"}
+            rows.append({**base, **readout_row("letter_restricted", np.array([s, 0.0]), int(i % 4 == 3), 1.0)})
+    return to_frame(rows)
+
+
+def table_row(tex: str, recalibrator: str) -> list[str]:
+    """The cells of ``recalibrator``'s table row, from its Recalibrator cell on."""
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    rows = [[cell.strip() for cell in ln.strip().removesuffix("\\\\").split("&")] for ln in body.splitlines()]
+    [row] = [r for r in rows if recalibrator in r]
+    return row[row.index(recalibrator):]
+
+
+def test_study_table_shows_the_fitted_temperature():
+    records = known_temperature_records(1.074)
+    table, params, _ = recalibration_study(records, ["letter_restricted"], ["temperature", "temperature_grid"], B=200)
+    fitted = {row["recalibrator"]: json.loads(row["params"]) for _, row in table.iterrows()}
+    assert fitted["temperature"]["temperature"] == pytest.approx(1.074, abs=1e-6)
+    assert fitted["temperature_grid"] == {"temperature": pytest.approx(1.07)}
+    assert params["m/d/image/default/letter_restricted"]["temperature"]["params"] == fitted["temperature"]
+    tex = recalibration_table(table)
+    assert table_row(tex, "temperature")[1] == "T=1.07"
+    assert table_row(tex, "temperature\\_grid")[1] == "T=1.07"
+    assert table_row(tex, "none")[1] == "--"
+
+
+def test_short_params_name_each_methods_headline_parameters():
+    df = make_records(n_items=200)
+    cells = {}
+    for method in ("platt", "vector", "histogram", "isotonic"):
+        recal = fit_on_records(df, method, "letter_restricted")
+        short = short_params(recal.to_dict())
+        cells[method] = format_params(json.dumps(short))
+        if method == "platt":
+            assert short == {"slope": recal.slope, "intercept": recal.intercept}
+    assert cells["platt"].startswith("slope=") and ", intercept=" in cells["platt"]
+    assert cells["vector"] == "scale: 4 values, bias: 4 values"
+    assert cells["histogram"] == f"bins: {len(fit_on_records(df, 'histogram', 'letter_restricted').values)} values"
+    assert cells["isotonic"].startswith("knots: ")

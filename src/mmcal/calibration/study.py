@@ -19,10 +19,27 @@ log = logging.getLogger(__name__)
 
 TABLE_METRICS = ["accuracy", "ece_10", "ece_15", "ece_debiased", "smece", "nll", "brier", "auroc"]
 PAIRED_METRICS = ["ece_10", "ece_debiased", "nll", "brier"]
+# The table's Params cell: each method's headline parameters, under the names the cell shows.
+HEADLINE_PARAMS = {
+    "temperature": {"temperature": "temperature"},
+    "platt": {"slope": "slope", "intercept": "intercept"},
+    "vector": {"scale": "scale", "bias": "bias"},
+    "histogram": {"bins": "values"},
+    "isotonic": {"knots": "y"},
+}
 
 
 def _group_label(key) -> str:
     return "/".join(str(k) for k in key)
+
+
+def short_params(fitted: dict) -> dict:
+    """The headline fitted parameters of a saved recalibrator (``Recalibrator.to_dict()``) for the
+    table: T for temperature scaling, slope and intercept for Platt, the per-class scales and biases,
+    bin or knot values (the table shows how many). Full fits are saved separately as JSON."""
+    params = fitted.get("params") or {}
+    names = HEADLINE_PARAMS.get(fitted["method"], {})
+    return {shown: params[key] for shown, key in names.items() if key in params}
 
 
 def recalibrate_group(rows: pd.DataFrame, readout: str, methods, B: int, seed: int, level: float):
@@ -52,19 +69,10 @@ def recalibrate_group(rows: pd.DataFrame, readout: str, methods, B: int, seed: i
         unchanged = bool(np.array_equal(after_df["pred"].to_numpy(), test["pred"].to_numpy()))
         fitted = recal.to_dict()
         params[method] = fitted
-        out_rows.append({**base, "recalibrator": method, "params": json.dumps(_short_params(fitted)),
+        out_rows.append({**base, "recalibrator": method, "params": json.dumps(short_params(fitted)),
                          **stats_after, **diff_cols, "accuracy_unchanged": unchanged})
         frames[method] = after_df.assign(recalibrator=method)
     return out_rows, params, frames
-
-
-def _short_params(fitted: dict) -> dict:
-    """The headline parameters for the table (full fits are saved separately as JSON)."""
-    keep = {}
-    for k, v in fitted.items():
-        if k in ("temperature", "T", "slope", "intercept", "n_bins"):
-            keep[k] = v
-    return keep or {"method": fitted.get("method")}
 
 
 def recalibration_study(records: pd.DataFrame, readouts, methods, B=1000, seed=0, level=0.95):
