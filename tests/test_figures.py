@@ -196,7 +196,7 @@ def test_idk_figures(tmp_path):
 
 
 def test_recalibration_figures(tmp_path):
-    from mmcal.calibration.recalibration import apply_to_records, fit_on_records
+    from mmcal.calibration import apply_to_records, fit_on_records
 
     records = make_records(models=("m-large",), n_items=80)
     records["split"] = np.where(np.arange(len(records)) % 2 == 0, "calib", "test")

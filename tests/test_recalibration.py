@@ -1,4 +1,4 @@
-"""Recalibration maths, persistence, cluster-level splits and the records-level API."""
+"""Recalibration maths, persistence, cluster-level splits, the records-level API and the rule's study."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from scipy.optimize import check_grad
 
-from mmcal.errors import DataError
-from mmcal.records import log_softmax, readout_row, to_frame
-from mmcal.calibration.recalibration import (
+from mmcal.analysis.stats import paired_metric_differences
+from mmcal.calibration import (
     METHODS,
     HistogramBinning,
     IsotonicCalibration,
@@ -30,6 +29,10 @@ from mmcal.calibration.recalibration import (
     repeated_splits,
     summarise_splits,
 )
+from mmcal.calibration.study import P_BOOTSTRAP, paired_pvalues, recalibration_study, short_params
+from mmcal.errors import DataError
+from mmcal.paper.tables import format_p_floor, format_params, recalibration_table
+from mmcal.records import log_softmax, metric_arrays, readout_row, to_frame
 
 # ------------------------------------------------------------------------------------------------
 # Synthetic data and inline metrics
@@ -536,3 +539,104 @@ def test_records_survive_a_parquet_round_trip(tmp_path):
         and (back["recalibrator"] == "vector").sum()
         == ((df["status"] == "ok") & (df["readout"] == "letter_full_vocab")).sum()
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The recalibrate rule's study and its table
+# ------------------------------------------------------------------------------------------------
+
+
+def known_temperature_records(t_best: float, n: int = 40) -> pd.DataFrame:
+    """Two options, logits (s, 0) on every item, the first option right on 3 items in 4.
+
+    NLL(T) is minimal where sigmoid(s / T) = 3/4, i.e. at T = s / log 3: s = t_best * log 3.
+    """
+    s = t_best * np.log(3.0)
+    rows = []
+    for split in ("calib", "test"):
+        for i in range(n):
+            base = {"item_id": f"{split}-{i:03d}", "cluster_id": f"{split}-{i:03d}", "split": split,
+                    "model": "m", "dataset": "d", "scenario": "image", "prompt": "default", "n_options": 2,
+                    "status": "ok"}
+            rows.append({**base, **readout_row("letter_restricted", np.array([s, 0.0]), int(i % 4 == 3), 1.0)})
+    return to_frame(rows)
+
+
+def table_row(tex: str, recalibrator: str) -> list[str]:
+    """The cells of ``recalibrator``'s table row, from its Recalibrator cell on."""
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    rows = [[cell.strip() for cell in ln.strip().removesuffix("\\\\").split("&")] for ln in body.splitlines()]
+    [row] = [r for r in rows if recalibrator in r]
+    return row[row.index(recalibrator):]
+
+
+def test_study_table_shows_the_fitted_temperature():
+    records = known_temperature_records(1.074)
+    table, params, _ = recalibration_study(records, ["letter_restricted"], ["temperature", "temperature_grid"],
+                                           B=200, p_bootstrap=1000)
+    fitted = {row["recalibrator"]: json.loads(row["params"]) for _, row in table.iterrows()}
+    assert fitted["temperature"]["temperature"] == pytest.approx(1.074, abs=1e-6)
+    assert fitted["temperature_grid"] == {"temperature": pytest.approx(1.07)}
+    assert params["m/d/image/default/letter_restricted"]["temperature"]["params"] == fitted["temperature"]
+    tex = recalibration_table(table)
+    assert table_row(tex, "temperature")[1] == "T=1.07"
+    assert table_row(tex, "temperature\\_grid")[1] == "T=1.07"
+    assert table_row(tex, "none")[1] == "--"
+
+
+def test_short_params_name_each_methods_headline_parameters():
+    df = make_records(n_items=200)
+    cells = {}
+    for method in ("platt", "vector", "histogram", "isotonic"):
+        recal = fit_on_records(df, method, "letter_restricted")
+        short = short_params(recal.to_dict())
+        cells[method] = format_params(json.dumps(short))
+        if method == "platt":
+            assert short == {"slope": recal.slope, "intercept": recal.intercept}
+    assert cells["platt"].startswith("slope=") and ", intercept=" in cells["platt"]
+    assert cells["vector"] == "scale: 4 values, bias: 4 values"
+    assert cells["histogram"] == f"bins: {len(fit_on_records(df, 'histogram', 'letter_restricted').values)} values"
+    assert cells["isotonic"].startswith("knots: ")
+
+
+def test_ece_pvalue_uses_the_interval_draws_and_has_the_bootstrap_floor():
+    df = make_records(n_items=300, t_true=3.0)
+    test = df[(df["status"] == "ok") & (df["readout"] == "letter_restricted") & (df["split"] == "test")]
+    after = apply_to_records(test, fit_on_records(df, "temperature", "letter_restricted"))
+    before_arrays, after_arrays = metric_arrays(test), metric_arrays(after)
+    clusters = test["cluster_id"].to_numpy()
+    [(p, floor)] = paired_pvalues(before_arrays, {"t": after_arrays}, clusters, "ece_10", 1000, 7).values()
+    reference = paired_metric_differences(before_arrays, after_arrays, clusters, ["ece_10"], B=1000, seed=7)
+    assert p == reference["ece_10"]["p_value"]  # same draws, same test as the intervals
+    assert floor == 2 / 1001 and floor <= p < 0.01
+
+
+def test_strong_effect_is_significant_after_holm_and_the_table_prints_the_floor():
+    df = make_records(n_items=600, t_true=6.0)  # over-confident by a factor 6
+    methods = ["temperature", "temperature_grid", "vector", "platt"]
+    b_p = 10_000
+    table, _, _ = recalibration_study(df, ["letter_restricted", "letter_full_vocab"], methods, B=200, p_bootstrap=b_p)
+    tested = table[table["recalibrator"] != "none"]
+    m = len(tested)
+    assert m == 8
+    assert (tested["diff_ece_10"] < -0.1).all()
+    assert (tested["p_ece_10_floor"] == 2 / (b_p + 1)).all()
+    assert np.allclose(tested["p_holm_floor"], m * 2 / (b_p + 1), rtol=0, atol=1e-15)
+    # no replicate crosses zero: every p at its floor, 8 * 2 / 10001 = 0.0016 (1,000 replicates: 0.016)
+    assert (tested["p_holm"] == tested["p_holm_floor"]).all() and (tested["p_holm"] < 0.05).all()
+    tex = recalibration_table(table, where={"readout": "letter_restricted"})
+    for method in methods:
+        assert table_row(tex, method.replace("_", "\\_"))[-2] == "$<$0.002"  # the floor, rounded up
+    assert "no bootstrap replicate crossed zero" in tex
+    # the default study's 36 tests keep the Holm floor an order of magnitude below 0.05
+    assert 36 * 2 / (P_BOOTSTRAP + 1) < 0.005
+
+
+def test_format_p_floor():
+    assert format_p_floor(0.0036, 0.0036) == "$<$0.004"  # the floor, rounded up: still a true bound
+    assert format_p_floor(0.004, 0.004) == "$<$0.004"
+    assert format_p_floor(0.00072, 0.00072) == "$<$0.001"
+    assert format_p_floor(0.0123, 0.0036) == "0.012"  # above the floor: the value itself
+    assert format_p_floor(0.0123, None) == "0.012"
+    assert format_p_floor(1.0, 1.0) == "1.000"  # a floor of 1 bounds nothing
+    assert format_p_floor(None, 0.001) == "--"

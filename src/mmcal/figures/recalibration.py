@@ -26,7 +26,7 @@ def plot_recalibration_reliability(before: pd.DataFrame, after: pd.DataFrame, ou
                                    seed: int = 0, dpi: int = 200) -> list[Path]:
     """Reliability of the same items before and after recalibration, side by side.
 
-    ``after`` is a recalibrated copy of the records (``mmcal.calibration.recalibration.apply_to_records``);
+    ``after`` is a recalibrated copy of the records (``mmcal.calibration.apply_to_records``);
     ``before`` is cut down to the groups, splits and items of the recalibrated rows so both
     panels show the same items.
     """

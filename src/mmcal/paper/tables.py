@@ -389,6 +389,15 @@ def format_params(params) -> str:
     return ", ".join(parts)
 
 
+def format_p_floor(p, floor=None, decimals: int = 3) -> str:
+    """A p-value that cannot go below ``floor`` (a bootstrap test's resolution): at the floor it reads
+    ``$<$floor``, the floor rounded up so that the bound stays true; otherwise as ``format_p``."""
+    if _is_missing(p) or _is_missing(floor) or float(floor) >= 1 or float(p) > float(floor) * (1 + 1e-9):
+        return format_p(p, decimals)
+    scale = 10**decimals
+    return f"$<${np.ceil(float(floor) * scale - 1e-9) / scale:.{decimals}f}"
+
+
 def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METRICS, *,
                         where: dict | None = None, decimals: int = 3, level: float = 0.95,
                         alpha: float = 0.05,
@@ -417,7 +426,7 @@ def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METR
             significant = not is_none and not _is_missing(row.get("p_holm")) and float(row["p_holm"]) < alpha
             extra.append("--" if is_none else format_ci(row["diff_ece_10"], row.get("diff_ece_10_lo"),
                                                         row.get("diff_ece_10_hi"), decimals, bold=significant))
-            extra.append("--" if is_none else format_p(row.get("p_holm")))
+            extra.append("--" if is_none else format_p_floor(row.get("p_holm"), row.get("p_holm_floor")))
         if "accuracy_unchanged" in df.columns:
             extra.append("yes" if bool(row["accuracy_unchanged"]) else "no")
         rows.append(ids + extra)
@@ -433,6 +442,9 @@ def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METR
         notes.append(rf"$\Delta$ECE$_{{10}}$: paired change against no recalibration on the same "
                      rf"items (negative = better calibrated), bold where the Holm-corrected "
                      rf"$p < {alpha:g}$; $p$-values are Holm-corrected over all recalibrators and groups.")
+    if "p_holm_floor" in df.columns and df["p_holm_floor"].notna().any():
+        notes.append(r"$p$ ``$<x$'': no bootstrap replicate crossed zero; $x$ is the smallest $p$ the test "
+                     r"can give, rounded up.")
     notes.append(_constant_note(df, constant))
     return booktabs_table(header, rows, n_id_cols=len(shown) + 1, caption=caption, label=label,
                           notes=[n for n in notes if n])
