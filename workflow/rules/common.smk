@@ -49,24 +49,19 @@ def all_targets():
 
 
 IDK_BUILDERS = ("fmnist_idk", "llava_json", "dated_news")
+IDK_SETS = {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
 
 
 def idk_records():
-    idk_sets = {
-        n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
-    }
-    return [plan.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
+    return [plan.records_path(r) for r in RUNS if r["dataset"] in IDK_SETS]
 
 
 def idk_comparisons():
     """Configured comparisons on IDK data sets (also tested on self-assessment rates)."""
-    idk_sets = {
-        n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
-    }
     return [
         c
         for c in config["comparisons"]
-        if (c.get("where") or {}).get("dataset") in idk_sets
+        if (c.get("where") or {}).get("dataset") in IDK_SETS
     ]
 
 
@@ -80,10 +75,7 @@ def recalibration_records():
             r
             for r in RUNS
             if "calib" in r["splits"]
-            and r["dataset"]
-            not in {
-                n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
-            }
+            and r["dataset"] not in IDK_SETS
             and r["scenario"] == "image"
         ]
     )

@@ -380,7 +380,7 @@ def _render_recalibration_ece(inputs, spec, out_stem):
 
 
 def _caption_recalibration_ece(spec):
-    return ("ECE (10 equal-width bins) on the test split per recalibrator ('none': before recalibration), "
+    return ("ECE (10 equal-width bins) on the test split per recalibrator (none: before recalibration), "
             "grouped by model, with 95 % cluster-bootstrap intervals.")
 
 
