@@ -1,6 +1,7 @@
 # mmcal: calibration of multimodal LLMs as one Snakemake DAG.
-#   data → models → scoring (one forward pass per item) → metrics / recalibration / IDK /
-#   prompt search → figures/ and paper/tables/.
+#   data (datasets.smk) → tiny LLaVA (tinyllava.smk) → scoring, one forward pass per item
+#   (scoring.smk) → metrics, comparisons, IDK (analysis.smk) / recalibration (calibration.smk) /
+#   prompt search (promptopt.smk) → figures/ (figures.smk) and paper/ (paper.smk).
 # Default study: `snakemake --cores all`; paper scale: add `--configfile config/paper.yaml`.
 import os
 import sys
@@ -17,7 +18,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # own their cores, switch spinning back on (workflow/scripts/_setup.py: start).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mmcal import plan  # noqa: E402
+from mmcal import plan, provenance  # noqa: E402
+from mmcal.figures.registry import figure_plan  # noqa: E402
+from mmcal.paper.build import table_inputs, table_parts  # noqa: E402
+from mmcal.paper.main_tex import PARTS  # noqa: E402
+
+PART_TITLES = {key: title for key, title, _ in PARTS}
 
 
 configfile: "config/config.yaml"
@@ -42,10 +48,11 @@ wildcard_constraints:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
-include: "workflow/rules/models.smk"
-include: "workflow/rules/inference.smk"
-include: "workflow/rules/metrics.smk"
+include: "workflow/rules/tinyllava.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/analysis.smk"
 include: "workflow/rules/calibration.smk"
+include: "workflow/rules/promptopt.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
 

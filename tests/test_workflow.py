@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,23 @@ def test_study_outputs_and_provenance(study):
         conf, correct = rows.confidence.tolist(), rows.correct.tolist()
         assert abs(_independent_ece10(conf, correct) - row.ece_10) < 1e-9
         assert abs(np.mean(correct) - row.accuracy) < 1e-9
+
+
+def test_figures_are_captioned_in_their_sections(study):
+    tex = (study / "paper/main.tex").read_text()
+    idk = tex.split(r"\section{IDK}")[1].split(r"\section{")[0]
+    assert r"\includegraphics{../figures/idk_tradeoff.pdf}" in idk and r"\FloatBarrier" in idk
+    assert r"\caption{IDK trade-off on idk (letter\_restricted readout)" in idk
+    assert r"\caption{visual finetuning}" not in tex  # no more file names as captions
+    assert tex.count(r"\caption{") == len(list((study / "figures").glob("*.pdf")))
+
+
+def test_report_has_a_caption_per_figure_and_the_tables(study):
+    _run(study, "--report", "report.zip", "--configfile", "config/test.yaml")
+    with zipfile.ZipFile(study / "report.zip") as z:
+        html = z.read("report/report.html").decode()
+    assert "Reliability of tiny-llava-stage2 (dataset fmnist, scenario image" in html
+    assert "IDK trade-off on idk" in html and "LaTeX table" in html and "Accuracy and calibration" in html
 
 
 def test_nothing_to_do_after_a_complete_run(study):

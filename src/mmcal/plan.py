@@ -7,7 +7,6 @@ a model pair, a condition or a prompt by editing config, not code.
 from __future__ import annotations
 
 from itertools import product
-from pathlib import Path
 
 from mmcal.errors import ConfigError
 
@@ -91,19 +90,3 @@ def model_dir(config: dict, model: str) -> str | None:
 
 def scenario_needs_descriptions(config: dict, scenario: str) -> bool:
     return (config["scenarios"][scenario] or {}).get("description") is not None
-
-
-def describe_outputs(config: dict) -> list[str]:
-    return sorted(
-        {
-            f"data/datasets/{r['dataset']}/descriptions.json"
-            for r in expand_runs(config)
-            if scenario_needs_descriptions(config, r["scenario"])
-        }
-    )
-
-
-def ensure_relative(path: str) -> str:
-    if Path(path).is_absolute():
-        raise ConfigError(f"paths in the config must be relative to the repository: {path}")
-    return path

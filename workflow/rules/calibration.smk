@@ -1,11 +1,15 @@
-# Recalibration (fit on calib, apply to test, from records) and the iterative prompt search.
+# Recalibration: fit on calib, apply to test, from records only.
 
 
 rule recalibrate:
     input:
         records=recalibration_records(),
     output:
-        table="data/metrics/recalibration.csv",
+        table=report(
+            "data/metrics/recalibration.csv",
+            caption="../report/recalibration.rst",
+            category="Metrics",
+        ),
         splits="data/metrics/recalibration_splits.csv",
         params="data/calibration/params.json",
         records="data/calibration/recalibrated.parquet",
@@ -21,32 +25,3 @@ rule recalibrate:
         seed=config["seed"],
     script:
         "../scripts/recalibrate.py"
-
-
-rule prompt_search:
-    input:
-        item_file="data/datasets/{dataset}/items.jsonl",
-        model=lambda wildcards: plan.model_dir(config, wildcards.model) or [],
-    output:
-        trajectory="data/promptopt/{model}/{dataset}/trajectory.csv",
-        best="data/promptopt/{model}/{dataset}/best.json",
-        search="data/promptopt/{model}/{dataset}/search.json",
-    log:
-        "logs/promptopt/{model}/{dataset}.log",
-    benchmark:
-        "benchmarks/promptopt/{model}/{dataset}.tsv"
-    conda:
-        "../../envs/models.yaml"
-    threads: config["threads"]
-    resources:
-        gpu=model_gpus,
-    params:
-        cfg=promptopt_cfg(),
-        model_cfg=lambda wildcards: config["models"][wildcards.model],
-        device=config["device"],
-        dtype=config["dtype"],
-        batch_size=config["scoring"]["batch_size"],
-        seed=config["seed"],
-        cache_dir="data/promptopt/cache",
-    script:
-        "../scripts/prompt_search.py"

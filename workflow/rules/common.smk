@@ -1,5 +1,4 @@
-# Helpers shared by the workflow: config lookups and the list of final targets.
-import json
+# Helpers shared by the workflow: config lookups, the figure plan and the list of final targets.
 
 
 def dataset_cfg(name):
@@ -40,41 +39,29 @@ def model_gpus(wildcards):
     return int((config["models"][wildcards.model].get("resources") or {}).get("gpu", 0))
 
 
-def all_records():
-    return plan.all_records(config)
-
-
 def all_targets():
-    return (
-        [
-            "data/metrics/summary.csv",
-            "data/metrics/comparisons.csv",
-            "paper/main.tex",
-        ]
-        + figure_targets()
-        + table_targets()
-    )
+    return [
+        "data/metrics/summary.csv",
+        "data/metrics/comparisons.csv",
+        "paper/tables",
+        "paper/main.tex",
+    ] + figure_targets()
 
 
 IDK_BUILDERS = ("fmnist_idk", "llava_json", "dated_news")
+IDK_SETS = {n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS}
 
 
 def idk_records():
-    idk_sets = {
-        n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
-    }
-    return [plan.records_path(r) for r in RUNS if r["dataset"] in idk_sets]
+    return [plan.records_path(r) for r in RUNS if r["dataset"] in IDK_SETS]
 
 
 def idk_comparisons():
     """Configured comparisons on IDK data sets (also tested on self-assessment rates)."""
-    idk_sets = {
-        n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
-    }
     return [
         c
         for c in config["comparisons"]
-        if (c.get("where") or {}).get("dataset") in idk_sets
+        if (c.get("where") or {}).get("dataset") in IDK_SETS
     ]
 
 
@@ -88,45 +75,30 @@ def recalibration_records():
             r
             for r in RUNS
             if "calib" in r["splits"]
-            and r["dataset"]
-            not in {
-                n for n, d in config["datasets"].items() if d["builder"] in IDK_BUILDERS
-            }
+            and r["dataset"] not in IDK_SETS
             and r["scenario"] == "image"
         ]
     )
     return [plan.records_path(r) for r in targets]
 
 
-def promptopt_cfg():
-    return config["promptopt"]
-
-
-from mmcal.figures import registry as figure_registry  # noqa: E402
-
-FIGURES = figure_registry.figure_plan(config, RUNS)
+FIGURES = figure_plan(config, RUNS)
 
 
 def figure_targets():
-    return [f"figures/{kind}.{ext}" for kind in FIGURES for ext in ("pdf", "png")]
+    return [f"figures/{name}.{ext}" for name in FIGURES for ext in ("pdf", "png")]
 
 
-def table_inputs():
-    inputs = {
-        "summary": "data/metrics/summary.csv",
-        "comparisons": "data/metrics/comparisons.csv",
-    }
-    if "idk_tradeoff" in FIGURES:
-        inputs["idk"] = "data/metrics/idk.csv"
-    if "recalibration_ece" in FIGURES:
-        inputs["recalibration"] = "data/metrics/recalibration.csv"
-    if "promptopt_trajectory" in FIGURES:
-        inputs["best"] = FIGURES["promptopt_trajectory"]["best"][0]
-    return inputs
+def figure_section_title(wildcards):
+    return PART_TITLES[FIGURES[wildcards.kind].section]
 
 
-def table_targets():
-    return ["paper/tables/main_results.tex"]
+def paper_figures():
+    """Per figure: its name, the part of main.tex that shows it, and its caption."""
+    return [
+        {"name": name, "section": fig.section, "caption": fig.caption}
+        for name, fig in FIGURES.items()
+    ]
 
 
 def training_cfg(section, idk=False):

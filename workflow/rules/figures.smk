@@ -1,16 +1,19 @@
-# Figures: one job per figure kind (see mmcal.figures.registry.figure_plan); figure options are params of
-# these rules only, so changing them re-runs figures and nothing upstream.
+# Figures: one job per planned figure (mmcal.figures.registry.figure_plan). Its params are the
+# figure's spec, the slice of `parts` and of the figure options its renderer reads, so editing one
+# re-runs exactly the figures that show it and nothing upstream.
 
 
 rule figure:
     input:
-        unpack(lambda wildcards: FIGURES[wildcards.kind]),
+        unpack(lambda wildcards: FIGURES[wildcards.kind].inputs),
     output:
         pdf="figures/{kind}.pdf",
         png=report(
             "figures/{kind}.png",
             caption="../report/figure.rst",
             category="Figures",
+            subcategory=figure_section_title,
+            labels={"figure": "{kind}"},
         ),
     log:
         "logs/figures/{kind}.log",
@@ -21,6 +24,8 @@ rule figure:
     conda:
         "../../envs/analysis.yaml"
     params:
-        figures=config["figures"],
+        spec=lambda wildcards: FIGURES[wildcards.kind].spec,
+        # read by the report's caption template only (workflow/report/figure.rst)
+        caption=lambda wildcards: FIGURES[wildcards.kind].caption,
     script:
         "../scripts/figure.py"

@@ -3,31 +3,45 @@
 
 rule tables:
     input:
-        **table_inputs(),
+        **table_inputs(FIGURES),
     output:
-        main="paper/tables/main_results.tex",
-        manifest="paper/tables/manifest.json",
+        tables=report(
+            directory("paper/tables"),
+            patterns=["{name}.tex"],
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{name}"},
+        ),
     log:
         "logs/paper/tables.log",
     benchmark:
         "benchmarks/paper/tables.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        parts=table_parts(config["parts"]),
+        level=config["metrics"]["level"],
     script:
         "../scripts/tables.py"
 
 
 rule paper:
     input:
-        tables="paper/tables/manifest.json",
+        tables="paper/tables",
         figures=figure_targets(),
     output:
-        "paper/main.tex",
+        report("paper/main.tex", caption="../report/paper.rst", category="Paper"),
     log:
         "logs/paper/main.log",
     benchmark:
         "benchmarks/paper/main.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        figures=paper_figures(),
+        # main.tex prints the hash of the config it was built from. The job never sees the config,
+        # so the hash is computed here; as a param, any config edit re-writes main.tex (a second's
+        # work) and the printed hash is never stale.
+        config_hash=provenance.config_hash(config),
     script:
         "../scripts/paper.py"

@@ -1,4 +1,4 @@
-"""Rule tables: every booktabs table of the study under paper/tables/."""
+"""Rule tables: every booktabs table of the study under paper/tables/, plus manifest.json."""
 
 import json
 import sys
@@ -8,10 +8,11 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.figures.registry import make_tables  # noqa: E402
+from mmcal.paper.build import make_tables  # noqa: E402
 
 sm = snakemake  # noqa: F821
 inputs = {name: sm.input[name] for name in sm.input.keys()}
-written = make_tables(inputs, Path(sm.output.main).parent, sm.config)
-Path(sm.output.manifest).write_text(json.dumps({"tables": [str(p) for p in written], "inputs": inputs}, indent=2))
+out_dir = Path(sm.output.tables)
+written = make_tables(inputs, out_dir, sm.params.parts, sm.params.level)
+(out_dir / "manifest.json").write_text(json.dumps({"tables": [str(p) for p in written], "inputs": inputs}, indent=2))
 log.info("wrote %d tables", len(written))

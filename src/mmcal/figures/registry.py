@@ -1,263 +1,436 @@
-"""Which figures and tables the study renders, from which inputs — decided from config only.
+"""The figure kinds of the study, each declared in one place: its plan, renderer, paper section and caption.
 
-``config.parts`` names, for each part of the study, the groups it shows (data set, scenarios,
-models...). ``figure_plan`` turns that into ``{figure kind: {input name: paths}}`` for the DAG;
-``make_figure`` and ``make_tables`` render from those inputs; ``paper_sections`` lays out main.tex.
-Everything reads records or metric tables; nothing re-runs a model.
+A kind's *plan* reads the config once, at DAG-planning time, and says which figures of that kind the
+study draws (``reliability`` draws one per model), from which input files, with which options (its
+*spec*: the slice of ``parts`` and of the figure options the renderer reads, nothing else). The
+workflow passes the spec to the figure job as its params, so editing one ``parts:`` entry or one
+figure option re-runs exactly the figures whose spec holds it. The *renderer* takes the inputs and
+the spec, never the config. Everything reads records or metric tables; nothing re-runs a model.
+
+To add a figure: write ``_plan_x``, ``_render_x`` and a caption, and add one ``KINDS`` entry.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from mmcal import figures as F
-from mmcal.paper import tables as T
 from mmcal.plan import records_path
+from mmcal.records import GROUP_KEYS, RUN_KEYS, read_records, select
 
-RUN_KEYS = ("model", "dataset", "scenario", "prompt")
+Inputs = dict[str, list[str]]
 
 
-def _runs_where(runs: list[dict], **where) -> list[dict]:
-    out = []
-    for r in runs:
-        ok = True
-        for k, v in where.items():
-            if v is None:
-                continue
-            if isinstance(v, (list, tuple)):
-                ok &= r[k] in v
-            else:
-                ok &= r[k] == v
-        if ok:
-            out.append(r)
+@dataclass(frozen=True)
+class FigureKind:
+    """``plan(config, runs)`` → {figure name: (inputs, own options)}; ``render(inputs, spec, out_stem)``
+    writes the PDF and PNG; ``caption(spec)`` is the figure's caption in the report and the paper;
+    ``shared`` names the study-wide options (``SHARED``) the renderer reads besides ``dpi``."""
+
+    section: str
+    plan: Callable[[dict, list[dict]], dict[str, tuple[Inputs, dict]]]
+    render: Callable[[Inputs, dict, Path], list[Path]]
+    caption: Callable[[dict], str]
+    shared: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One planned figure: its input files and ``spec`` (kind, dpi, model order, shared and own options)."""
+
+    name: str
+    inputs: Inputs
+    spec: dict
+
+    @property
+    def kind(self) -> FigureKind:
+        return KINDS[self.spec["kind"]]
+
+    @property
+    def caption(self) -> str:
+        return self.kind.caption(self.spec)
+
+    @property
+    def section(self) -> str:
+        return self.kind.section
+
+
+# Study-wide options a kind may read (FigureKind.shared), and where the config keeps them.
+SHARED = {
+    "bins": lambda config: int(config["figures"]["reliability_bins"]),
+    "seed": lambda config: int(config["seed"]),
+    "split": lambda config: config["metrics"]["split"],
+    "readouts": lambda config: list(config["readouts"]),
+}
+
+
+def figure_plan(config: dict, runs: list[dict]) -> dict[str, Figure]:
+    """Every figure the config asks for, by name (the file stem under figures/), in paper order.
+    Parts without scored runs draw nothing. Specs are copies: editing the config later leaves them be."""
+    out: dict[str, Figure] = {}
+    for kind, fk in KINDS.items():
+        for name, (inputs, own) in fk.plan(config, runs).items():
+            spec = {"kind": kind, "dpi": int(config["figures"]["dpi"]), "model_order": list(config["models"]),
+                    **{key: SHARED[key](config) for key in fk.shared}, **copy.deepcopy(own)}
+            out[name] = Figure(name, inputs, spec)
     return out
 
 
-def _paths(runs) -> list[str]:
+def render_figure(inputs: Inputs, spec: dict, out_stem: Path) -> list[Path]:
+    """Draw one planned figure (``Figure.inputs``, ``Figure.spec``) to ``out_stem``.pdf/.png."""
+    F.set_model_order(spec["model_order"])
+    return KINDS[spec["kind"]].render(inputs, spec, Path(out_stem))
+
+
+# ---- planning helpers -----------------------------------------------------------------------
+def _runs_where(runs: list[dict], **where) -> list[dict]:
+    """Runs matching every ``key=value`` (a list means "any of"; None means "any")."""
+    def ok(run, key, value):
+        return value is None or (run[key] in value if isinstance(value, (list, tuple)) else run[key] == value)
+
+    return [r for r in runs if all(ok(r, k, v) for k, v in where.items())]
+
+
+def _paths(runs: list[dict]) -> list[str]:
     return sorted({records_path(r) for r in runs})
 
 
-def main_runs(config: dict, runs: list[dict]) -> list[dict]:
-    part = config["parts"]["main"]
-    return _runs_where(runs, dataset=part["dataset"], scenario=part["scenario"], prompt=part["prompt"])
+def _part(config: dict, key: str) -> dict | None:
+    return (config.get("parts") or {}).get(key)
 
 
-def model_reliability_run(config: dict, runs: list[dict], model: str) -> dict | None:
-    """The run a model's own reliability diagram shows: the main group, else its first run."""
-    mine = _runs_where(main_runs(config, runs), model=model) or _runs_where(runs, model=model)
-    return mine[0] if mine else None
+def _main_runs(config: dict, runs: list[dict]) -> list[dict]:
+    main = config["parts"]["main"]
+    return _runs_where(runs, dataset=main["dataset"], scenario=main["scenario"], prompt=main["prompt"])
 
 
-def figure_plan(config: dict, runs: list[dict]) -> dict[str, dict[str, list[str]]]:
-    """Figure kind → named input files; parts without scored runs are left out."""
-    parts = config["parts"]
-    plan: dict[str, dict[str, list[str]]] = {}
+def _test_records(paths: list[str], split: str) -> pd.DataFrame:
+    return select(read_records(paths), split=split)
+
+
+def _describe(where: dict) -> str:
+    return ", ".join(f"{k} {where[k]}" for k in RUN_KEYS if where.get(k))
+
+
+# ---- reliability_<model>: one per model, on the main group (else the model's first run) -------
+def _plan_reliability(config, runs):
+    plans = {}
     for model in config["models"]:
-        run = model_reliability_run(config, runs, model)
-        if run:
-            plan[f"reliability_{model}"] = {"records": [records_path(run)]}
-    main = main_runs(config, runs)
-    if main:
-        plan["confidence_histograms"] = {"records": _paths(main)}
-        plan["risk_coverage"] = {"records": _paths(main)}
-    if config.get("comparisons"):
-        plan["forest"] = {"comparisons": ["data/metrics/comparisons.csv"]}
-    vf = parts.get("visual_finetuning")
-    if vf:
-        pair = [_runs_where(runs, model=vf[s], dataset=vf["dataset"], scenario=vf["scenario"],
-                            prompt=vf["prompt"]) for s in ("before", "after")]
-        if all(pair):
-            plan["visual_finetuning"] = {"before": _paths(pair[0]), "after": _paths(pair[1])}
-    bm = parts.get("base_vs_mllm")
-    if bm and _runs_where(runs, dataset=bm["dataset"], scenario=bm["scenario"], prompt=bm["prompt"]):
-        plan["base_vs_mllm"] = {"records": _paths(_runs_where(runs, dataset=bm["dataset"],
-                                                              scenario=bm["scenario"], prompt=bm["prompt"]))}
-    tv = parts.get("text_vs_image")
-    if tv:
-        tv_runs = _runs_where(runs, dataset=tv["dataset"], prompt=tv["prompt"], scenario=tv["scenarios"])
-        if len({r["scenario"] for r in tv_runs}) > 1:
-            plan["text_vs_image"] = {"summary": ["data/metrics/summary.csv"]}
-            plan["entropy_shift"] = {"records": _paths(tv_runs)}
-    oo = parts.get("option_order")
-    if oo:
-        oo_runs = _runs_where(runs, model=oo["model"], dataset=oo["dataset"], prompt=oo["prompt"],
-                              scenario=oo["scenarios"])
-        if len(oo_runs) > 1:
-            plan["option_order"] = {"records": _paths(oo_runs)}
-    idk = parts.get("idk")
-    if idk:
-        idk_runs = _runs_where(runs, dataset=idk["dataset"])
-        if idk_runs:
-            plan["idk_tradeoff"] = {"idk": ["data/metrics/idk.csv"]}
-            plan["idk_confidence"] = {"records": _paths(idk_runs)}
-    rc = parts.get("recalibration")
-    if rc and _runs_where(runs, model=rc["model"], dataset=rc["dataset"], scenario=rc["scenario"], prompt=rc["prompt"]):
-        plan["recalibration_reliability"] = {"recalibrated": ["data/calibration/recalibrated.parquet"]}
-        plan["recalibration_ece"] = {"recalibration": ["data/metrics/recalibration.csv"]}
-    po = config.get("promptopt") or {}
-    if po.get("enabled", True) and po.get("model") in config["models"]:
-        base = f"data/promptopt/{po['model']}/{po['dataset']}"
-        plan["promptopt_trajectory"] = {"trajectory": [f"{base}/trajectory.csv"], "best": [f"{base}/best.json"]}
+        mine = _runs_where(_main_runs(config, runs), model=model) or _runs_where(runs, model=model)
+        if mine:
+            run = mine[0]
+            plans[f"reliability_{model}"] = ({"records": [records_path(run)]}, {k: run[k] for k in RUN_KEYS})
+    return plans
+
+
+def _render_reliability(inputs, spec, out_stem):
+    rec = _test_records(inputs["records"], spec["split"])
+    readouts = [r for r in spec["readouts"] if (rec["readout"] == r).any()]
+    panels = [(r.replace("_", " "), rec[rec["readout"] == r]) for r in readouts]
+    return F.plot_reliability_panels(panels, out_stem, bins=spec["bins"], seed=spec["seed"], dpi=spec["dpi"])
+
+
+def _caption_reliability(spec):
+    return (f"Reliability of {spec['model']} ({_describe({**spec, 'model': None})}; {spec['split']} split), "
+            f"one panel per readout: accuracy against mean confidence in {spec['bins']} equal-width "
+            "confidence bins with a 95 % cluster-bootstrap band (top) and the items per bin (bottom).")
+
+
+# ---- the main group: confidence histograms and risk-coverage curves -----------------------------
+def _plan_main_group(name: str):
+    def plan(config, runs):
+        main = _main_runs(config, runs)
+        return {name: ({"records": _paths(main)}, {"readout": config["parts"]["main"]["readout"]})} if main else {}
+
     return plan
 
 
-def _read_records(paths) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+def _render_main(plot):
+    def render(inputs, spec, out_stem):
+        rec = select(_test_records(inputs["records"], spec["split"]), readout=spec["readout"])
+        return plot(rec, out_stem, dpi=spec["dpi"])
+
+    return render
 
 
-def _test(df: pd.DataFrame, split: str) -> pd.DataFrame:
-    return df[df["split"] == split] if split else df
+def _caption_histograms(spec):
+    return (f"Confidence of correct and incorrect answers on the main group ({spec['readout']} readout, "
+            f"{spec['split']} split), one panel per model.")
 
 
-def make_figure(kind: str, inputs: dict, out_stem: Path, config: dict) -> list[Path]:
-    """Render one figure kind from its inputs (see ``figure_plan``)."""
-    F.set_model_order(list(config["models"]))
-    parts, opts = config["parts"], config["figures"]
-    dpi, bins, split = int(opts["dpi"]), int(opts["reliability_bins"]), config["metrics"]["split"]
-    seed = int(config["seed"])
-    if kind.startswith("reliability_"):
-        rec = _test(_read_records(inputs["records"]), split)
-        readouts = [r for r in config["readouts"] if (rec["readout"] == r).any()]
-        panels = [(r.replace("_", " "), rec[rec["readout"] == r]) for r in readouts]
-        return F.plot_reliability_panels(panels, out_stem, bins=bins, seed=seed, dpi=dpi)
-    if kind in ("confidence_histograms", "risk_coverage"):
-        rec = _test(_read_records(inputs["records"]), split)
-        rec = rec[rec["readout"] == parts["main"]["readout"]]
-        fn = F.plot_confidence_histograms if kind == "confidence_histograms" else F.plot_risk_coverage
-        return fn(rec, out_stem, dpi=dpi)
-    if kind == "forest":
-        return F.plot_forest(pd.read_csv(inputs["comparisons"][0]), out_stem, dpi=dpi)
-    if kind == "visual_finetuning":
-        vf = parts["visual_finetuning"]
-        before = _test(_read_records(inputs["before"]), split)
-        after = _test(_read_records(inputs["after"]), split)
-        panels = []
-        for readout in vf["readouts"]:
-            panels += [(f"{vf['before']}\n{readout}", before[before.readout == readout]),
-                       (f"{vf['after']}\n{readout}", after[after.readout == readout])]
-        return F.plot_reliability_panels(panels, out_stem, bins=bins, seed=seed, dpi=dpi)
-    if kind == "base_vs_mllm":
-        rec = _test(_read_records(inputs["records"]), split)
-        readout = parts["base_vs_mllm"]["readout"]
-        panels = [(m, g[g.readout == readout]) for m, g in rec.groupby("model", sort=False)]
-        return F.plot_reliability_panels(panels, out_stem, bins=bins, seed=seed, dpi=dpi)
-    if kind == "text_vs_image":
-        tv = parts["text_vs_image"]
-        return F.plot_text_vs_image(pd.read_csv(inputs["summary"][0]), out_stem, scenarios=tv["scenarios"],
-                                    readout=tv["readout"], dataset=tv["dataset"], prompt=tv["prompt"], dpi=dpi)
-    if kind == "entropy_shift":
-        tv = parts["text_vs_image"]
-        rec = _test(_read_records(inputs["records"]), split)
-        return F.plot_entropy_shift(rec, out_stem, baseline=tv["scenarios"][0], readout=tv["readout"],
-                                    seed=seed, dpi=dpi)
-    if kind == "option_order":
-        oo = parts["option_order"]
-        rec = _test(_read_records(inputs["records"]), split)
-        return F.plot_position_bias(rec, out_stem, scenarios=oo["scenarios"], baseline=oo["scenarios"][0],
-                                    readout=oo["readout"], seed=seed, dpi=dpi)
-    if kind == "idk_tradeoff":
-        return F.plot_idk_tradeoff(pd.read_csv(inputs["idk"][0]), out_stem, readout=parts["idk"]["readout"], dpi=dpi)
-    if kind == "idk_confidence":
-        rec = _test(_read_records(inputs["records"]), split)
-        return F.plot_idk_confidence(rec, out_stem, readout=parts["idk"]["readout"], dpi=dpi)
-    if kind == "recalibration_reliability":
-        rc = parts["recalibration"]
-        df = pd.read_parquet(inputs["recalibrated"][0])
-        sel = df
-        for k in RUN_KEYS + ("readout",):
-            sel = sel[sel[k] == rc[k]]
-        before = sel[sel["recalibrator"] == "none"]
-        after = sel[sel["recalibrator"] == rc["method"]]
-        return F.plot_recalibration_reliability(before, after, out_stem, label=rc["method"], bins=bins,
-                                                seed=seed, dpi=dpi)
-    if kind == "recalibration_ece":
-        return F.plot_recalibration_ece(pd.read_csv(inputs["recalibration"][0]), out_stem, dpi=dpi)
-    if kind == "promptopt_trajectory":
-        best = json.loads(Path(inputs["best"][0]).read_text())
-        return F.plot_prompt_trajectory(pd.read_csv(inputs["trajectory"][0]), out_stem, best=best, seed=seed, dpi=dpi)
-    raise ValueError(f"unknown figure kind {kind!r}")
+def _caption_risk_coverage(spec):
+    return (f"Risk-coverage curves on the main group ({spec['readout']} readout, {spec['split']} split): the "
+            "error rate among the items answered when only the most confident are kept; AURC in the legend.")
 
 
-# ---- tables ---------------------------------------------------------------------------------
-def _read_csv(path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+# ---- paired comparisons ------------------------------------------------------------------------
+def _plan_forest(config, runs):
+    return {"forest": ({"comparisons": ["data/metrics/comparisons.csv"]}, {})} if config.get("comparisons") else {}
 
 
-def make_tables(inputs: dict, out_dir: Path, config: dict) -> list[Path]:
-    """Every LaTeX table of the study; inputs: summary, comparisons, idk, recalibration, best."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts, level = config["parts"], float(config["metrics"]["level"])
-    summary = _read_csv(inputs["summary"])
-    written = []
-
-    def put(name, tex):
-        path = out_dir / f"{name}.tex"
-        T.write_table(tex, path)
-        written.append(path)
-
-    main = parts["main"]
-    put("main_results", T.main_results_table(summary, where={"dataset": main["dataset"], "scenario": main["scenario"],
-                                                              "prompt": main["prompt"]}))  # label tab:main
-    bm = parts.get("base_vs_mllm")
-    if bm and ((summary["dataset"] == bm["dataset"]) & (summary["scenario"] == bm["scenario"])).any():
-        put("base_vs_mllm", T.main_results_table(
-            summary, where={"dataset": bm["dataset"], "scenario": bm["scenario"], "prompt": bm["prompt"]},
-            caption="Base LLM vs the MLLMs built on it, on the same text-only questions.", label="tab:base-vs-mllm"))
-    vf = parts.get("visual_finetuning")
-    if vf:
-        put("visual_finetuning", T.main_results_table(summary, where={
-            "dataset": vf["dataset"], "scenario": vf["scenario"], "prompt": vf["prompt"],
-            "model": [vf["before"], vf["after"]]},
-            caption="Before (feature alignment) vs after visual instruction tuning, same items.",
-            label="tab:visual-ft"))
-    tv = parts.get("text_vs_image")
-    if tv and summary["scenario"].isin(tv["scenarios"][1:]).any():
-        put("text_vs_image", T.scenario_table(summary[summary["dataset"] == tv["dataset"]], tv["scenarios"]))
-    oo = parts.get("option_order")
-    if oo and summary["scenario"].isin(oo["scenarios"][1:]).any():
-        put("option_order", T.scenario_table(summary[(summary["dataset"] == oo["dataset"])
-                                                     & (summary["model"] == oo["model"])], oo["scenarios"]))
-    comparisons = _read_csv(inputs["comparisons"])
-    if not comparisons.empty:
-        put("comparisons", T.comparison_table(comparisons))
-    if inputs.get("idk"):
-        idk = _read_csv(inputs["idk"])
-        if not idk.empty:
-            put("idk", T.idk_table_tex(idk))
-    if inputs.get("recalibration"):
-        recal = _read_csv(inputs["recalibration"])
-        if not recal.empty:
-            put("recalibration", T.recalibration_table(recal))
-    if inputs.get("best"):
-        best = json.loads(Path(inputs["best"]).read_text())
-        put("best_prompts", T.best_prompts_table([best], level=level))
-    return written
+def _render_forest(inputs, spec, out_stem):
+    return F.plot_forest(pd.read_csv(inputs["comparisons"][0]), out_stem, dpi=spec["dpi"])
 
 
-def paper_sections(figures: list[str], tables: list[str]) -> list[dict]:
-    """main.tex sections: each part with the tables and figures it owns (paths relative to paper/)."""
-    owners = {
-        "main": (["main_results"], ["reliability_", "confidence_histograms", "risk_coverage"]),
-        "visual_ft": (["visual_finetuning"], ["visual_finetuning"]),
-        "base_vs_mllm": (["base_vs_mllm"], ["base_vs_mllm"]),
-        "text_vs_image": (["text_vs_image"], ["text_vs_image", "entropy_shift"]),
-        "option_order": (["option_order"], ["option_order"]),
-        "idk": (["idk"], ["idk_tradeoff", "idk_confidence"]),
-        "recalibration": (["recalibration", "comparisons"], ["recalibration_reliability", "recalibration_ece", "forest"]),
-        "prompt_search": ([], ["promptopt_trajectory"]),
-        "appendix": (["best_prompts"], []),
-    }
-    sections = []
-    for key, (tabs, figs) in owners.items():
-        sec_tables = [f"tables/{Path(t).name}" for t in tables if Path(t).stem in tabs]
-        sec_figs = [{"path": f"../figures/{Path(f).name}", "caption": Path(f).stem.replace("_", " ")}
-                    for f in figures if any(Path(f).stem.startswith(p) for p in figs)]
-        sections.append({"key": key, "tables": sec_tables, "figures": sec_figs})
-    return sections
+def _caption_forest(spec):
+    return ("Paired comparisons (B minus A on the same items) with 95 % cluster-bootstrap intervals, one "
+            "panel per metric; filled markers: Holm-adjusted p below 0.05.")
+
+
+# ---- visual fine-tuning: before and after, per readout -------------------------------------------
+def _plan_visual_finetuning(config, runs):
+    vf = _part(config, "visual_finetuning")
+    if not vf:
+        return {}
+    pair = [_runs_where(runs, model=vf[side], dataset=vf["dataset"], scenario=vf["scenario"], prompt=vf["prompt"])
+            for side in ("before", "after")]
+    if not all(pair):
+        return {}
+    return {"visual_finetuning": ({"before": _paths(pair[0]), "after": _paths(pair[1])}, {"part": vf})}
+
+
+def _render_visual_finetuning(inputs, spec, out_stem):
+    vf = spec["part"]
+    before = _test_records(inputs["before"], spec["split"])
+    after = _test_records(inputs["after"], spec["split"])
+    panels = []
+    for readout in vf["readouts"]:
+        panels += [(f"{vf['before']}\n{readout}", before[before.readout == readout]),
+                   (f"{vf['after']}\n{readout}", after[after.readout == readout])]
+    return F.plot_reliability_panels(panels, out_stem, bins=spec["bins"], seed=spec["seed"], dpi=spec["dpi"])
+
+
+def _caption_visual_finetuning(spec):
+    vf = spec["part"]
+    return (f"Reliability of {vf['before']} (feature alignment only) and {vf['after']} (after visual "
+            f"instruction tuning) on the same items ({_describe({**vf, 'model': None})}; {spec['split']} split), "
+            f"for the readouts {', '.join(vf['readouts'])}; {spec['bins']} equal-width bins, 95 % "
+            "cluster-bootstrap bands.")
+
+
+# ---- base LLM vs MLLM ------------------------------------------------------------------------
+def _plan_base_vs_mllm(config, runs):
+    bm = _part(config, "base_vs_mllm")
+    found = bm and _runs_where(runs, dataset=bm["dataset"], scenario=bm["scenario"], prompt=bm["prompt"])
+    return {"base_vs_mllm": ({"records": _paths(found)}, {"part": bm})} if found else {}
+
+
+def _render_base_vs_mllm(inputs, spec, out_stem):
+    rec = _test_records(inputs["records"], spec["split"])
+    readout = spec["part"]["readout"]
+    panels = [(m, g[g.readout == readout]) for m, g in rec.groupby("model", sort=False)]
+    return F.plot_reliability_panels(panels, out_stem, bins=spec["bins"], seed=spec["seed"], dpi=spec["dpi"])
+
+
+def _caption_base_vs_mllm(spec):
+    bm = spec["part"]
+    return (f"Reliability of the base LLM and the MLLMs built on it on the same text-only questions "
+            f"({_describe(bm)}; {bm['readout']} readout, {spec['split']} split), one panel per model; "
+            f"{spec['bins']} equal-width bins, 95 % cluster-bootstrap bands.")
+
+
+# ---- text vs image: summary metrics per scenario and the entropy shift ---------------------------
+def _text_vs_image_runs(config, runs):
+    tv = _part(config, "text_vs_image")
+    if not tv:
+        return None, []
+    found = _runs_where(runs, dataset=tv["dataset"], prompt=tv["prompt"], scenario=tv["scenarios"])
+    return tv, (found if len({r["scenario"] for r in found}) > 1 else [])
+
+
+def _plan_text_vs_image(config, runs):
+    tv, found = _text_vs_image_runs(config, runs)
+    return {"text_vs_image": ({"summary": ["data/metrics/summary.csv"]}, {"part": tv})} if found else {}
+
+
+def _render_text_vs_image(inputs, spec, out_stem):
+    tv = spec["part"]
+    return F.plot_text_vs_image(pd.read_csv(inputs["summary"][0]), out_stem, scenarios=tv["scenarios"],
+                                readout=tv["readout"], dataset=tv["dataset"], prompt=tv["prompt"], dpi=spec["dpi"])
+
+
+def _caption_text_vs_image(spec):
+    tv = spec["part"]
+    return (f"Accuracy, mean confidence and mean entropy per scenario ({', '.join(tv['scenarios'])}) and model "
+            f"on {tv['dataset']} ({tv['readout']} readout), with 95 % cluster-bootstrap intervals.")
+
+
+def _plan_entropy_shift(config, runs):
+    tv, found = _text_vs_image_runs(config, runs)
+    return {"entropy_shift": ({"records": _paths(found)}, {"part": tv})} if found else {}
+
+
+def _render_entropy_shift(inputs, spec, out_stem):
+    tv = spec["part"]
+    rec = _test_records(inputs["records"], spec["split"])
+    return F.plot_entropy_shift(rec, out_stem, baseline=tv["scenarios"][0], readout=tv["readout"],
+                                seed=spec["seed"], dpi=spec["dpi"])
+
+
+def _caption_entropy_shift(spec):
+    tv = spec["part"]
+    return (f"Change of each item's answer entropy against the {tv['scenarios'][0]} scenario, per model and "
+            f"scenario ({tv['readout']} readout, {spec['split']} split): items as points, the mean with its "
+            "95 % cluster-bootstrap interval; below zero the model became surer.")
+
+
+# ---- option order ------------------------------------------------------------------------
+def _plan_option_order(config, runs):
+    oo = _part(config, "option_order")
+    if not oo:
+        return {}
+    found = _runs_where(runs, model=oo["model"], dataset=oo["dataset"], prompt=oo["prompt"], scenario=oo["scenarios"])
+    return {"option_order": ({"records": _paths(found)}, {"part": oo})} if len(found) > 1 else {}
+
+
+def _render_option_order(inputs, spec, out_stem):
+    oo = spec["part"]
+    rec = _test_records(inputs["records"], spec["split"])
+    return F.plot_position_bias(rec, out_stem, scenarios=oo["scenarios"], baseline=oo["scenarios"][0],
+                                readout=oo["readout"], seed=spec["seed"], dpi=spec["dpi"])
+
+
+def _caption_option_order(spec):
+    oo = spec["part"]
+    return (f"Letter-position bias of {oo['model']} on {oo['dataset']} with the options rotated "
+            f"({', '.join(oo['scenarios'])}; {oo['readout']} readout, {spec['split']} split): accuracy and mean "
+            "confidence by the gold option's letter, and per rotation against the permutation-averaged "
+            "prediction, with 95 % cluster-bootstrap intervals.")
+
+
+# ---- IDK -------------------------------------------------------------------------------
+def _idk_runs(config, runs):
+    idk = _part(config, "idk")
+    return idk, (_runs_where(runs, dataset=idk["dataset"]) if idk else [])
+
+
+def _plan_idk_tradeoff(config, runs):
+    idk, found = _idk_runs(config, runs)
+    return {"idk_tradeoff": ({"idk": ["data/metrics/idk.csv"]}, {"part": idk})} if found else {}
+
+
+def _render_idk_tradeoff(inputs, spec, out_stem):
+    return F.plot_idk_tradeoff(pd.read_csv(inputs["idk"][0]), out_stem, readout=spec["part"]["readout"],
+                               dpi=spec["dpi"])
+
+
+def _caption_idk_tradeoff(spec):
+    return (f"IDK trade-off on {spec['part']['dataset']} ({spec['part']['readout']} readout): the rate of "
+            "admitting ignorance on unknowable items against the rate of wrongly choosing IDK on answerable "
+            "ones, per model (colour) and prompt (marker), with 95 % intervals; top left is best.")
+
+
+def _plan_idk_confidence(config, runs):
+    idk, found = _idk_runs(config, runs)
+    return {"idk_confidence": ({"records": _paths(found)}, {"part": idk})} if found else {}
+
+
+def _render_idk_confidence(inputs, spec, out_stem):
+    rec = _test_records(inputs["records"], spec["split"])
+    return F.plot_idk_confidence(rec, out_stem, readout=spec["part"]["readout"], dpi=spec["dpi"])
+
+
+def _caption_idk_confidence(spec):
+    return (f"Confidence on unknowable and answerable items of {spec['part']['dataset']} "
+            f"({spec['part']['readout']} readout, {spec['split']} split), one panel per model and prompt, "
+            "as shares of each item type.")
+
+
+# ---- recalibration ------------------------------------------------------------------------
+def _recalibration_part(config, runs):
+    rc = _part(config, "recalibration")
+    return rc if rc and _runs_where(runs, **{k: rc[k] for k in RUN_KEYS}) else None
+
+
+def _plan_recalibration_reliability(config, runs):
+    rc = _recalibration_part(config, runs)
+    return {"recalibration_reliability": ({"recalibrated": ["data/calibration/recalibrated.parquet"]},
+                                          {"part": rc})} if rc else {}
+
+
+def _render_recalibration_reliability(inputs, spec, out_stem):
+    rc = spec["part"]
+    rows = select(pd.read_parquet(inputs["recalibrated"][0]), **{k: rc[k] for k in GROUP_KEYS})
+    before = rows[rows["recalibrator"] == "none"]
+    after = rows[rows["recalibrator"] == rc["method"]]
+    return F.plot_recalibration_reliability(before, after, out_stem, label=rc["method"], bins=spec["bins"],
+                                            seed=spec["seed"], dpi=spec["dpi"])
+
+
+def _caption_recalibration_reliability(spec):
+    rc = spec["part"]
+    return (f"Reliability of {rc['model']} ({_describe({**rc, 'model': None})}; {rc['readout']} readout) on "
+            f"the test items before and after {rc['method']} recalibration fitted on the calibration split; "
+            f"{spec['bins']} equal-width bins, 95 % cluster-bootstrap bands.")
+
+
+def _plan_recalibration_ece(config, runs):
+    rc = _recalibration_part(config, runs)
+    return {"recalibration_ece": ({"recalibration": ["data/metrics/recalibration.csv"]}, {})} if rc else {}
+
+
+def _render_recalibration_ece(inputs, spec, out_stem):
+    return F.plot_recalibration_ece(pd.read_csv(inputs["recalibration"][0]), out_stem, dpi=spec["dpi"])
+
+
+def _caption_recalibration_ece(spec):
+    return ("ECE (10 equal-width bins) on the test split per recalibrator (none: before recalibration), "
+            "grouped by model, with 95 % cluster-bootstrap intervals.")
+
+
+# ---- prompt search ------------------------------------------------------------------------
+def _plan_promptopt(config, runs):
+    po = config.get("promptopt") or {}
+    if not (po.get("enabled", True) and po.get("model") in config["models"]):
+        return {}
+    base = f"data/promptopt/{po['model']}/{po['dataset']}"
+    inputs = {"trajectory": [f"{base}/trajectory.csv"], "best": [f"{base}/best.json"]}
+    return {"promptopt_trajectory": (inputs, {"model": po["model"], "dataset": po["dataset"]})}
+
+
+def _render_promptopt(inputs, spec, out_stem):
+    best = json.loads(Path(inputs["best"][0]).read_text())
+    return F.plot_prompt_trajectory(pd.read_csv(inputs["trajectory"][0]), out_stem, best=best, seed=spec["seed"],
+                                    dpi=spec["dpi"])
+
+
+def _caption_promptopt(spec):
+    return (f"Prompt search for {spec['model']} on {spec['dataset']}: ECE (top) and accuracy (bottom) of every "
+            "candidate per round on the calibration items (survivors outlined) and of each round's best "
+            "(line); the final point is the best prompt on the test split with its 95 % interval.")
+
+
+KINDS: dict[str, FigureKind] = {
+    "reliability": FigureKind("main", _plan_reliability, _render_reliability, _caption_reliability,
+                              ("bins", "seed", "split", "readouts")),
+    "confidence_histograms": FigureKind("main", _plan_main_group("confidence_histograms"),
+                                        _render_main(F.plot_confidence_histograms), _caption_histograms, ("split",)),
+    "risk_coverage": FigureKind("main", _plan_main_group("risk_coverage"), _render_main(F.plot_risk_coverage),
+                                _caption_risk_coverage, ("split",)),
+    "visual_finetuning": FigureKind("visual_ft", _plan_visual_finetuning, _render_visual_finetuning,
+                                    _caption_visual_finetuning, ("bins", "seed", "split")),
+    "base_vs_mllm": FigureKind("base_vs_mllm", _plan_base_vs_mllm, _render_base_vs_mllm, _caption_base_vs_mllm,
+                               ("bins", "seed", "split")),
+    "text_vs_image": FigureKind("text_vs_image", _plan_text_vs_image, _render_text_vs_image, _caption_text_vs_image),
+    "entropy_shift": FigureKind("text_vs_image", _plan_entropy_shift, _render_entropy_shift, _caption_entropy_shift,
+                                ("seed", "split")),
+    "option_order": FigureKind("option_order", _plan_option_order, _render_option_order, _caption_option_order,
+                               ("seed", "split")),
+    "idk_tradeoff": FigureKind("idk", _plan_idk_tradeoff, _render_idk_tradeoff, _caption_idk_tradeoff),
+    "idk_confidence": FigureKind("idk", _plan_idk_confidence, _render_idk_confidence, _caption_idk_confidence,
+                                 ("split",)),
+    "recalibration_reliability": FigureKind("recalibration", _plan_recalibration_reliability,
+                                            _render_recalibration_reliability, _caption_recalibration_reliability,
+                                            ("bins", "seed")),
+    "recalibration_ece": FigureKind("recalibration", _plan_recalibration_ece, _render_recalibration_ece,
+                                    _caption_recalibration_ece),
+    "forest": FigureKind("recalibration", _plan_forest, _render_forest, _caption_forest),
+    "promptopt_trajectory": FigureKind("prompt_search", _plan_promptopt, _render_promptopt, _caption_promptopt,
+                                       ("seed",)),
+}

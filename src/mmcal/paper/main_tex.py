@@ -92,7 +92,8 @@ def _include_graphics(fig: dict) -> str:
 
 def render_section(section: dict, default_title: str, default_text: str = "",
                    base_dir: Path | None = None) -> str:
-    """One ``\\section``: text, then ``\\input`` of each table, then a figure float per figure.
+    """One ``\\section``: text, then ``\\input`` of each table, then a figure float per figure, all
+    kept between the section's heading and the next section (``\\suppressfloats``, ``\\FloatBarrier``).
     With ``base_dir``, tables and figures whose files are missing are left out (and said so);
     a part with nothing to show says it was not run in this configuration."""
     raw = bool(section.get("raw", False))
@@ -116,15 +117,17 @@ def render_section(section: dict, default_title: str, default_text: str = "",
         lines.append(r"\emph{Not produced in this configuration: "
                      + ", ".join(r"\texttt{" + latex_escape(Path(p).name) + "}" for p in missing) + ".}")
     lines.append("")
+    if present_tables or present_figures:
+        lines.insert(1, r"\suppressfloats[t]")  # no float of this part above its heading
     for table in present_tables:
         lines.append(rf"\input{{{table}}}")
     for fig in present_figures:
-        lines += [r"\begin{figure}[tbp]", r"\centering", _include_graphics(fig)]
+        lines += [r"\begin{figure}[htbp]", r"\centering", _include_graphics(fig)]
         if fig.get("caption"):
             lines.append(rf"\caption{{{_text(fig['caption'], bool(fig.get('raw', raw)))}}}")
         lines += [rf"\label{{{fig.get('label') or _label('fig', fig['path'])}}}", r"\end{figure}"]
     if present_tables or present_figures:
-        lines.append(r"\clearpage")  # keep each part's floats next to its section
+        lines.append(r"\FloatBarrier")  # every float of this part is out before the next part starts
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +168,8 @@ def render_main_tex(sections: Sequence[dict], *, commit: str | None, config_hash
         r"\usepackage[margin=1in]{geometry}",
         r"\usepackage{booktabs}",
         r"\usepackage{graphicx}",
+        # placeins: floats stay inside their section (no page break); without it, a page break does.
+        r"\IfFileExists{placeins.sty}{\usepackage{placeins}}{\newcommand{\FloatBarrier}{\clearpage}}",
         "",
         rf"\title{{{latex_escape(title)}}}",
         rf"\author{{{latex_escape(author)}}}",

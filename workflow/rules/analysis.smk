@@ -3,9 +3,13 @@
 
 rule summarize:
     input:
-        records=all_records(),
+        records=plan.all_records(config),
     output:
-        csv="data/metrics/summary.csv",
+        csv=report(
+            "data/metrics/summary.csv",
+            caption="../report/summary.rst",
+            category="Metrics",
+        ),
         parquet="data/metrics/summary.parquet",
     log:
         "logs/metrics/summary.log",
@@ -22,9 +26,13 @@ rule summarize:
 
 rule compare:
     input:
-        records=all_records(),
+        records=plan.all_records(config),
     output:
-        "data/metrics/comparisons.csv",
+        report(
+            "data/metrics/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Metrics",
+        ),
     log:
         "logs/metrics/comparisons.log",
     benchmark:
@@ -43,8 +51,14 @@ rule idk_metrics:
     input:
         records=idk_records(),
     output:
-        table="data/metrics/idk.csv",
-        comparisons="data/metrics/idk_comparisons.csv",
+        table=report(
+            "data/metrics/idk.csv", caption="../report/idk.rst", category="Metrics"
+        ),
+        comparisons=report(
+            "data/metrics/idk_comparisons.csv",
+            caption="../report/idk_comparisons.rst",
+            category="Metrics",
+        ),
     log:
         "logs/metrics/idk.log",
     benchmark:

@@ -1,0 +1,26 @@
+"""House habits of the workflow: `snakemake --lint` clean for the default and test configs, and
+the Snakefile and rule files formatted with snakefmt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_workflow import ROOT, _run
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("configs", [[], ["--configfile", "config/test.yaml"]], ids=["default", "test"])
+def test_snakemake_lint_is_clean(configs):
+    out = _run(ROOT, "--lint", *configs)
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
+
+
+def test_rule_files_are_snakefmt_formatted():
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
