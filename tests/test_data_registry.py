@@ -16,8 +16,9 @@ from mmcal.items import read_items
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FIXTURES = ROOT / "tests" / "fixtures" / "idk"
-CONTEXT = BuildContext(classes={"known": [0, 1, 2, 3, 4, 6, 7], "idk_train": [5], "idk_test": [8, 9]},
-                       fmnist_root=str(FMNIST_ROOT), seed=0)
+CONTEXT = BuildContext(
+    classes={"known": [0, 1, 2, 3, 4, 6, 7], "idk_train": [5], "idk_test": [8, 9]}, fmnist_root=str(FMNIST_ROOT), seed=0
+)
 NAMES = ["dated_news", "fashion_mnist", "fmnist_idk", "hub_mcq", "jsonl", "llava_json", "text_mcq"]
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST_ROOT / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
@@ -45,8 +46,9 @@ def test_each_builder_is_defined_in_its_module():
 
 
 def test_unknown_builder_names_the_data_set_and_lists_the_known_ones(tmp_path):
-    with pytest.raises(ConfigError, match="data set 'mine': unknown builder 'csv'; known builders: "
-                                          + ", ".join(NAMES) + "$"):
+    with pytest.raises(
+        ConfigError, match="data set 'mine': unknown builder 'csv'; known builders: " + ", ".join(NAMES) + "$"
+    ):
         build_items("mine", {"builder": "csv"}, tmp_path, CONTEXT)
     with pytest.raises(ConfigError, match="data set 'mine': unknown builder None"):
         build_items("mine", {}, tmp_path, CONTEXT)
@@ -129,7 +131,13 @@ def test_fashion_mnist_through_the_registry(tmp_path):
 def test_fmnist_idk_through_the_registry(tmp_path):
     cfg = {"builder": "fmnist_idk", "n_per_kind": {"unknown_class": 4, "control": 4, "no_information": 2}}
     info, items = _build(tmp_path, "idk", cfg)
-    assert info["per_split_kind"] == {"calib/control": 1, "calib/no_information": 1, "calib/unknown_class": 1,
-                                      "test/control": 3, "test/no_information": 1, "test/unknown_class": 3}
+    assert info["per_split_kind"] == {
+        "calib/control": 1,
+        "calib/no_information": 1,
+        "calib/unknown_class": 1,
+        "test/control": 3,
+        "test/no_information": 1,
+        "test/unknown_class": 3,
+    }
     held_out = [it for it in items if it.metadata["kind"] == "unknown_class"]
     assert {it.metadata["class"] for it in held_out} <= {"Bag", "Ankle boot"}  # classes.idk_test

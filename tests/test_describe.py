@@ -2,7 +2,6 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from mmcal.data.describe import (
 from mmcal.data.fashion_mnist import CLASSES, make_options
 from mmcal.errors import ConfigError, DataError
 from mmcal.items import MCItem
-
 
 
 def fmnist_like_items(n: int, seed: int = 0, classes=tuple(range(10))) -> list[MCItem]:
@@ -109,9 +107,7 @@ def test_the_describer_config_dispatches_to_the_template(items, descriptions):
 
 
 def test_descriptions_vary_and_never_name_a_class(descriptions):
-    texts = [d["consistent"] for d in descriptions.values()] + [
-        d["conflicting"] for d in descriptions.values()
-    ]
+    texts = [d["consistent"] for d in descriptions.values()] + [d["conflicting"] for d in descriptions.values()]
     names = {w.lower() for c in CLASSES for w in c.split("/")}
     for text in texts:
         for name in names:

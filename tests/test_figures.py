@@ -22,8 +22,15 @@ SUMMARY_METRICS = ["accuracy", "mean_confidence", "ece_10", "brier", "nll", "aur
 # ------------------------------------------------------------------------------------------------
 
 
-def make_records(models=("m-small", "m-large"), scenarios=("image",), prompts=("default",),
-                 dataset="fmnist", n_items=60, idk=False, seed=0) -> pd.DataFrame:
+def make_records(
+    models=("m-small", "m-large"),
+    scenarios=("image",),
+    prompts=("default",),
+    dataset="fmnist",
+    n_items=60,
+    idk=False,
+    seed=0,
+) -> pd.DataFrame:
     """Records of the contract's shape. Each item has a fixed gold option across scenarios;
     ``image-shift<k>`` rotates the options by k (gold moves along, as in mmcal.engine.scenarios)."""
     rng = np.random.default_rng(seed)
@@ -45,9 +52,20 @@ def make_records(models=("m-small", "m-large"), scenarios=("image",), prompts=("
                         meta["option_shift"] = shift
                     if idk:
                         meta.update(kind=kind, answerable=kind == "control", idk_index=3)
-                    row.update(item_id=f"it{i}", cluster_id=f"c{i // 2}", split="test", model=model,
-                               dataset=dataset, scenario=scenario, prompt=prompt, prompt_hash="h",
-                               model_fingerprint="f", n_options=4, meta=json.dumps(meta), status="ok")
+                    row.update(
+                        item_id=f"it{i}",
+                        cluster_id=f"c{i // 2}",
+                        split="test",
+                        model=model,
+                        dataset=dataset,
+                        scenario=scenario,
+                        prompt=prompt,
+                        prompt_hash="h",
+                        model_fingerprint="f",
+                        n_options=4,
+                        meta=json.dumps(meta),
+                        status="ok",
+                    )
                     rows.append(row)
     return to_frame(rows)
 
@@ -57,8 +75,15 @@ def make_summary(scenarios=("image", "blind", "text-desc", "image-desc-consisten
     rows = []
     for model in ("m-small", "m-large"):
         for scenario in scenarios:
-            row = {"model": model, "dataset": "fmnist", "scenario": scenario, "prompt": "default",
-                   "readout": "letter_restricted", "n": 100, "n_unscorable": 0}
+            row = {
+                "model": model,
+                "dataset": "fmnist",
+                "scenario": scenario,
+                "prompt": "default",
+                "readout": "letter_restricted",
+                "n": 100,
+                "n_unscorable": 0,
+            }
             for metric in SUMMARY_METRICS:
                 v = float(rng.uniform(0.1, 0.9))
                 row.update({metric: v, f"{metric}_lo": v - 0.05, f"{metric}_hi": v + 0.05})
@@ -71,10 +96,26 @@ def make_comparisons() -> pd.DataFrame:
     for k, name in enumerate(["visual fine-tuning", "image vs blind"]):
         for metric in ["accuracy", "ece_10", "nll"]:
             d = 0.02 * (k + 1) * (-1) ** len(metric)
-            rows.append({"comparison": name, "metric": metric, "a_label": "A", "b_label": "B",
-                         "n_paired": 100, "value_a": 0.5, "value_b": 0.5 + d, "diff": d,
-                         "diff_lo": d - 0.01, "diff_hi": d + 0.01, "p_value": 0.01, "p_holm": 0.03 * (k + 1),
-                         "tost_p": 0.4, "margin": 0.02, "equivalent": False, "significant": k == 0})
+            rows.append(
+                {
+                    "comparison": name,
+                    "metric": metric,
+                    "a_label": "A",
+                    "b_label": "B",
+                    "n_paired": 100,
+                    "value_a": 0.5,
+                    "value_b": 0.5 + d,
+                    "diff": d,
+                    "diff_lo": d - 0.01,
+                    "diff_hi": d + 0.01,
+                    "p_value": 0.01,
+                    "p_holm": 0.03 * (k + 1),
+                    "tost_p": 0.4,
+                    "margin": 0.02,
+                    "equivalent": False,
+                    "significant": k == 0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -82,8 +123,15 @@ def make_idk_table(names=("admit_rate", "false_idk_rate")) -> pd.DataFrame:
     rows = []
     for m, model in enumerate(["m-small", "m-large"]):
         for p, prompt in enumerate(["idk-neutral", "idk-hint"]):
-            row = {"model": model, "dataset": "idk", "scenario": "image", "prompt": prompt,
-                   "readout": "letter_restricted", "n_unknowable": 40, "n_answerable": 20}
+            row = {
+                "model": model,
+                "dataset": "idk",
+                "scenario": "image",
+                "prompt": prompt,
+                "readout": "letter_restricted",
+                "n_unknowable": 40,
+                "n_answerable": 20,
+            }
             for j, name in enumerate(names):
                 v = 0.2 + 0.1 * m + 0.15 * p + 0.05 * j
                 row.update({name: v, f"{name}_lo": v - 0.05, f"{name}_hi": v + 0.05})
@@ -96,11 +144,23 @@ def make_recal_table() -> pd.DataFrame:
     for model in ("m-small", "m-large"):
         for k, method in enumerate(["none", "temperature", "isotonic"]):
             ece = 0.15 / (k + 1)
-            rows.append({"model": model, "dataset": "fmnist", "scenario": "image", "prompt": "default",
-                         "readout": "letter_restricted", "recalibrator": method,
-                         "params": json.dumps({"temperature": 1.7}) if method == "temperature" else "{}",
-                         "accuracy": 0.7, "accuracy_lo": 0.65, "accuracy_hi": 0.75,
-                         "ece_10": ece, "ece_10_lo": ece - 0.02, "ece_10_hi": ece + 0.02})
+            rows.append(
+                {
+                    "model": model,
+                    "dataset": "fmnist",
+                    "scenario": "image",
+                    "prompt": "default",
+                    "readout": "letter_restricted",
+                    "recalibrator": method,
+                    "params": json.dumps({"temperature": 1.7}) if method == "temperature" else "{}",
+                    "accuracy": 0.7,
+                    "accuracy_lo": 0.65,
+                    "accuracy_hi": 0.75,
+                    "ece_10": ece,
+                    "ece_10_lo": ece - 0.02,
+                    "ece_10_hi": ece + 0.02,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -108,15 +168,33 @@ def make_trajectory() -> pd.DataFrame:
     rows = []
     for r in range(3):
         for i in range(4):
-            rows.append({"round": r, "text": f"prompt {r}.{i}", "source": "seed" if r == 0 else "paraphrase",
-                         "parent": None, "accuracy": 0.6 + 0.01 * i, "ece_10": 0.2 / (r + 1) + 0.01 * i,
-                         "rank": i + 1, "survived": i < 2})
+            rows.append(
+                {
+                    "round": r,
+                    "text": f"prompt {r}.{i}",
+                    "source": "seed" if r == 0 else "paraphrase",
+                    "parent": None,
+                    "accuracy": 0.6 + 0.01 * i,
+                    "ece_10": 0.2 / (r + 1) + 0.01 * i,
+                    "rank": i + 1,
+                    "survived": i < 2,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-BEST = {"text": "Answer with the letter.", "calib": {"accuracy": 0.62, "ece_10": 0.05},
-        "test": {"accuracy": 0.6, "accuracy_lo": 0.55, "accuracy_hi": 0.65,
-                 "ece_10": 0.07, "ece_10_lo": 0.04, "ece_10_hi": 0.1}}
+BEST = {
+    "text": "Answer with the letter.",
+    "calib": {"accuracy": 0.62, "ece_10": 0.05},
+    "test": {
+        "accuracy": 0.6,
+        "accuracy_lo": 0.55,
+        "accuracy_hi": 0.65,
+        "ece_10": 0.07,
+        "ece_10_lo": 0.04,
+        "ece_10_hi": 0.1,
+    },
+}
 
 
 def assert_written(paths, stem):
@@ -242,8 +320,15 @@ def test_reliability_panel_ece_is_that_of_its_bins():
 
     from mmcal.figures.reliability import draw_reliability
 
-    records = pd.DataFrame({"item_id": list("abcd"), "cluster_id": list("abcd"), "status": "ok",
-                            "confidence": [0.3, 0.5, 0.9, 1.0], "correct": [True, False, True, True]})
+    records = pd.DataFrame(
+        {
+            "item_id": list("abcd"),
+            "cluster_id": list("abcd"),
+            "status": "ok",
+            "confidence": [0.3, 0.5, 0.9, 1.0],
+            "correct": [True, False, True, True],
+        }
+    )
     fig, (ax, ax_count) = plt.subplots(2)
     # bins (0, .5], (.5, 1]: |0.5 - 0.4| for two items, |1 - 0.95| for two
     assert draw_reliability(ax, ax_count, records, bins=2, n_boot=10) == pytest.approx((2 * 0.1 + 2 * 0.05) / 4)
@@ -280,11 +365,24 @@ def test_permutation_average_undoes_the_rotation():
     for k in range(4):
         scores = np.log([0.7, 0.1, 0.1, 0.1])
         gold = (2 + k) % 4
-        rows.append({"model": "m", "dataset": "d", "prompt": "p", "readout": "r", "item_id": "x",
-                     "cluster_id": "x", "scenario": f"image-shift{k}" if k else "image",
-                     "option_scores": list(scores), "confidence": 0.7, "pred": 0,
-                     "correct": gold == 0, "gold": gold, "status": "ok",
-                     "meta": json.dumps({"option_shift": k} if k else {})})
+        rows.append(
+            {
+                "model": "m",
+                "dataset": "d",
+                "prompt": "p",
+                "readout": "r",
+                "item_id": "x",
+                "cluster_id": "x",
+                "scenario": f"image-shift{k}" if k else "image",
+                "option_scores": list(scores),
+                "confidence": 0.7,
+                "pred": 0,
+                "correct": gold == 0,
+                "gold": gold,
+                "status": "ok",
+                "meta": json.dumps({"option_shift": k} if k else {}),
+            }
+        )
     out = F.permutation_average(pd.DataFrame(rows))
     assert len(out) == 1
     assert out["averaged_confidence"].iloc[0] == pytest.approx(0.25)
@@ -296,10 +394,21 @@ def test_permutation_average_recovers_content_preference():
     rows = []
     for k in range(3):
         p = np.roll([0.1, 0.6, 0.2, 0.1], k)  # original option 1 (the gold) moved to 1 + k
-        rows.append({"model": "m", "item_id": "x", "cluster_id": "x",
-                     "scenario": f"image-shift{k}", "option_scores": list(np.log(p)),
-                     "confidence": 0.6, "pred": 1 + k, "correct": True, "gold": 1 + k,
-                     "status": "ok", "meta": "{}"})
+        rows.append(
+            {
+                "model": "m",
+                "item_id": "x",
+                "cluster_id": "x",
+                "scenario": f"image-shift{k}",
+                "option_scores": list(np.log(p)),
+                "confidence": 0.6,
+                "pred": 1 + k,
+                "correct": True,
+                "gold": 1 + k,
+                "status": "ok",
+                "meta": "{}",
+            }
+        )
     out = F.permutation_average(pd.DataFrame(rows))
     assert bool(out["averaged_correct"].iloc[0])
     assert out["averaged_confidence"].iloc[0] == pytest.approx(0.6)

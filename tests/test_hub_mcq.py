@@ -18,20 +18,36 @@ def _png(color):
 
 
 def test_hub_mcq_from_local_parquet(tmp_path):
-    rows = pd.DataFrame({
-        "question": ["Which colour?", "Which shape?", "Broken?", "Bad answer?", "Text?"],
-        "choices": [["red", "blue"], ["round", "square", "flat"], [], ["a", "b"], ["x", "y"]],
-        "answer": ["0", "B", "0", "5", "1"],
-        "image": [_png("red"), _png("blue"), _png("red"), _png("red"), None],
-    })
+    rows = pd.DataFrame(
+        {
+            "question": ["Which colour?", "Which shape?", "Broken?", "Bad answer?", "Text?"],
+            "choices": [["red", "blue"], ["round", "square", "flat"], [], ["a", "b"], ["x", "y"]],
+            "answer": ["0", "B", "0", "5", "1"],
+            "image": [_png("red"), _png("blue"), _png("red"), _png("red"), None],
+        }
+    )
     path = tmp_path / "bench.parquet"
     rows.to_parquet(path)
-    from datasets import Features, Image as HFImage, Sequence, Value
+    from datasets import Features, Sequence, Value
+    from datasets import Image as HFImage
 
-    cfg = {"hub": {"path": "parquet", "data_files": str(path), "split": "train",
-                   "features": Features({"question": Value("string"), "choices": Sequence(Value("string")),
-                                         "answer": Value("string"), "image": HFImage()})},
-           "columns": {"options": "choices"}, "splits": {"calib": 1, "test": 5}}
+    cfg = {
+        "hub": {
+            "path": "parquet",
+            "data_files": str(path),
+            "split": "train",
+            "features": Features(
+                {
+                    "question": Value("string"),
+                    "choices": Sequence(Value("string")),
+                    "answer": Value("string"),
+                    "image": HFImage(),
+                }
+            ),
+        },
+        "columns": {"options": "choices"},
+        "splits": {"calib": 1, "test": 5},
+    }
     items, report = build_hub_mcq_items("bench", cfg, tmp_path / "out")
     assert report["rows"] == 5
     assert report["excluded"] == {"no options": 1, "answer not among the options": 1, "no image": 1}

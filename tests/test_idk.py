@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mmcal.analysis.idk import idk_metrics_with_ci, idk_point_metrics, idk_table
 from mmcal.data.fashion_mnist import CLASSES, load_fashion_mnist
 from mmcal.data.idk.common import idk_manifest
 from mmcal.data.idk.dated_news import build_dated_news_idk, hf_rows_to_records, load_news_records
 from mmcal.data.idk.fmnist import build_fmnist_idk_items
 from mmcal.data.idk.llava_json import parse_mc_prompt, read_llava_conversation_json
 from mmcal.errors import ConfigError, DataError
-from mmcal.analysis.idk import idk_metrics_with_ci, idk_point_metrics, idk_table
 from mmcal.items import read_items, write_items
 from mmcal.records import read_records, write_records
 
@@ -155,9 +155,7 @@ def test_fmnist_is_deterministic_and_round_trips_jsonl(tmp_path):
 
 @needs_fmnist
 def test_fmnist_scramble_style_keeps_histogram(tmp_path):
-    items = build(
-        tmp_path, n_per_kind={"control": 4, "no_information": 2}, no_information_style="scramble"
-    )
+    items = build(tmp_path, n_per_kind={"control": 4, "no_information": 2}, no_information_style="scramble")
     images, _ = load_fashion_mnist(FMNIST_ROOT, "test")
     control_clusters = {it.cluster_id for it in by_kind(items, "control")}
     for it in by_kind(items, "no_information"):
@@ -279,14 +277,9 @@ def test_news_too_few_distractors_and_field_map(tmp_path):
     records = load_news_records(FIXTURES / "news.jsonl")[:2]
     with pytest.raises(DataError, match="distractors"):
         build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, n_options=4)
-    items, _ = build_dated_news_idk(
-        records, CUTOFF, image_root=FIXTURES, n_options=4, distractor_pool=["A", "B", "C"]
-    )
+    items, _ = build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, n_options=4, distractor_pool=["A", "B", "C"])
     assert len(items) == 2
-    renamed = [
-        {"title": r["headline"], "published": r["date"], "image": r["image"], "id": r["id"]}
-        for r in records
-    ]
+    renamed = [{"title": r["headline"], "published": r["date"], "image": r["image"], "id": r["id"]} for r in records]
     items, _ = build_dated_news_idk(
         renamed,
         CUTOFF,
@@ -558,9 +551,7 @@ def test_idk_table_one_row_per_group_and_split_filter():
     df = pd.concat(
         [
             records_frame(readout="letter_restricted"),
-            records_frame(readout="option_loglik").assign(
-                pred=lambda d: d["gold"].where(d["pred"] >= 0, -1)
-            ),
+            records_frame(readout="option_loglik").assign(pred=lambda d: d["gold"].where(d["pred"] >= 0, -1)),
             records_frame().assign(split="calib", readout="letter_restricted"),
         ],
         ignore_index=True,

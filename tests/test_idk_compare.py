@@ -19,13 +19,30 @@ def _records(rates: dict, n: int = 200, seed: int = 0) -> pd.DataFrame:
             unknowable = i < n // 2
             abstain = rng.random() < (p_admit if unknowable else 0.05)
             pred = 3 if abstain else 0
-            rows.append(dict(
-                item_id=f"i{i}", cluster_id=f"c{i // 2}", split="test", model="m", dataset="idk",
-                scenario="image", prompt=prompt, readout="letter_restricted", pred=pred,
-                correct=(pred == 3) if unknowable else (pred == 0), confidence=0.7,
-                option_scores=[np.log(0.7)] + [np.log(0.1)] * 3, status="ok",
-                meta=json.dumps({"answerable": not unknowable, "idk_index": 3,
-                                 "kind": "unknown_class" if unknowable else "control"})))
+            rows.append(
+                dict(
+                    item_id=f"i{i}",
+                    cluster_id=f"c{i // 2}",
+                    split="test",
+                    model="m",
+                    dataset="idk",
+                    scenario="image",
+                    prompt=prompt,
+                    readout="letter_restricted",
+                    pred=pred,
+                    correct=(pred == 3) if unknowable else (pred == 0),
+                    confidence=0.7,
+                    option_scores=[np.log(0.7)] + [np.log(0.1)] * 3,
+                    status="ok",
+                    meta=json.dumps(
+                        {
+                            "answerable": not unknowable,
+                            "idk_index": 3,
+                            "kind": "unknown_class" if unknowable else "control",
+                        }
+                    ),
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -35,8 +52,9 @@ def test_prompt_effect_on_admit_rate_is_detected():
     admit = out[out.metric == "admit_rate"].iloc[0]
     assert admit.n_paired == 200
     assert admit["diff"] > 0.3 and admit["diff_lo"] > 0 and admit["significant"]
-    hand = (df[(df.prompt == "hint") & (df.item_id.str[1:].astype(int) < 100)].pred == 3).mean() - \
-        (df[(df.prompt == "neutral") & (df.item_id.str[1:].astype(int) < 100)].pred == 3).mean()
+    hand = (df[(df.prompt == "hint") & (df.item_id.str[1:].astype(int) < 100)].pred == 3).mean() - (
+        df[(df.prompt == "neutral") & (df.item_id.str[1:].astype(int) < 100)].pred == 3
+    ).mean()
     assert abs(admit["diff"] - hand) < 1e-12
 
 

@@ -21,6 +21,17 @@ def test_snakemake_lint_is_clean(configs):
 
 
 def test_rule_files_are_snakefmt_formatted():
-    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_python_is_ruff_clean(command):
+    # One line length and import order for the library, the tests and the workflow scripts
+    # (settings in pyproject.toml).
+    proc = subprocess.run(
+        [str(BIN / "ruff"), *command, "src", "tests", "workflow"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

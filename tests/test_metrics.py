@@ -265,9 +265,7 @@ def test_multiclass_brier_and_nll_match_sklearn(seed):
     probs /= probs.sum(1, keepdims=True)
     gold = rng.integers(0, 5, 300)
     labels = list(range(5))
-    assert m.brier_multiclass(probs, gold) == pytest.approx(
-        brier_score_loss(gold, probs, labels=labels), abs=1e-9
-    )
+    assert m.brier_multiclass(probs, gold) == pytest.approx(brier_score_loss(gold, probs, labels=labels), abs=1e-9)
     assert m.nll(probs, gold) == pytest.approx(log_loss(gold, probs, labels=labels), abs=1e-9)
 
 

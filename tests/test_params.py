@@ -57,21 +57,31 @@ def _set(*keys, value):
 
 def test_a_parts_entry_reruns_its_figures_and_the_paper(done):
     jobs = _jobs_after(done, _set("parts", "idk", "readout", value="option_loglik"))
-    assert jobs == {("figure", "figures/idk_tradeoff.pdf"), ("figure", "figures/idk_confidence.pdf"),
-                    ("paper", "paper/main.tex")}
+    assert jobs == {
+        ("figure", "figures/idk_tradeoff.pdf"),
+        ("figure", "figures/idk_confidence.pdf"),
+        ("paper", "paper/main.tex"),
+    }
 
 
 def test_a_table_part_reruns_its_figure_and_the_tables(done):
     jobs = _jobs_after(done, _set("parts", "option_order", "readout", value="option_loglik"))
-    assert jobs == {("figure", "figures/option_order.pdf"), ("tables", "paper/tables"),
-                    ("paper", "paper/main.tex")}
+    assert jobs == {("figure", "figures/option_order.pdf"), ("tables", "paper/tables"), ("paper", "paper/main.tex")}
 
 
 def test_figure_options_rerun_only_the_figures_that_use_them(done):
     bins = _jobs_after(done, _set("figures", "reliability_bins", value=12))
-    assert bins == {("figure", f"figures/{name}.pdf") for name in (
-        "reliability_smollm2", "reliability_tiny-llava-stage1", "reliability_tiny-llava-stage2",
-        "reliability_tiny-llava-stage2-idk", "visual_finetuning", "base_vs_mllm", "recalibration_reliability")
+    assert bins == {
+        ("figure", f"figures/{name}.pdf")
+        for name in (
+            "reliability_smollm2",
+            "reliability_tiny-llava-stage1",
+            "reliability_tiny-llava-stage2",
+            "reliability_tiny-llava-stage2-idk",
+            "visual_finetuning",
+            "base_vs_mllm",
+            "recalibration_reliability",
+        )
     } | {("paper", "paper/main.tex")}
     dpi = _jobs_after(done, _set("figures", "dpi", value=120))
     assert {rule for rule, _ in dpi} == {"figure", "paper"}

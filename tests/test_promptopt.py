@@ -29,8 +29,8 @@ from mmcal.promptopt import (
     propose_paraphrases,
     rank_key,
     run_search,
+    smollm2_paraphraser,
 )
-from mmcal.promptopt import smollm2_paraphraser
 from mmcal.promptopt.text import clean_candidate, is_acceptable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,9 +139,7 @@ def test_rule_paraphraser_gives_m_distinct_new_candidates():
 def test_search_trajectory_ranking_and_survival(tmp_path):
     scorer = SyntheticScorer()
     rounds, m, k = 3, 3, 2
-    result = run_search(
-        SEEDS, {"kind": "rule"}, scorer, rounds, m, k, seed=11, cache=tmp_path / "c"
-    )
+    result = run_search(SEEDS, {"kind": "rule"}, scorer, rounds, m, k, seed=11, cache=tmp_path / "c")
 
     assert {c.text for c in result.round(0)} == set(SEEDS)
     assert all(c.source == "seed" and c.parent is None for c in result.round(0))
@@ -197,14 +195,8 @@ def test_rerun_reproduces_exactly_from_cache(tmp_path):
     assert second.to_json() == first.to_json()
     assert replay_para.samples == 0 and cache.hits > 0 and cache.misses == 0
     # Without a cache the rule mutator reproduces too; another seed gives another search.
-    assert (
-        run_search(SEEDS, RuleParaphraser(), SyntheticScorer(), 2, 3, 2, seed=5).to_json()
-        == first.to_json()
-    )
-    assert (
-        run_search(SEEDS, RuleParaphraser(), SyntheticScorer(), 2, 3, 2, seed=6).to_json()
-        != first.to_json()
-    )
+    assert run_search(SEEDS, RuleParaphraser(), SyntheticScorer(), 2, 3, 2, seed=5).to_json() == first.to_json()
+    assert run_search(SEEDS, RuleParaphraser(), SyntheticScorer(), 2, 3, 2, seed=6).to_json() != first.to_json()
 
 
 def test_cache_file_and_damaged_line(tmp_path):
@@ -219,9 +211,7 @@ def test_cache_file_and_damaged_line(tmp_path):
     assert (record["round"], record["index"], record["seed"]) == (1, 0, 0)
     with path.open("a") as fh:
         fh.write('{"kind": "rule", "parent": "cut sh')  # an interrupted write
-    again = propose_paraphrases(
-        CountingRule(), "The answer must be", 2, 1, 0, CandidateCache(tmp_path)
-    )
+    again = propose_paraphrases(CountingRule(), "The answer must be", 2, 1, 0, CandidateCache(tmp_path))
     assert again == made
 
 
@@ -283,9 +273,7 @@ def test_smollm2_gives_distinct_short_candidates_under_a_seed(smollm2):
 
 
 def test_smollm2_replay_does_not_load_the_model(smollm2, smollm2_path, tmp_path, monkeypatch):
-    first = run_search(
-        SEEDS, smollm2, SyntheticScorer(), rounds=1, m=2, k=1, seed=2, cache=tmp_path
-    )
+    first = run_search(SEEDS, smollm2, SyntheticScorer(), rounds=1, m=2, k=1, seed=2, cache=tmp_path)
     assert {c.source for c in first.trajectory} - {
         "seed",
         "smollm2",
@@ -331,9 +319,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
-            self.server.received.append(
-                {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-            )
+            self.server.received.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
             reply = CANNED[(len(self.server.received) - 1) % len(CANNED)]
         if body.get("model") == "broken":
             self._send(500, {"error": {"message": "model crashed"}})
@@ -369,9 +355,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
 def chat_server():
     server = _ChatServer()
     # A short poll interval makes shutdown() quick.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -406,12 +390,8 @@ def test_openai_paraphraser_and_cached_replay(chat_server, tmp_path):
     assert not any("?" in c.text for c in first.trajectory)
 
     n_before = len(received)
-    offline = OpenAIParaphraser(
-        model="test-model", base_url=_dead_url(), api_key="sk-test-123", retries=0
-    )
-    second = run_search(
-        SEEDS, offline, SyntheticScorer(), rounds=2, m=2, k=2, seed=7, cache=tmp_path
-    )
+    offline = OpenAIParaphraser(model="test-model", base_url=_dead_url(), api_key="sk-test-123", retries=0)
+    second = run_search(SEEDS, offline, SyntheticScorer(), rounds=2, m=2, k=2, seed=7, cache=tmp_path)
     assert second.to_json() == first.to_json()
     assert offline.requests == 0 and len(chat_server.received) == n_before
 
@@ -428,9 +408,7 @@ def test_openai_http_error_names_url_and_status_not_key(chat_server, monkeypatch
     with pytest.raises(ParaphraserError) as info:
         para.sample("The answer is", 1)
     message = str(info.value)
-    assert (
-        "/v1/chat/completions" in message and "HTTP 500" in message and "model crashed" in message
-    )
+    assert "/v1/chat/completions" in message and "HTTP 500" in message and "model crashed" in message
     assert "sk-env-456" not in message
     assert chat_server.received[-1]["auth"] == "Bearer sk-env-456"
 
@@ -439,8 +417,10 @@ def test_test_split_summary_has_cluster_bootstrap_intervals():
     from mmcal.promptopt.job import summarise_rows
 
     rng = np.random.default_rng(0)
-    rows = [{"status": "ok", "confidence": float(c), "correct": bool(rng.random() < c), "cluster_id": f"c{i // 2}"}
-            for i, c in enumerate(rng.uniform(0.3, 1.0, 200))]
+    rows = [
+        {"status": "ok", "confidence": float(c), "correct": bool(rng.random() < c), "cluster_id": f"c{i // 2}"}
+        for i, c in enumerate(rng.uniform(0.3, 1.0, 200))
+    ]
     rows.append({"status": "bad image", "confidence": float("nan"), "correct": False, "cluster_id": "x"})
     out = summarise_rows(rows, ci_B=200, seed=1)
     assert out["n"] == 200 and out["n_unscorable"] == 1

@@ -74,9 +74,7 @@ def fake_metrics(confidence, correct, probs=None, gold=None) -> dict:
     }
 
 
-def make_records(
-    n_items: int = 600, t_true: float = 2.5, seed: int = 0, per_cluster: int = 3
-) -> pd.DataFrame:
+def make_records(n_items: int = 600, t_true: float = 2.5, seed: int = 0, per_cluster: int = 3) -> pd.DataFrame:
     """Records for two readouts of one model; the model is over-confident by a factor t_true.
 
     Items alternate 4 and 3 options (ragged rows). Full-vocab letter log-probs come from a
@@ -103,9 +101,7 @@ def make_records(
         }
         mass = float(np.exp(full_lp[:k]).sum())
         rows.append({**base, **readout_row("letter_restricted", z * t_true, gold, mass)})
-        rows.append(
-            {**base, **readout_row("letter_full_vocab", z * t_true, gold, mass, full_lp[:k])}
-        )
+        rows.append({**base, **readout_row("letter_full_vocab", z * t_true, gold, mass, full_lp[:k])})
     df = to_frame(rows)
     bad = df.index[::25]  # a few unscorable rows
     df.loc[bad, "status"] = "image_missing"
@@ -226,9 +222,7 @@ def test_vector_scaling_gradient_is_correct():
 
 
 def test_pav_hand_case():
-    fitted = pool_adjacent_violators(
-        np.array([1.0, 3.0, 2.0, 4.0, 0.0]), np.array([1.0, 1.0, 1.0, 1.0, 3.0])
-    )
+    fitted = pool_adjacent_violators(np.array([1.0, 3.0, 2.0, 4.0, 0.0]), np.array([1.0, 1.0, 1.0, 1.0, 3.0]))
     # 3,2 pool to 2.5; then 4,0 (w 1,3) pool to 1, which violates 2.5 -> pool (2.5*2+1*4)/6 = 1.5
     assert np.allclose(fitted, [1.0, 1.5, 1.5, 1.5, 1.5])
 
@@ -359,9 +353,7 @@ def test_full_vocab_bucket_is_exact_for_one_other_token_and_approximate_otherwis
     for n_other, exact in ((1, True), (5, False)):
         vocab = np.concatenate([letters, rng.normal(0, 1, (50, n_other))], axis=1)
         lp = log_softmax(vocab)
-        bucket = np.concatenate(
-            [lp[:, :4], np.log(-np.expm1(np.log(np.exp(lp[:, :4]).sum(1))))[:, None]], 1
-        )
+        bucket = np.concatenate([lp[:, :4], np.log(-np.expm1(np.log(np.exp(lp[:, :4]).sum(1))))[:, None]], 1)
         for t in (0.5, 2.0):
             true_other = np.exp(log_softmax(vocab / t))[:, 4:].sum(axis=1)
             approx_other = np.exp(log_softmax(bucket / t))[:, 4]
@@ -411,11 +403,7 @@ def test_split_is_cluster_disjoint_and_deterministic():
 def test_split_accepts_plain_cluster_ids():
     ids = ["a", "a", "b", "c", "c", "d"]
     s = calib_test_split(ids, frac_calib=0.5, seed=0)
-    assert (
-        len(s.calib_mask) == 6
-        and s.calib_mask[0] == s.calib_mask[1]
-        and s.calib_mask[3] == s.calib_mask[4]
-    )
+    assert len(s.calib_mask) == 6 and s.calib_mask[0] == s.calib_mask[1] and s.calib_mask[3] == s.calib_mask[4]
     with pytest.raises(DataError):
         calib_test_split(["a", "a"], 0.5, 0)
     with pytest.raises(ValueError):
@@ -424,9 +412,7 @@ def test_split_accepts_plain_cluster_ids():
 
 def test_repeated_splits_fit_on_calib_and_report_each_seed():
     df = make_records(n_items=900, t_true=3.0, seed=1)
-    per_seed = repeated_splits(
-        df, "temperature", "letter_restricted", n_seeds=4, metrics_fn=fake_metrics
-    )
+    per_seed = repeated_splits(df, "temperature", "letter_restricted", n_seeds=4, metrics_fn=fake_metrics)
     assert len(per_seed) == 8 and set(per_seed["stage"]) == {"uncalibrated", "temperature"}
     pool = ((df["status"] == "ok") & (df["readout"] == "letter_restricted")).sum()
     assert ((per_seed["n_calib"] + per_seed["n_test"]) == pool).all()
@@ -455,9 +441,7 @@ def test_summarise_splits_t_interval():
 def test_fit_on_records_uses_only_ok_rows_of_the_readout_and_split():
     df = make_records(n_items=400)
     recal = fit_on_records(df, "temperature", "letter_restricted", split="calib")
-    rows = df[
-        (df["status"] == "ok") & (df["readout"] == "letter_restricted") & (df["split"] == "calib")
-    ]
+    rows = df[(df["status"] == "ok") & (df["readout"] == "letter_restricted") & (df["split"] == "calib")]
     direct = TemperatureScaling().fit(*records_to_scores(rows, "restricted"))
     assert recal.temperature == direct.temperature
     assert recal.fitted_on["readout"] == "letter_restricted" and recal.fitted_on["model"] == "m"
@@ -504,9 +488,7 @@ def test_apply_to_records_updates_ok_rows_and_passes_the_rest_through(readout, m
 
 def test_apply_to_records_needs_a_readout():
     df = make_records(n_items=20)
-    z, y = records_to_scores(
-        df[(df["status"] == "ok") & (df["readout"] == "letter_restricted")], "restricted"
-    )
+    z, y = records_to_scores(df[(df["status"] == "ok") & (df["readout"] == "letter_restricted")], "restricted")
     recal = TemperatureScaling().fit(z, y)
     with pytest.raises(ValueError, match="readout"):
         apply_to_records(df, recal)
@@ -555,9 +537,17 @@ def known_temperature_records(t_best: float, n: int = 40) -> pd.DataFrame:
     rows = []
     for split in ("calib", "test"):
         for i in range(n):
-            base = {"item_id": f"{split}-{i:03d}", "cluster_id": f"{split}-{i:03d}", "split": split,
-                    "model": "m", "dataset": "d", "scenario": "image", "prompt": "default", "n_options": 2,
-                    "status": "ok"}
+            base = {
+                "item_id": f"{split}-{i:03d}",
+                "cluster_id": f"{split}-{i:03d}",
+                "split": split,
+                "model": "m",
+                "dataset": "d",
+                "scenario": "image",
+                "prompt": "default",
+                "n_options": 2,
+                "status": "ok",
+            }
             rows.append({**base, **readout_row("letter_restricted", np.array([s, 0.0]), int(i % 4 == 3), 1.0)})
     return to_frame(rows)
 
@@ -567,13 +557,14 @@ def table_row(tex: str, recalibrator: str) -> list[str]:
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
     rows = [[cell.strip() for cell in ln.strip().removesuffix("\\\\").split("&")] for ln in body.splitlines()]
     [row] = [r for r in rows if recalibrator in r]
-    return row[row.index(recalibrator):]
+    return row[row.index(recalibrator) :]
 
 
 def test_study_table_shows_the_fitted_temperature():
     records = known_temperature_records(1.074)
-    table, params, _ = recalibration_study(records, ["letter_restricted"], ["temperature", "temperature_grid"],
-                                           B=200, p_bootstrap=1000)
+    table, params, _ = recalibration_study(
+        records, ["letter_restricted"], ["temperature", "temperature_grid"], B=200, p_bootstrap=1000
+    )
     fitted = {row["recalibrator"]: json.loads(row["params"]) for _, row in table.iterrows()}
     assert fitted["temperature"]["temperature"] == pytest.approx(1.074, abs=1e-6)
     assert fitted["temperature_grid"] == {"temperature": pytest.approx(1.07)}

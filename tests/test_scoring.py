@@ -13,10 +13,9 @@ import torch
 from mmcal.engine.chat import render_prompt
 from mmcal.engine.loading import load_model
 from mmcal.engine.prompts import PromptVariant, build_messages
-from mmcal.engine.scenarios import Scenario
 from mmcal.engine.readouts import letter_token_ids
+from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine, load_image
-
 
 READOUT_ORDER = ("letter_restricted", "letter_full_vocab", "option_loglik")  # as _hand_readouts returns
 
@@ -111,7 +110,9 @@ def test_blind_and_description_scenarios(tiny_llava_dir, fmnist_items):
     engine = Engine(lm, PromptVariant(), readouts=["letter_restricted"], image_root=root)
     blind = engine.score(items[:2], Scenario(name="blind", image=False))
     assert all(r["status"] == "ok" for r in blind)
-    desc = {it.item_id: {"consistent": "Description: a shoe.", "conflicting": "Description: a bag."} for it in items[:2]}
+    desc = {
+        it.item_id: {"consistent": "Description: a shoe.", "conflicting": "Description: a bag."} for it in items[:2]
+    }
     rows = engine.score(items[:2], Scenario(name="d", image=True, description="conflicting"), desc)
     assert all(r["status"] == "ok" for r in rows)
 

@@ -8,13 +8,13 @@ import torch
 import yaml
 
 from mmcal.cli import main as mmcal_main
-from mmcal.items import write_items
 from mmcal.engine.build import engine_fingerprint
+from mmcal.engine.job import JobSpec, run_job, score_to_records, scoring_engine, shard_dir_for
 from mmcal.engine.loading import load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
-from mmcal.engine.job import JobSpec, run_job, score_to_records, scoring_engine, shard_dir_for
+from mmcal.items import write_items
 from mmcal.promptopt.job import search_engine
 
 
@@ -25,8 +25,15 @@ class Crash(RuntimeError):
 def _spec(root, items, out):
     path = root / "items.jsonl"
     write_items(items, path)
-    return JobSpec(model="tiny", dataset="fm", scenario="image", prompt="default",
-                   items_path=str(path), out_path=str(out), shard_size=2)
+    return JobSpec(
+        model="tiny",
+        dataset="fm",
+        scenario="image",
+        prompt="default",
+        items_path=str(path),
+        out_path=str(out),
+        shard_size=2,
+    )
 
 
 def test_killed_job_resumes_only_unfinished_items(tiny_llava_dir, fmnist_items, tmp_path):
@@ -105,8 +112,16 @@ def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir
     write_items(items, items_path)
     # The entry's own options win over the study-wide dtype (bfloat16) and batch size (8).
     entry = {"path": str(tiny_llava_dir), "kind": "mllm", "revision": "v-test", "dtype": "float32", "batch_size": 3}
-    scoring = scoring_engine("tiny", entry, PromptVariant(), readouts=["letter_restricted"], device="cpu",
-                             dtype="bfloat16", batch_size=8, items_path=items_path)
+    scoring = scoring_engine(
+        "tiny",
+        entry,
+        PromptVariant(),
+        readouts=["letter_restricted"],
+        device="cpu",
+        dtype="bfloat16",
+        batch_size=8,
+        items_path=items_path,
+    )
     search = search_engine("tiny", entry, device="cpu", dtype="bfloat16", batch_size=8, image_root=root)
     for engine in (scoring, search):
         assert engine.lm.revision == "v-test"
@@ -118,7 +133,9 @@ def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir
     # (to float32 rounding: the search runs the answer prefix on the prefix's KV cache)
     scored = {r["item_id"]: r["confidence"] for r in scoring.score(items, Scenario())}
     prefix = PromptVariant().answer_prefix
-    searched = {r["item_id"]: r["confidence"] for r in search.score_answer_prefixes(items, Scenario(), [prefix])[prefix]}
+    searched = {
+        r["item_id"]: r["confidence"] for r in search.score_answer_prefixes(items, Scenario(), [prefix])[prefix]
+    }
     assert scored.keys() == searched.keys()
     assert all(abs(scored[i] - searched[i]) < 1e-5 for i in scored)
 
@@ -136,15 +153,50 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     write_items(items, items_path)
     entry = {"path": str(tiny_llava_dir), "kind": "mllm"}
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"models": {"tiny": entry}, "device": "cpu", "dtype": "float32",
-                                      "prompts": {"default": {}}, "scenarios": {"image": {"image": True}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": {"tiny": entry},
+                "device": "cpu",
+                "dtype": "float32",
+                "prompts": {"default": {}},
+                "scenarios": {"image": {"image": True}},
+            }
+        )
+    )
     via_job = tmp_path / "job.parquet"
-    score_to_records("tiny", entry, root.name, items_path, via_job, Scenario(), PromptVariant(),
-                     readouts=["letter_restricted", "letter_full_vocab", "option_loglik"],
-                     splits=["calib", "test"], device="cpu", dtype="float32", batch_size=8, progress=False)
+    score_to_records(
+        "tiny",
+        entry,
+        root.name,
+        items_path,
+        via_job,
+        Scenario(),
+        PromptVariant(),
+        readouts=["letter_restricted", "letter_full_vocab", "option_loglik"],
+        splits=["calib", "test"],
+        device="cpu",
+        dtype="float32",
+        batch_size=8,
+        progress=False,
+    )
     via_cli = tmp_path / "cli.parquet"
-    assert mmcal_main(["score", "--config", str(config), "--model-name", "tiny", "--items", str(items_path),
-                       "--out", str(via_cli)]) == 0
+    assert (
+        mmcal_main(
+            [
+                "score",
+                "--config",
+                str(config),
+                "--model-name",
+                "tiny",
+                "--items",
+                str(items_path),
+                "--out",
+                str(via_cli),
+            ]
+        )
+        == 0
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(via_job), pd.read_parquet(via_cli))
 
 
@@ -152,6 +204,8 @@ def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys):
     root, items = fmnist_items
     items_path = root / "items.jsonl"
     write_items(items, items_path)
-    assert mmcal_main(["score", "--model-name", "ghost", "--items", str(items_path),
-                       "--out", str(tmp_path / "r.parquet")]) == 2
+    assert (
+        mmcal_main(["score", "--model-name", "ghost", "--items", str(items_path), "--out", str(tmp_path / "r.parquet")])
+        == 2
+    )
     assert "model 'ghost'" in capsys.readouterr().err

@@ -51,6 +51,9 @@ def test_the_rules_find_what_they_forbid():
     }
     for rule, line in samples.items():
         assert re.search(RULES[rule][0], line), rule
-    for line in ("def equal_width_bins(confidence, n_bins):", "np.percentile(finite, [2.5, 97.5])",
-                 "def expected_calibration_error(table):"):
+    for line in (
+        "def equal_width_bins(confidence, n_bins):",
+        "np.percentile(finite, [2.5, 97.5])",
+        "def expected_calibration_error(table):",
+    ):
         assert re.search(RULES["quantile, binning or ECE"][0], line), line

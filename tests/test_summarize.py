@@ -6,8 +6,8 @@ import pytest
 
 from mmcal.analysis import metrics as m
 from mmcal.analysis import stats
-from mmcal.records import option_probs, read_records, readout_row, to_frame, unscorable_rows, write_records
 from mmcal.analysis.summary import COMPARE_COLUMNS, GROUP_KEYS, compare, summarize
+from mmcal.records import option_probs, read_records, readout_row, to_frame, unscorable_rows, write_records
 
 B = 100  # summarize replicates: enough to exercise the code, fast
 UNSCORABLE_ITEM = "q007"
@@ -120,9 +120,7 @@ def test_summarize_after_parquet_round_trip(tmp_path):
 
 def test_unknown_gold_is_left_out_of_proper_scores_only():
     records = _records()
-    target = (
-        (records.model == "tiny-b") & (records.readout == "letter_restricted") & (records.item_id == "q010")
-    )
+    target = (records.model == "tiny-b") & (records.readout == "letter_restricted") & (records.item_id == "q010")
     records.loc[target, "gold"] = -1
     records.loc[target, "correct"] = False
     row = summarize(records, B=20, seed=0, smece_test=False)
@@ -135,9 +133,7 @@ def test_unknown_gold_is_left_out_of_proper_scores_only():
 
 
 def test_option_count_may_vary_within_a_group():
-    scores = pd.DataFrame(
-        {"option_scores": [[np.log(0.5), np.log(0.5)], [np.log(0.2), np.log(0.3), np.log(0.5)]]}
-    )
+    scores = pd.DataFrame({"option_scores": [[np.log(0.5), np.log(0.5)], [np.log(0.2), np.log(0.3), np.log(0.5)]]})
     probs = option_probs(scores)
     assert probs == pytest.approx(np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]))
     records = _records()

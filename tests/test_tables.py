@@ -17,8 +17,13 @@ def summary_rows(**metrics) -> pd.DataFrame:
     """A two-model summary: ``metrics`` maps a metric to its (model-a, model-b) values; CIs +-0.01."""
     rows = []
     for i, model in enumerate(["model_a", "model_b"]):
-        row = {"model": model, "dataset": "fmnist", "scenario": "image", "prompt": "default",
-               "readout": "letter_restricted"}
+        row = {
+            "model": model,
+            "dataset": "fmnist",
+            "scenario": "image",
+            "prompt": "default",
+            "readout": "letter_restricted",
+        }
         for metric, values in metrics.items():
             row.update({metric: values[i], f"{metric}_lo": values[i] - 0.01, f"{metric}_hi": values[i] + 0.01})
         rows.append(row)
@@ -55,8 +60,19 @@ def test_metric_direction():
     assert T.metric_direction("accuracy") == "max"
     assert T.metric_direction("acc_at_cov_80") == "max"
     assert T.metric_direction("auroc") == "max"
-    for metric in ("ece_10", "ece_adaptive_15", "ece_debiased", "mce_10", "brier", "brier_top", "nll",
-                   "aurc", "augrc", "smece", "false_idk_rate"):
+    for metric in (
+        "ece_10",
+        "ece_adaptive_15",
+        "ece_debiased",
+        "mce_10",
+        "brier",
+        "brier_top",
+        "nll",
+        "aurc",
+        "augrc",
+        "smece",
+        "false_idk_rate",
+    ):
         assert T.metric_direction(metric) == "min", metric
     assert T.metric_direction("overconfidence") == "zero"
     assert T.metric_direction("mean_confidence") is None
@@ -99,10 +115,16 @@ def test_hand_checked_main_table():
     summary = summary_rows(accuracy=(0.6, 0.7), ece_10=(0.05, 0.1))
     tex = T.main_results_table(summary, metrics=["accuracy", "ece_10"], caption="Results.", label="tab:t")
     lines = tex.splitlines()
-    assert lines[:6] == [r"\begin{table}[tbp]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
-                         r"\caption{Results.}", r"\label{tab:t}"]
+    assert lines[:6] == [
+        r"\begin{table}[tbp]",
+        r"\centering",
+        r"\small",
+        r"\setlength{\tabcolsep}{4pt}",
+        r"\caption{Results.}",
+        r"\label{tab:t}",
+    ]
     start = tex.index(r"\begin{tabular}")
-    assert tex[start:tex.index(r"\end{tabular}") + len(r"\end{tabular}")] == HAND_CHECKED_TABULAR
+    assert tex[start : tex.index(r"\end{tabular}") + len(r"\end{tabular}")] == HAND_CHECKED_TABULAR
     # shrunk to the line width only when wider than it
     assert r"\ifdim\wd\mmcaltablebox>\linewidth" in tex
     assert lines[-2:] == [HAND_CHECKED_NOTES, r"\end{table}"]
@@ -110,10 +132,13 @@ def test_hand_checked_main_table():
 
 
 def test_main_table_skips_missing_metrics_and_bolds_within_condition():
-    summary = pd.concat([
-        summary_rows(accuracy=(0.6, 0.7), nll=(1.2, 0.9)),
-        summary_rows(accuracy=(0.8, 0.3), nll=(0.5, 2.0)).assign(scenario="blind"),
-    ], ignore_index=True)
+    summary = pd.concat(
+        [
+            summary_rows(accuracy=(0.6, 0.7), nll=(1.2, 0.9)),
+            summary_rows(accuracy=(0.8, 0.3), nll=(0.5, 2.0)).assign(scenario="blind"),
+        ],
+        ignore_index=True,
+    )
     tex = T.main_results_table(summary, metrics=["accuracy", "ece_10", "nll"])
     assert "ECE" not in tex.split(r"\midrule")[0]  # the absent metric has no column
     body = tex.split(r"\midrule")[1]
@@ -125,9 +150,10 @@ def test_main_table_skips_missing_metrics_and_bolds_within_condition():
 
 
 def test_scenario_table_keeps_the_given_order():
-    summary = pd.concat([
-        summary_rows(accuracy=(0.6, 0.7)).assign(scenario=s) for s in ("image", "blind", "text-desc")
-    ], ignore_index=True)
+    summary = pd.concat(
+        [summary_rows(accuracy=(0.6, 0.7)).assign(scenario=s) for s in ("image", "blind", "text-desc")],
+        ignore_index=True,
+    )
     tex = T.scenario_table(summary, scenarios=["text-desc", "image", "blind"])
     body = tex.split(r"\midrule")[1]
     assert body.index("text-desc") < body.index("image") < body.index("blind")
@@ -135,16 +161,46 @@ def test_scenario_table_keeps_the_given_order():
 
 
 def test_comparison_table_marks_holm_significance():
-    comparisons = pd.DataFrame([
-        {"comparison": "a_vs_b", "metric": "ece_10", "a_label": "stage_1", "b_label": "stage_2",
-         "n_paired": 50, "value_a": 0.2, "value_b": 0.1, "diff": -0.1, "diff_lo": -0.15, "diff_hi": -0.05,
-         "p_value": 0.001, "p_holm": 0.002, "tost_p": 0.9, "margin": 0.02, "equivalent": False,
-         "significant": True},
-        {"comparison": "a_vs_b", "metric": "accuracy", "a_label": "stage_1", "b_label": "stage_2",
-         "n_paired": 50, "value_a": 0.7, "value_b": 0.705, "diff": 0.005, "diff_lo": -0.01, "diff_hi": 0.015,
-         "p_value": 0.5, "p_holm": 0.5, "tost_p": 0.01, "margin": 0.02, "equivalent": True,
-         "significant": False},
-    ])
+    comparisons = pd.DataFrame(
+        [
+            {
+                "comparison": "a_vs_b",
+                "metric": "ece_10",
+                "a_label": "stage_1",
+                "b_label": "stage_2",
+                "n_paired": 50,
+                "value_a": 0.2,
+                "value_b": 0.1,
+                "diff": -0.1,
+                "diff_lo": -0.15,
+                "diff_hi": -0.05,
+                "p_value": 0.001,
+                "p_holm": 0.002,
+                "tost_p": 0.9,
+                "margin": 0.02,
+                "equivalent": False,
+                "significant": True,
+            },
+            {
+                "comparison": "a_vs_b",
+                "metric": "accuracy",
+                "a_label": "stage_1",
+                "b_label": "stage_2",
+                "n_paired": 50,
+                "value_a": 0.7,
+                "value_b": 0.705,
+                "diff": 0.005,
+                "diff_lo": -0.01,
+                "diff_hi": 0.015,
+                "p_value": 0.5,
+                "p_holm": 0.5,
+                "tost_p": 0.01,
+                "margin": 0.02,
+                "equivalent": True,
+                "significant": False,
+            },
+        ]
+    )
     tex = T.comparison_table(comparisons)
     assert r"\textbf{$-$0.100} [$-$0.150, $-$0.050]" in tex
     assert r"0.005 [$-$0.010, 0.015]" in tex and r"\textbf{0.005}" not in tex
@@ -173,12 +229,27 @@ def idk_records(prompt: str, preds) -> pd.DataFrame:
     for i, pred in enumerate(preds):
         answerable = i < 2
         gold = 0 if answerable else 2
-        rows.append({"item_id": f"i{i}", "cluster_id": f"c{i}", "split": "test", "model": "m", "dataset": "idk",
-                     "scenario": "image", "prompt": prompt, "readout": "letter_restricted", "gold": gold,
-                     "pred": pred, "correct": pred == gold, "confidence": 0.6,
-                     "option_scores": [np.log(0.6 if k == pred else 0.2) for k in range(3)], "status": "ok",
-                     "meta": json.dumps({"answerable": answerable, "idk_index": 2,
-                                         "kind": "control" if answerable else "unknown_class"})})
+        rows.append(
+            {
+                "item_id": f"i{i}",
+                "cluster_id": f"c{i}",
+                "split": "test",
+                "model": "m",
+                "dataset": "idk",
+                "scenario": "image",
+                "prompt": prompt,
+                "readout": "letter_restricted",
+                "gold": gold,
+                "pred": pred,
+                "correct": pred == gold,
+                "confidence": 0.6,
+                "option_scores": [np.log(0.6 if k == pred else 0.2) for k in range(3)],
+                "status": "ok",
+                "meta": json.dumps(
+                    {"answerable": answerable, "idk_index": 2, "kind": "control" if answerable else "unknown_class"}
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -204,15 +275,28 @@ def test_idk_table_reads_the_names_the_idk_metrics_write():
 def test_recalibration_table():
     rows = []
     for k, method in enumerate(["temperature", "none"]):
-        rows.append({"model": "m", "dataset": "d", "scenario": "image", "prompt": "default",
-                     "readout": "letter_restricted", "recalibrator": method,
-                     "params": json.dumps({"temperature": 1.734}) if method == "temperature" else "{}",
-                     "accuracy": 0.7, "accuracy_lo": 0.65, "accuracy_hi": 0.75,
-                     "ece_10": 0.05 + 0.1 * k, "ece_10_lo": 0.03 + 0.1 * k, "ece_10_hi": 0.07 + 0.1 * k,
-                     "diff_ece_10": np.nan if method == "none" else -0.1,
-                     "diff_ece_10_lo": np.nan if method == "none" else -0.12,
-                     "diff_ece_10_hi": np.nan if method == "none" else -0.08,
-                     "p_holm": np.nan if method == "none" else 0.001, "accuracy_unchanged": True})
+        rows.append(
+            {
+                "model": "m",
+                "dataset": "d",
+                "scenario": "image",
+                "prompt": "default",
+                "readout": "letter_restricted",
+                "recalibrator": method,
+                "params": json.dumps({"temperature": 1.734}) if method == "temperature" else "{}",
+                "accuracy": 0.7,
+                "accuracy_lo": 0.65,
+                "accuracy_hi": 0.75,
+                "ece_10": 0.05 + 0.1 * k,
+                "ece_10_lo": 0.03 + 0.1 * k,
+                "ece_10_hi": 0.07 + 0.1 * k,
+                "diff_ece_10": np.nan if method == "none" else -0.1,
+                "diff_ece_10_lo": np.nan if method == "none" else -0.12,
+                "diff_ece_10_hi": np.nan if method == "none" else -0.08,
+                "p_holm": np.nan if method == "none" else 0.001,
+                "accuracy_unchanged": True,
+            }
+        )
     tex = T.recalibration_table(pd.DataFrame(rows))
     body = tex.split(r"\midrule")[1]
     assert body.index("none") < body.index("temperature")  # 'before' comes first
@@ -225,10 +309,16 @@ def test_recalibration_table():
 
 
 def test_best_prompts_table_escapes_prompt_text():
-    tex = T.best_prompts_table([{"model": "tiny_llava", "text": 'Answer 100% & say "A" #1',
-                                 "calib": {"accuracy": 0.5, "ece_10": 0.1},
-                                 "test": {"accuracy": 0.6, "accuracy_lo": 0.5, "accuracy_hi": 0.7,
-                                          "ece_10": 0.08}}])
+    tex = T.best_prompts_table(
+        [
+            {
+                "model": "tiny_llava",
+                "text": 'Answer 100% & say "A" #1',
+                "calib": {"accuracy": 0.5, "ece_10": 0.1},
+                "test": {"accuracy": 0.6, "accuracy_lo": 0.5, "accuracy_hi": 0.7, "ece_10": 0.08},
+            }
+        ]
+    )
     assert r"tiny\_llava & Answer 100\% \& say " in tex
     assert r"\#1" in tex
     assert "0.600 [0.500, 0.700]" in tex and "& 0.080" in tex
@@ -275,13 +365,23 @@ def make_paper_inputs(tmp_path):
     for name in ("reliability_a", "forest", "idk_tradeoff"):
         (tmp_path / "figures" / f"{name}.pdf").write_bytes(b"%PDF-1.4\n")
     sections = [
-        {"title": "Main results", "text": "Accuracy & ECE of model_a.",
-         "tables": ["tables/main.tex"],
-         "figures": [{"path": "../figures/reliability_a.pdf", "caption": "Reliability of model_a (50% CI?)."}]},
-        {"key": "visual_ft", "title": "Visual fine-tuning", "tables": ["tables/comparisons.tex"],
-         "figures": [("../figures/forest.pdf", "Paired differences.")]},
-        {"title": "IDK", "tables": ["tables/idk.tex"],
-         "figures": [{"path": "../figures/idk_tradeoff.pdf", "width": 0.5}]},
+        {
+            "title": "Main results",
+            "text": "Accuracy & ECE of model_a.",
+            "tables": ["tables/main.tex"],
+            "figures": [{"path": "../figures/reliability_a.pdf", "caption": "Reliability of model_a (50% CI?)."}],
+        },
+        {
+            "key": "visual_ft",
+            "title": "Visual fine-tuning",
+            "tables": ["tables/comparisons.tex"],
+            "figures": [("../figures/forest.pdf", "Paired differences.")],
+        },
+        {
+            "title": "IDK",
+            "tables": ["tables/idk.tex"],
+            "figures": [{"path": "../figures/idk_tradeoff.pdf", "width": 0.5}],
+        },
         {"title": "Recalibration", "tables": ["tables/recalibration.tex"]},  # never produced
     ]
     return paper, sections
@@ -289,8 +389,7 @@ def make_paper_inputs(tmp_path):
 
 def test_main_tex_is_balanced_and_includes_everything(tmp_path):
     paper, sections = make_paper_inputs(tmp_path)
-    path = write_main_tex(paper / "main.tex", sections, commit="0123abc", config_hash="cfg_hash",
-                          date="2025-01-31")
+    path = write_main_tex(paper / "main.tex", sections, commit="0123abc", config_hash="cfg_hash", date="2025-01-31")
     tex = path.read_text()
     assert latex_problems(tex) == []
     assert tex.startswith(r"\documentclass")
@@ -307,20 +406,29 @@ def test_main_tex_is_balanced_and_includes_everything(tmp_path):
     # provenance
     assert r"\texttt{0123abc}" in tex and r"\texttt{cfg\_hash}" in tex and "2025-01-31" in tex
     # one section per part, in the study's order, the missing ones saying so
-    titles = [line[len(r"\section{"):-1] for line in tex.splitlines() if line.startswith(r"\section{")]
+    titles = [line[len(r"\section{") : -1] for line in tex.splitlines() if line.startswith(r"\section{")]
     assert titles == [title for _, title, _ in PARTS]
     sections_text = tex.split(r"\section{")
     not_run = {s.split("}")[0] for s in sections_text[1:] if NOT_RUN in s}
-    assert not_run == {"Base LLM vs MLLM", "Text vs image", "Option order", "Recalibration",
-                       "Prompt search", "Additional results"}
+    assert not_run == {
+        "Base LLM vs MLLM",
+        "Text vs image",
+        "Option order",
+        "Recalibration",
+        "Prompt search",
+        "Additional results",
+    }
     assert r"\input{tables/recalibration.tex}" not in tex  # missing file left out, not \input
     assert r"\texttt{recalibration.tex}" in tex
 
 
 def test_main_tex_without_file_checks_keeps_every_input():
-    tex = render_main_tex([{"title": "Main results", "tables": ["tables/x.tex"]},
-                           {"title": "Extra part", "text": "Only words."}],
-                          commit=None, config_hash=None, date=None)
+    tex = render_main_tex(
+        [{"title": "Main results", "tables": ["tables/x.tex"]}, {"title": "Extra part", "text": "Only words."}],
+        commit=None,
+        config_hash=None,
+        date=None,
+    )
     assert r"\input{tables/x.tex}" in tex
     assert "unknown (not a git checkout)" in tex
     extra = tex.split(r"\section{Extra part}")[1].split(r"\section{")[0]
@@ -333,8 +441,9 @@ def test_main_tex_without_file_checks_keeps_every_input():
 def test_main_tex_compiles(tmp_path):
     paper, sections = make_paper_inputs(tmp_path)
     for name in ("reliability_a", "forest", "idk_tradeoff"):  # real PDFs for \includegraphics
-        from mmcal.figures.style import save_figure
         import matplotlib.pyplot as plt
+
+        from mmcal.figures.style import save_figure
 
         save_figure(plt.figure(figsize=(1, 1)), tmp_path / "figures" / name, dpi=50)
     path = write_main_tex(paper / "main.tex", sections, commit="c", config_hash="h", date="d")

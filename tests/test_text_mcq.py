@@ -89,11 +89,7 @@ def test_every_gold_true_and_every_distractor_wrong_per_fact_table(items):
 def _another_right_answer(it):
     m = it.metadata
     return next(
-        (
-            c.key
-            for c in FACTS
-            if m["value"] in c.usual(m["attribute"]) and c.key not in m["option_keys"]
-        ),
+        (c.key for c in FACTS if m["value"] in c.usual(m["attribute"]) and c.key not in m["option_keys"]),
         None,
     )
 
@@ -177,7 +173,13 @@ def test_knowledge_base_is_read_from_package_yaml():
     assert where == "mmcal/data/facts/concepts.yaml"
     assert [c["key"] for c in data] == [c.key for c in FACTS]
     assert len(FACTS) == 61 and list(ATTRIBUTES) == [
-        "category", "body", "material", "use", "occasion", "weather", "parts",
+        "category",
+        "body",
+        "material",
+        "use",
+        "occasion",
+        "weather",
+        "parts",
     ]
     jeans = CONCEPTS["jeans"]
     assert jeans.plural and jeans.fmnist_class is None

@@ -72,6 +72,7 @@ def tiny_build(tmp_path_factory, smollm2_dir):
 
 # ---- the build -----------------------------------------------------------------------------
 
+
 def test_every_stage_writes_its_outputs(tiny_build):
     for stage, d in tiny_build["dirs"].items():
         for name in ("config.json", "README.md", "training_curve.png", "training_manifest.json"):
@@ -138,8 +139,9 @@ def test_reload_in_fresh_offline_process(tiny_build, tmp_path):
     )
     dirs = [str(tiny_build["dirs"]["stage1"]), str(tiny_build["dirs"]["stage2"])]
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO / "src")}
-    res = subprocess.run([sys.executable, "-c", script, str(png), *dirs], capture_output=True,
-                         text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(png), *dirs], capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     for d in dirs:
@@ -151,14 +153,15 @@ def test_reload_in_fresh_offline_process(tiny_build, tmp_path):
 
 # ---- training sequences are what the engine scores -----------------------------------------
 
+
 def test_training_tokens_match_the_scoring_engine(tiny_build):
     from PIL import Image
 
     from mmcal.engine.chat import render_prompt
-    from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
-    from mmcal.tinyllava.model import load_tiny_llava, n_image_tokens
     from mmcal.engine.prompts import PromptVariant, build_messages
     from mmcal.engine.readouts import encode_ids, letter_token_ids
+    from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
+    from mmcal.tinyllava.model import load_tiny_llava, n_image_tokens
 
     model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
     images, labels = load_fashion_mnist(DEFAULT_ROOT, "train")
@@ -169,8 +172,9 @@ def test_training_tokens_match_the_scoring_engine(tiny_build):
         item = mc_item(int(labels[1]), [0, 1, 2, 3, 4, 6, 7], 4, gold_pos, rng, idk)
         ex = tok.instruction_example(0, item, prompt)
         text = render_prompt(proc, build_messages(item, prompt, with_image=True), multimodal=True)
-        engine_ids = proc(text=[text], images=[Image.fromarray(images[1]).convert("RGB")],
-                          add_special_tokens=False)["input_ids"][0]
+        engine_ids = proc(text=[text], images=[Image.fromarray(images[1]).convert("RGB")], add_special_tokens=False)[
+            "input_ids"
+        ][0]
         engine_ids = list(engine_ids) + encode_ids(proc.tokenizer, prompt.answer_prefix)
         assert ex.ids[: ex.target_from] == engine_ids
         letters = letter_token_ids(proc.tokenizer, prompt.answer_prefix, len(item.options))
@@ -187,17 +191,21 @@ def test_cached_feature_forward_matches_the_model(tiny_build):
     images, _ = load_fashion_mnist(DEFAULT_ROOT, "train")
     text = proc.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
-        add_generation_prompt=True, tokenize=False)
-    batch = proc(text=[text], images=[Image.fromarray(images[3]).convert("RGB")], return_tensors="pt",
-                 add_special_tokens=False)
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    batch = proc(
+        text=[text], images=[Image.fromarray(images[3]).convert("RGB")], return_tensors="pt", add_special_tokens=False
+    )
     pix = pixel_values(images[3:4])
     assert torch.allclose(pix, batch["pixel_values"], atol=1e-6)
     L = batch["input_ids"].shape[1]
     with torch.no_grad():
         full = model(**batch).logits[0, [L - 2, L - 1]]
         feats = patch_features(model.model.vision_tower, pix, model.config.vision_feature_layer)
-        mine = logits_from_features(model, batch["input_ids"], batch["attention_mask"], feats,
-                                    torch.tensor([[L - 2, L - 1]]))[0]
+        mine = logits_from_features(
+            model, batch["input_ids"], batch["attention_mask"], feats, torch.tensor([[L - 2, L - 1]])
+        )[0]
     assert torch.allclose(full, mine, atol=1e-3)
 
 
@@ -232,12 +240,12 @@ def test_training_attention_computes_what_the_engine_computes(tiny_build):
 
 # ---- data plan and config (no language model needed) ---------------------------------------
 
+
 def test_instruction_plan_balances_gold_and_mixes_idk():
     from mmcal.tinyllava.fmnist_splits import load_train_file
     from mmcal.tinyllava.stage2 import plan_instructions
 
-    cfg = resolve_config({"stage2": {"steps": 50, "batch_size": 16, "idk_train_classes": [5],
-                                     "idk_fraction": 0.25}})
+    cfg = resolve_config({"stage2": {"steps": 50, "batch_size": 16, "idk_train_classes": [5], "idk_fraction": 0.25}})
     data = load_train_file(cfg)
     image_idx, items = plan_instructions(cfg, data, np.random.default_rng(0))
     labels = data.labels[image_idx]

@@ -32,8 +32,7 @@ def _workdir(tmp: Path) -> Path:
 
 def _run(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -72,9 +71,13 @@ def test_study_outputs_and_provenance(study):
     rec = pd.read_parquet(study / "data/records/tiny-llava-stage2/fmnist/image/default.parquet")
     for readout in ("letter_restricted", "option_loglik"):
         rows = rec[(rec.readout == readout) & (rec.split == "test") & (rec.status == "ok")]
-        row = summary[(summary.model == "tiny-llava-stage2") & (summary.dataset == "fmnist")
-                      & (summary.scenario == "image") & (summary.prompt == "default")
-                      & (summary.readout == readout)].iloc[0]
+        row = summary[
+            (summary.model == "tiny-llava-stage2")
+            & (summary.dataset == "fmnist")
+            & (summary.scenario == "image")
+            & (summary.prompt == "default")
+            & (summary.readout == readout)
+        ].iloc[0]
         conf, correct = rows.confidence.tolist(), rows.correct.tolist()
         assert abs(_independent_ece10(conf, correct) - row.ece_10) < 1e-9
         assert abs(np.mean(correct) - row.accuracy) < 1e-9
@@ -115,8 +118,14 @@ def test_a_new_condition_is_a_config_change(study):
     cfg = yaml.safe_load((study / "config/test.yaml").read_text())
     cfg["scenarios"] = {"image-shift5": {"image": True, "option_shift": 5}}
     cfg["runs"] = yaml.safe_load((study / "config/config.yaml").read_text())["runs"] + [
-        {"models": ["tiny-llava-stage1"], "datasets": ["fmnist"], "scenarios": ["image-shift5"],
-         "prompts": ["default"], "splits": ["test"]}]
+        {
+            "models": ["tiny-llava-stage1"],
+            "datasets": ["fmnist"],
+            "scenarios": ["image-shift5"],
+            "prompts": ["default"],
+            "splits": ["test"],
+        }
+    ]
     (study / "config/test-new.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = _run(study, "-n", "--configfile", "config/test-new.yaml").stdout
     assert "data/records/tiny-llava-stage1/fmnist/image-shift5/default.parquet" in out
@@ -148,8 +157,16 @@ def test_missing_fashion_mnist_is_named(tmp_path):
     (tmp_path / "wd").mkdir()
     wd = _workdir(tmp_path / "wd")
     (wd / "config/nofmnist.yaml").write_text(f"fmnist_root: {tmp_path / 'missing'}\n")
-    proc = _run(wd, "--cores", "1", "data/datasets/fmnist/items.jsonl", "--configfile", "config/test.yaml",
-                "config/nofmnist.yaml", check=False)
+    proc = _run(
+        wd,
+        "--cores",
+        "1",
+        "data/datasets/fmnist/items.jsonl",
+        "--configfile",
+        "config/test.yaml",
+        "config/nofmnist.yaml",
+        check=False,
+    )
     assert proc.returncode != 0
     log = (wd / "logs/datasets/fmnist.log").read_text()
     assert "mmcal error in rule build_dataset" in log and "dataset-fashion-mnist" in log, log

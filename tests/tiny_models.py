@@ -13,7 +13,6 @@ import torch
 from mmcal.engine.chat import TINY_LLAVA_CHAT_TEMPLATE
 
 
-
 def _tokenizer(lm_dir: str | Path, extra_tokens: list[str]):
     from transformers import AutoTokenizer
 
@@ -35,26 +34,44 @@ def build_tiny_llava(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) -> 
     torch.manual_seed(seed)
     tok = _tokenizer(lm_dir, ["<image>"])
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        image_size=28, patch_size=14, num_channels=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        num_channels=3,
     )
     text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
         pad_token_id=tok.pad_token_id,
     )
     cfg = LlavaConfig(
-        vision_config=vision, text_config=text,
+        vision_config=vision,
+        text_config=text,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(cfg).eval()
     ip = CLIPImageProcessor(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        do_center_crop=True,
     )
     proc = LlavaProcessor(
-        image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=TINY_LLAVA_CHAT_TEMPLATE,
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=TINY_LLAVA_CHAT_TEMPLATE,
     )
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
@@ -84,19 +101,33 @@ def build_tiny_idefics3(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) 
     torch.manual_seed(seed)
     tok = _tokenizer(lm_dir, ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"])
     cfg = Idefics3Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=28, patch_size=7),
-        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=512, pad_token_id=tok.pad_token_id),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=7,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+        ),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
     model = Idefics3ForConditionalGeneration(cfg).eval()
-    ip = Idefics3ImageProcessor(size={"longest_edge": 28}, max_image_size={"longest_edge": 28},
-                                do_image_splitting=False)
-    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4,
-                             chat_template=IDEFICS3_TEMPLATE)
+    ip = Idefics3ImageProcessor(
+        size={"longest_edge": 28}, max_image_size={"longest_edge": 28}, do_image_splitting=False
+    )
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     proc.save_pretrained(out_dir)
@@ -134,19 +165,37 @@ def tiny_qwen2vl_parts(lm_dir: str | Path, seed: int = 0, video_processor=None):
     tok = _tokenizer(lm_dir, ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"])
     ids = tok.convert_tokens_to_ids
     cfg = Qwen2VLConfig(
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [2, 3, 3]}),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        vision_config=dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
     )
     model = Qwen2VLForConditionalGeneration(cfg).eval()
     ip = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 56 * 56})
-    proc = Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=video_processor,
-                            chat_template=QWEN2VL_TEMPLATE)
+    proc = Qwen2VLProcessor(
+        image_processor=ip, tokenizer=tok, video_processor=video_processor, chat_template=QWEN2VL_TEMPLATE
+    )
     return model, proc

@@ -20,13 +20,16 @@ def model_entry_for(args, cfg: dict) -> dict:
     """The config's ``models.<model-name>`` entry when there is one, with the loading options given
     on the command line taking precedence over the entry's."""
     entry = dict((cfg.get("models") or {}).get(args.model_name) or {})
-    flags = {"path": args.model_path, "kind": args.kind, "revision": args.revision, "dtype": args.dtype,
-             "batch_size": args.batch_size}
+    flags = {
+        "path": args.model_path,
+        "kind": args.kind,
+        "revision": args.revision,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+    }
     entry.update({k: v for k, v in flags.items() if v is not None})
     if "path" not in entry:
-        raise ConfigError(
-            f"model {args.model_name!r}: give --model-path, or a --config whose models: has this name"
-        )
+        raise ConfigError(f"model {args.model_name!r}: give --model-path, or a --config whose models: has this name")
     return entry
 
 
@@ -41,13 +44,20 @@ def cmd_score(args) -> int:
     entry = model_entry_for(args, cfg)
     scenario_cfg = (cfg.get("scenarios") or {}).get(args.scenario) or {"image": entry.get("kind") != "llm"}
     stats = score_to_records(
-        args.model_name, entry, Path(args.items).parent.name, args.items, args.out,
+        args.model_name,
+        entry,
+        Path(args.items).parent.name,
+        args.items,
+        args.out,
         scenario_from_config(args.scenario, scenario_cfg),
         prompt_from_config(args.prompt, (cfg.get("prompts") or {}).get(args.prompt)),
-        readouts=args.readouts.split(","), splits=args.splits.split(","),
-        device=args.device or cfg.get("device", "auto"), dtype=cfg.get("dtype", "auto"),
+        readouts=args.readouts.split(","),
+        splits=args.splits.split(","),
+        device=args.device or cfg.get("device", "auto"),
+        dtype=cfg.get("dtype", "auto"),
         batch_size=(cfg.get("scoring") or {}).get("batch_size", 8),
-        limit_per_split=args.limit, descriptions_path=args.descriptions,
+        limit_per_split=args.limit,
+        descriptions_path=args.descriptions,
     )
     print(json.dumps(stats))
     return 0

@@ -35,9 +35,7 @@ def expand_runs(config: dict, key: str = "runs") -> list[dict]:
             mcfg = config["models"][m]
             scfg = config["scenarios"][s] or {}
             if mcfg.get("kind", "mllm") == "llm" and scfg.get("image", True):
-                raise ConfigError(
-                    f"{where}: model {m!r} is text-only (kind: llm) but scenario {s!r} shows an image"
-                )
+                raise ConfigError(f"{where}: model {m!r} is text-only (kind: llm) but scenario {s!r} shows an image")
             combo = (m, d, s, p)
             if combo in seen:  # listed by two runs: score the union of their splits
                 prev = next(r for r in out if (r["model"], r["dataset"], r["scenario"], r["prompt"]) == combo)

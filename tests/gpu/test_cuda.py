@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from mmcal.engine.loading import load_model
-from mmcal.promptopt.job import answer_prefix_for
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine, load_image
+from mmcal.promptopt.job import answer_prefix_for
 from test_scoring import READOUT_ORDER, _by, _hand_readouts
 from tiny_models import build_tiny_idefics3, build_tiny_llava, build_tiny_qwen2vl
 
@@ -88,8 +88,9 @@ def test_shared_prefix_candidates_on_cuda(family, fmnist_items):
     root, items = fmnist_items
     lm = load_model(name, str(path), device="cuda", dtype="float32")
     prefixes = [answer_prefix_for(w) for w in ("The answer might be", "Probably")]
-    reused = Engine(lm, PromptVariant(), readouts=["letter_restricted"], batch_size=4,
-                    image_root=root).score_answer_prefixes(items, Scenario(), prefixes)
+    reused = Engine(
+        lm, PromptVariant(), readouts=["letter_restricted"], batch_size=4, image_root=root
+    ).score_answer_prefixes(items, Scenario(), prefixes)
     for pre in prefixes:
         alone = Engine(lm, PromptVariant(answer_prefix=pre), readouts=["letter_restricted"], image_root=root)
         by_id = {r["item_id"]: r for r in reused[pre]}

@@ -14,7 +14,10 @@ sm = snakemake  # noqa: F821
 items = read_items(sm.input.item_file)
 cfg = dict(sm.params.describer)
 descriptions = build_descriptions(
-    items, error_rate=float(cfg.get("error_rate", 0.1)), seed=int(sm.params.seed), describer=cfg,
+    items,
+    error_rate=float(cfg.get("error_rate", 0.1)),
+    seed=int(sm.params.seed),
+    describer=cfg,
     image_root=Path(sm.input.item_file).parent,
 )
 write_descriptions(descriptions, sm.output[0])

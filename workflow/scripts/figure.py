@@ -10,7 +10,8 @@ log = start(snakemake)  # noqa: F821
 from mmcal.figures.registry import render_figure  # noqa: E402
 
 sm = snakemake  # noqa: F821
-inputs = {name: list(sm.input[name]) if isinstance(sm.input[name], list) else [sm.input[name]]
-          for name in sm.input.keys()}
+inputs = {
+    name: list(sm.input[name]) if isinstance(sm.input[name], list) else [sm.input[name]] for name in sm.input.keys()
+}
 paths = render_figure(inputs, sm.params.spec, Path(sm.output.pdf).with_suffix(""))
 log.info("wrote %s", [str(p) for p in paths])

@@ -14,6 +14,11 @@ from mmcal.provenance import git_commit, today  # noqa: E402
 
 sm = snakemake  # noqa: F821
 tables = json.loads((Path(sm.input.tables) / "manifest.json").read_text())["tables"]
-write_main_tex(sm.output[0], paper_sections(sm.params.figures, tables), commit=git_commit(),
-               config_hash=sm.params.config_hash, date=today())
+write_main_tex(
+    sm.output[0],
+    paper_sections(sm.params.figures, tables),
+    commit=git_commit(),
+    config_hash=sm.params.config_hash,
+    date=today(),
+)
 log.info("paper with %d tables and %d figures", len(tables), len(sm.params.figures))

@@ -11,8 +11,13 @@ from mmcal.promptopt.job import run_prompt_search, search_engine  # noqa: E402
 
 sm = snakemake  # noqa: F821
 engine = search_engine(
-    sm.wildcards.model, sm.params.model_cfg, path=sm.input.model or None, device=sm.params.device,
-    dtype=sm.params.dtype, batch_size=sm.params.batch_size, image_root=Path(sm.input.item_file).parent,
+    sm.wildcards.model,
+    sm.params.model_cfg,
+    path=sm.input.model or None,
+    device=sm.params.device,
+    dtype=sm.params.dtype,
+    batch_size=sm.params.batch_size,
+    image_root=Path(sm.input.item_file).parent,
 )
 cfg = {k: v for k, v in dict(sm.params.cfg).items() if k not in ("enabled", "model", "dataset")}
 cfg["cache_dir"] = sm.params.cache_dir

@@ -14,12 +14,17 @@ sm = snakemake  # noqa: F821
 cfg, m = sm.params.cfg, sm.params.metrics
 records = read_records(list(sm.input.records))
 table, params, recalibrated = recalibration_study(
-    records, cfg["readouts"], cfg["methods"], B=int(m["bootstrap"]), seed=int(sm.params.seed),
+    records,
+    cfg["readouts"],
+    cfg["methods"],
+    B=int(m["bootstrap"]),
+    seed=int(sm.params.seed),
     level=float(m["level"]),
 )
 table.to_csv(sm.output.table, index=False)
-split_robustness(records, cfg["readouts"], ["temperature"], int(cfg["n_seeds"]),
-                 seed=int(sm.params.seed)).to_csv(sm.output.splits, index=False)
+split_robustness(records, cfg["readouts"], ["temperature"], int(cfg["n_seeds"]), seed=int(sm.params.seed)).to_csv(
+    sm.output.splits, index=False
+)
 with open(sm.output.params, "w") as fh:
     json.dump(params, fh, indent=2)
 write_records(recalibrated, sm.output.records)

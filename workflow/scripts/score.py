@@ -13,10 +13,20 @@ from mmcal.engine.scenarios import scenario_from_config  # noqa: E402
 sm = snakemake  # noqa: F821
 p = sm.params.cfg
 score_to_records(
-    sm.wildcards.model, p["model_cfg"], sm.wildcards.dataset, sm.input.item_file, sm.output[0],
+    sm.wildcards.model,
+    p["model_cfg"],
+    sm.wildcards.dataset,
+    sm.input.item_file,
+    sm.output[0],
     scenario_from_config(sm.wildcards.scenario, p["scenario_cfg"]),
     prompt_from_config(sm.wildcards.prompt, p["prompt_cfg"]),
-    readouts=p["readouts"], splits=p["splits"], device=p["device"], dtype=p["dtype"],
-    batch_size=p["batch_size"], shard_size=p["shard_size"], limit_per_split=p.get("limit_per_split"),
-    model_path=sm.input.get("model"), descriptions_path=sm.input.get("descriptions"),
+    readouts=p["readouts"],
+    splits=p["splits"],
+    device=p["device"],
+    dtype=p["dtype"],
+    batch_size=p["batch_size"],
+    shard_size=p["shard_size"],
+    limit_per_split=p.get("limit_per_split"),
+    model_path=sm.input.get("model"),
+    descriptions_path=sm.input.get("descriptions"),
 )

@@ -9,6 +9,8 @@ log = start(snakemake, spin_wait=True)  # noqa: F821
 from mmcal.tinyllava.vision import train_vision  # noqa: E402
 
 summary = train_vision(
-    snakemake.params.cfg, snakemake.output.model_dir, threads=snakemake.threads  # noqa: F821
+    snakemake.params.cfg,
+    snakemake.output.model_dir,
+    threads=snakemake.threads,  # noqa: F821
 )
 log.info("vision tower: %s", summary)

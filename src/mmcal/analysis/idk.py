@@ -78,10 +78,7 @@ def _idk_meta(value, item_id) -> dict:
     ``answerable`` and ``idk_index``."""
     meta = parse_meta(value, item_id)
     if "answerable" not in meta or "idk_index" not in meta:
-        raise DataError(
-            f"record of item {item_id!r}: meta lacks 'answerable' / 'idk_index' "
-            "(is this an IDK data set?)"
-        )
+        raise DataError(f"record of item {item_id!r}: meta lacks 'answerable' / 'idk_index' (is this an IDK data set?)")
     return meta
 
 
@@ -96,14 +93,16 @@ def item_table(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     probs = option_probs(scored)
     widths = [len(s) for s in scored["option_scores"]]
     rows = []
-    for i, (item_id, cluster, p, correct, conf, meta_raw) in enumerate(zip(
-        scored["item_id"],
-        scored["cluster_id"],
-        scored["pred"],
-        scored["correct"],
-        scored["confidence"],
-        scored["meta"],
-    )):
+    for i, (item_id, cluster, p, correct, conf, meta_raw) in enumerate(
+        zip(
+            scored["item_id"],
+            scored["cluster_id"],
+            scored["pred"],
+            scored["correct"],
+            scored["confidence"],
+            scored["meta"],
+        )
+    ):
         meta = _idk_meta(meta_raw, item_id)
         idk = meta["idk_index"]
         unknowable = not bool(meta["answerable"])
@@ -158,9 +157,7 @@ def _stat_columns(items: pd.DataFrame, thresholds) -> tuple[np.ndarray, list[str
     }
     for t in thresholds:
         cols[f"unk_conf_ge_{t}"] = unk & ~abst & conf_ok & (np.nan_to_num(conf) >= t)
-    unknowable_kinds = list(ALWAYS_REPORTED_KINDS) + sorted(
-        set(kinds[unk]) - set(ALWAYS_REPORTED_KINDS)
-    )
+    unknowable_kinds = list(ALWAYS_REPORTED_KINDS) + sorted(set(kinds[unk]) - set(ALWAYS_REPORTED_KINDS))
     for kind in unknowable_kinds:
         of_kind = unk & (kinds == kind)
         cols[f"n_kind_{kind}"] = of_kind

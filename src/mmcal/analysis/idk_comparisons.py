@@ -31,8 +31,14 @@ def _rate(items: pd.DataFrame, unknowable: bool, column: str, idx=None) -> float
     return float(sub[column].mean()) if len(sub) else float("nan")
 
 
-def idk_paired(records: pd.DataFrame, comparisons: list[dict], B: int = 1000, seed: int = 0,
-               level: float = 0.95, split: str | None = "test") -> pd.DataFrame:
+def idk_paired(
+    records: pd.DataFrame,
+    comparisons: list[dict],
+    B: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    split: str | None = "test",
+) -> pd.DataFrame:
     """One row per (comparison, IDK rate): B − A with a cluster-bootstrap CI, p-value, Holm."""
     records = select(records, split=split)
     out = []
@@ -50,12 +56,19 @@ def idk_paired(records: pd.DataFrame, comparisons: list[dict], B: int = 1000, se
             value_a, value_b = _rate(a, unknowable, column), _rate(b, unknowable, column)
             diffs = np.array([_rate(b, unknowable, column, i) - _rate(a, unknowable, column, i) for i in draws])
             lo, hi = percentile_interval(diffs, level)  # over the finite replicates
-            out.append({
-                "comparison": comp["name"], "metric": name, "n_paired": len(paired),
-                "value_a": value_a, "value_b": value_b, "diff": value_b - value_a,
-                "diff_lo": lo, "diff_hi": hi,
-                "p_value": bootstrap_pvalue(diffs),
-            })
+            out.append(
+                {
+                    "comparison": comp["name"],
+                    "metric": name,
+                    "n_paired": len(paired),
+                    "value_a": value_a,
+                    "value_b": value_b,
+                    "diff": value_b - value_a,
+                    "diff_lo": lo,
+                    "diff_hi": hi,
+                    "p_value": bootstrap_pvalue(diffs),
+                }
+            )
     df = pd.DataFrame(out)
     if not df.empty:
         ok = df["p_value"].notna()

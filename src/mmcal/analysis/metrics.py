@@ -366,9 +366,7 @@ def _equal_mass_family(inputs: MetricInputs, w: np.ndarray) -> dict[str, np.ndar
     total = counts.sum(axis=1)
     ybar = _ratio(corr_sum, counts)
     # Var(ybar_b) estimate; undefined for a single row, which then gets no correction.
-    variance = np.where(
-        counts > 1, np.nan_to_num(ybar * (1 - ybar)) * counts / np.maximum(counts - 1, 1), 0.0
-    )
+    variance = np.where(counts > 1, np.nan_to_num(ybar * (1 - ybar)) * counts / np.maximum(counts - 1, 1), 0.0)
     plugin_sq = _ratio((np.nan_to_num(_ratio((conf_sum - corr_sum) ** 2, counts))).sum(axis=1), total)
     debiased_sq = plugin_sq - _ratio(variance.sum(axis=1), total)
     return {

@@ -288,9 +288,7 @@ def paired_difference(
         idx_list = cluster_bootstrap_indices(cluster_ids, B, seed)
         diffs = np.array([stat(_take(data_b, i)) - stat(_take(data_a, i)) for i in idx_list], dtype=float)
         return _paired_summary(value_a, value_b, diffs, level, margin)
-    return paired_metric_differences(data_a, data_b, cluster_ids, [stat], B, seed, level, {stat: margin})[
-        stat
-    ]
+    return paired_metric_differences(data_a, data_b, cluster_ids, [stat], B, seed, level, {stat: margin})[stat]
 
 
 def paired_metric_differences(
@@ -310,13 +308,8 @@ def paired_metric_differences(
     margins = margins or {}
     if inputs_a.n == 0:
         return {k: _paired_summary(np.nan, np.nan, np.zeros(0), level, margins.get(k)) for k in metrics}
-    (point_a, reps_a), (point_b, reps_b) = _point_and_replicates(
-        [inputs_a, inputs_b], cluster_ids, B, seed, metrics
-    )
-    return {
-        k: _paired_summary(point_a[k], point_b[k], reps_b[k] - reps_a[k], level, margins.get(k))
-        for k in metrics
-    }
+    (point_a, reps_a), (point_b, reps_b) = _point_and_replicates([inputs_a, inputs_b], cluster_ids, B, seed, metrics)
+    return {k: _paired_summary(point_a[k], point_b[k], reps_b[k] - reps_a[k], level, margins.get(k)) for k in metrics}
 
 
 def _paired_summary(value_a, value_b, diffs, level, margin) -> dict:

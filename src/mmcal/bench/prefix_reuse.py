@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmcal.promptopt.job import answer_prefix_for
+from mmcal.bench.common import parser, setup, timed
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
-from mmcal.bench.common import parser, setup, timed
+from mmcal.promptopt.job import answer_prefix_for
 
-WORDS = ["The answer might be", "The answer must be", "The correct option is", "I think it is",
-         "Most likely it is", "The right choice is", "My answer is", "It should be",
-         "The best option is", "Probably", "Certainly it is", "The option is", "I would say",
-         "Surely the answer is", "The likely answer is", "One would choose", "Clearly it is",
-         "The answer is", "Perhaps it is", "The image shows option"]
+WORDS = [
+    "The answer might be",
+    "The answer must be",
+    "The correct option is",
+    "I think it is",
+    "Most likely it is",
+    "The right choice is",
+    "My answer is",
+    "It should be",
+    "The best option is",
+    "Probably",
+    "Certainly it is",
+    "The option is",
+    "I would say",
+    "Surely the answer is",
+    "The likely answer is",
+    "One would choose",
+    "Clearly it is",
+    "The answer is",
+    "Perhaps it is",
+    "The image shows option",
+]
 
 
 def main(argv=None):
@@ -31,9 +48,16 @@ def main(argv=None):
     shared.score_answer_prefixes(items[:2], Scenario(), prefixes[:2])  # warm-up
 
     def from_scratch():
-        return {pre: Engine(lm, PromptVariant(answer_prefix=pre), readouts=["letter_restricted"],
-                            batch_size=args.batch_size, image_root=root).score(items, Scenario())
-                for pre in prefixes}
+        return {
+            pre: Engine(
+                lm,
+                PromptVariant(answer_prefix=pre),
+                readouts=["letter_restricted"],
+                batch_size=args.batch_size,
+                image_root=root,
+            ).score(items, Scenario())
+            for pre in prefixes
+        }
 
     reused, t_shared = timed(lambda: shared.score_answer_prefixes(items, Scenario(), prefixes))
     scratch, t_scratch = timed(from_scratch)

@@ -22,8 +22,8 @@ def build_random_tiny_llava(lm_source: str | Path, out_dir: str | Path, seed: in
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
-    from mmcal.tinyllava.model import assemble_tiny_llava, save_tiny_llava
     from mmcal.tinyllava.config import VISION_DEFAULTS
+    from mmcal.tinyllava.model import assemble_tiny_llava, save_tiny_llava
     from mmcal.tinyllava.vision import make_image_processor, vision_config
 
     torch.manual_seed(seed)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from mmcal.bench.common import parser, setup, timed
 from mmcal.engine.chat import render_prompt
 from mmcal.engine.prompts import PromptVariant, build_messages
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine, load_image
-from mmcal.bench.common import parser, setup, timed
 
 LETTER_SET = {"A", "B", "C", "D", "E"}
 
@@ -29,8 +29,9 @@ LETTER_SET = {"A", "B", "C", "D", "E"}
 def _inputs(lm, item, root, prompt):
     text = render_prompt(lm.processor, build_messages(item, prompt, with_image=True), multimodal=True)
     image = load_image(root / item.image)
-    enc = lm.processor(text=[text + prompt.answer_prefix], images=[image], return_tensors="pt",
-                       add_special_tokens=False).to(lm.device)
+    enc = lm.processor(
+        text=[text + prompt.answer_prefix], images=[image], return_tensors="pt", add_special_tokens=False
+    ).to(lm.device)
     enc["pixel_values"] = enc["pixel_values"].to(lm.model.dtype)
     return enc
 
@@ -62,7 +63,7 @@ def generate_method(lm, items, root, prompt, max_new_tokens=20):
         for item in items:
             enc = _inputs(lm, item, root, prompt)
             out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-            text = lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            text = lm.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             m = re.search(r"[A-E]", text)
             preds.append(m.group(0) if m else "N")
     return preds
@@ -82,17 +83,22 @@ def _profile(fn, path):
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--max-steps", type=int, default=20,
-                   help="decoding steps of (b) and (c); the paper's 20. The trained stage-2 model "
-                        "emits its letter at step 1, so 1 is the reference's best case (used for "
-                        "random-weight timing models, which would never emit a letter)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=20,
+        help="decoding steps of (b) and (c); the paper's 20. The trained stage-2 model "
+        "emits its letter at step 1, so 1 is the reference's best case (used for "
+        "random-weight timing models, which would never emit a letter)",
+    )
     p.add_argument("--profile", help="also write a cProfile summary of one engine pass to this file")
     args = p.parse_args(argv)
     lm, items, root = setup(args)
     prompt = PromptVariant()
     engine = Engine(lm, prompt, batch_size=args.batch_size, image_root=root)
-    engine_letters = Engine(lm, prompt, readouts=["letter_restricted", "letter_full_vocab"],
-                            batch_size=args.batch_size, image_root=root)
+    engine_letters = Engine(
+        lm, prompt, readouts=["letter_restricted", "letter_full_vocab"], batch_size=args.batch_size, image_root=root
+    )
     engine.score(items[:2], Scenario())  # warm-up (allocator, tokenizer caches)
     rows_a, t_a = timed(lambda: engine.score(items, Scenario()))
     rows_l, t_l = timed(lambda: engine_letters.score(items, Scenario()))
@@ -105,14 +111,18 @@ def main(argv=None):
     agree = sum("ABCDE"[r["pred"]] == p for r, (p, _) in zip(ours, ref)) / n
     found = sum(p != "N" for p, _ in ref) / n
     where = torch.cuda.get_device_name() if lm.device.startswith("cuda") else f"CPU, {args.threads} threads"
-    print(f"model {lm.name} ({lm.model_type}, {lm.model.dtype}), {n} items, {where}, "
-          f"engine batch {args.batch_size}, decoding steps <= {args.max_steps}")
+    print(
+        f"model {lm.name} ({lm.model_type}, {lm.model.dtype}), {n} items, {where}, "
+        f"engine batch {args.batch_size}, decoding steps <= {args.max_steps}"
+    )
     print(f"(a)  engine, all 3 readouts        {n / t_a:8.2f} items/s")
     print(f"(a') engine, letter readouts only  {n / t_l:8.2f} items/s")
     print(f"(b)  reference greedy, no KV cache {n / t_b:8.2f} items/s   (letter found for {found:.0%})")
     print(f"(c)  model.generate + parsing      {n / t_c:8.2f} items/s")
-    print(f"ratio (a)/(b) = {t_b / t_a:6.1f}x   (a')/(b) = {t_b / t_l:6.1f}x   "
-          f"(a)/(c) = {t_c / t_a:6.1f}x   (a')/(c) = {t_c / t_l:6.1f}x")
+    print(
+        f"ratio (a)/(b) = {t_b / t_a:6.1f}x   (a')/(b) = {t_b / t_l:6.1f}x   "
+        f"(a)/(c) = {t_c / t_a:6.1f}x   (a')/(c) = {t_c / t_l:6.1f}x"
+    )
     print(f"prediction agreement engine vs reference: {agree:.0%}")
 
 

@@ -13,13 +13,13 @@ from mmcal.calibration.records_adapter import apply_to_records, default_readout_
 from mmcal.calibration.scaling import TemperatureScaling, VectorScaling
 from mmcal.calibration.splits import ClusterSplit, calib_test_split, repeated_splits, summarise_splits
 from mmcal.calibration.top_label import (
-                                               HistogramBinning,
-                                               IsotonicCalibration,
-                                               PlattScaling,
-                                               TopLabelRecalibrator,
-                                               pool_adjacent_violators,
-                                               spread_confidence,
-                                               top_label,
+    HistogramBinning,
+    IsotonicCalibration,
+    PlattScaling,
+    TopLabelRecalibrator,
+    pool_adjacent_violators,
+    spread_confidence,
+    top_label,
 )
 
 __all__ = [

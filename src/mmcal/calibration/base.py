@@ -87,14 +87,10 @@ def _n_answers(n_columns: int, readout_mode: str) -> int:
 def _check_gold(z: np.ndarray, gold, readout_mode: str) -> np.ndarray:
     y = np.asarray(gold)
     if y.shape != (len(z),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"gold must be an integer array of shape ({len(z)},), got {y.dtype} {y.shape}"
-        )
+        raise ValueError(f"gold must be an integer array of shape ({len(z)},), got {y.dtype} {y.shape}")
     n_answers = _n_answers(z.shape[1], readout_mode)
     if len(y) and (y.min() < 0 or y.max() >= n_answers):
-        raise ValueError(
-            f"gold must index an answer option 0..{n_answers - 1} (drop unknown gold = -1)"
-        )
+        raise ValueError(f"gold must index an answer option 0..{n_answers - 1} (drop unknown gold = -1)")
     if len(y) and not np.isfinite(z[np.arange(len(y)), y]).all():
         raise ValueError("some gold options are padding (-inf score)")
     return y.astype(np.int64)
@@ -203,9 +199,7 @@ class Recalibrator(ABC):
             raise ValueError(f"unknown recalibrator format version {d.get('format_version')!r}")
         klass = _REGISTRY.get(d["method"])
         if klass is None:
-            raise ValueError(
-                f"unknown recalibration method {d['method']!r}; known: {sorted(_REGISTRY)}"
-            )
+            raise ValueError(f"unknown recalibration method {d['method']!r}; known: {sorted(_REGISTRY)}")
         if cls is not Recalibrator and not issubclass(klass, cls):
             raise ValueError(f"{cls.__name__}.from_dict got a {d['method']!r} recalibrator")
         obj = klass(readout_mode=d["readout_mode"], **d["config"])

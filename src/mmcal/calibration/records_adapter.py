@@ -71,11 +71,7 @@ def labelled_rows(records: pd.DataFrame, readout: str, split=None) -> pd.DataFra
 
 def check_single_group(rows: pd.DataFrame) -> None:
     """Refuse rows of several runs (models, data sets, scenarios or prompts)."""
-    mixed = {
-        c: sorted(map(str, rows[c].unique()))
-        for c in RUN_KEYS
-        if c in rows and rows[c].nunique() > 1
-    }
+    mixed = {c: sorted(map(str, rows[c].unique())) for c in RUN_KEYS if c in rows and rows[c].nunique() > 1}
     if mixed:
         raise DataError(
             f"records mix several {', '.join(mixed)} values ({mixed}); recalibrate each "
@@ -113,9 +109,7 @@ def fit_on_records(
     """
     rows = labelled_rows(records_df, readout, split)
     if rows.empty:
-        raise DataError(
-            f"no scorable records with readout {readout!r} and split {split!r} to fit on"
-        )
+        raise DataError(f"no scorable records with readout {readout!r} and split {split!r} to fit on")
     if not allow_mixed:
         check_single_group(rows)
     mode = readout_mode or default_readout_mode(readout)
@@ -131,9 +125,7 @@ def _entropy(p: np.ndarray) -> float:
     return float(-np.sum(nz * np.log(nz)))
 
 
-def apply_to_records(
-    records_df: pd.DataFrame, recal: Recalibrator, readout: str | None = None
-) -> pd.DataFrame:
+def apply_to_records(records_df: pd.DataFrame, recal: Recalibrator, readout: str | None = None) -> pd.DataFrame:
     """A copy of the records with recalibrated columns on the 'ok' rows of ``readout``.
 
     ``readout`` defaults to the one the recalibrator was fitted on. Updated: ``confidence``,
@@ -146,9 +138,7 @@ def apply_to_records(
     """
     readout = readout or (recal.fitted_on or {}).get("readout")
     if readout is None:
-        raise ValueError(
-            "say which readout to recalibrate (the recalibrator carries no fitted_on readout)"
-        )
+        raise ValueError("say which readout to recalibrate (the recalibrator carries no fitted_on readout)")
     out = records_df.copy()
     by_position = out.reset_index(drop=True)  # index = row position, whatever the input's index
     target = select(by_position, status="ok", readout=readout).index.to_numpy()
@@ -160,8 +150,7 @@ def apply_to_records(
     z, gold = records_to_scores(rows, recal.readout_mode)
     result = recal.transform(z)
     n_options = [
-        len(np.asarray(v))
-        for v in rows["option_logits" if recal.readout_mode == "restricted" else "option_scores"]
+        len(np.asarray(v)) for v in rows["option_logits" if recal.readout_mode == "restricted" else "option_scores"]
     ]
 
     with np.errstate(divide="ignore"):

@@ -205,9 +205,7 @@ class VectorScaling(Recalibrator):
 
     def _transform(self, z):
         if z.shape[1] != len(self.scale):
-            raise ValueError(
-                f"vector scaling was fitted on {len(self.scale)} columns, got {z.shape[1]}"
-            )
+            raise ValueError(f"vector scaling was fitted on {len(self.scale)} columns, got {z.shape[1]}")
         x, valid = self._features(z)
         log_probs = self._scaled_log_probs(x, valid, self.scale, self.bias)
         probs = np.exp(log_probs)

@@ -40,9 +40,7 @@ def _cluster_rank_key(cluster_id: str, seed: int) -> tuple[int, str]:
     return int.from_bytes(digest, "big"), cluster_id
 
 
-def calib_test_split(
-    records_or_cluster_ids, frac_calib: float = 0.5, seed: int = 0
-) -> ClusterSplit:
+def calib_test_split(records_or_cluster_ids, frac_calib: float = 0.5, seed: int = 0) -> ClusterSplit:
     """Split rows into calib / test so that every cluster lies entirely on one side.
 
     Clusters are ordered by a keyed hash of (seed, cluster_id) and the first
@@ -60,9 +58,7 @@ def calib_test_split(
     )
     ids = pd.Series(list(ids), dtype=object)
     if ids.isna().any():
-        raise DataError(
-            "some rows have no cluster_id; cluster-level splitting needs one on every row"
-        )
+        raise DataError("some rows have no cluster_id; cluster-level splitting needs one on every row")
     ids = ids.astype(str)
     clusters = sorted(ids.unique(), key=lambda c: _cluster_rank_key(c, seed))
     if len(clusters) < 2:
@@ -135,9 +131,7 @@ def repeated_splits(
     return pd.DataFrame(out)
 
 
-def summarise_splits(
-    per_seed: pd.DataFrame, metrics: Sequence[str] | None = None, level: float = 0.95
-) -> pd.DataFrame:
+def summarise_splits(per_seed: pd.DataFrame, metrics: Sequence[str] | None = None, level: float = 0.95) -> pd.DataFrame:
     """Mean, standard deviation and Student-t interval over seeds, per stage and metric.
 
     CI = mean +- t_{(1+level)/2, K-1} * sd / sqrt(K); with one seed the interval is NaN.
@@ -148,11 +142,7 @@ def summarise_splits(
     metrics = (
         list(metrics)
         if metrics is not None
-        else [
-            c
-            for c in per_seed.columns
-            if c not in skip and pd.api.types.is_numeric_dtype(per_seed[c])
-        ]
+        else [c for c in per_seed.columns if c not in skip and pd.api.types.is_numeric_dtype(per_seed[c])]
     )
     rows = []
     for stage, group in per_seed.groupby("stage", sort=False):
@@ -160,11 +150,7 @@ def summarise_splits(
             v = group[m].to_numpy(dtype=np.float64)
             k, mean = len(v), float(np.mean(v))
             sd = float(np.std(v, ddof=1)) if k > 1 else float("nan")
-            half = (
-                float(student_t.ppf((1 + level) / 2, k - 1) * sd / np.sqrt(k))
-                if k > 1
-                else float("nan")
-            )
+            half = float(student_t.ppf((1 + level) / 2, k - 1) * sd / np.sqrt(k)) if k > 1 else float("nan")
             rows.append(
                 {
                     "stage": stage,

@@ -102,8 +102,9 @@ def _blocks(chunks, size: int):
         yield np.concatenate(pending)
 
 
-def recalibrate_group(rows: pd.DataFrame, readout: str, methods, B: int, seed: int, level: float,
-                      p_bootstrap: int = P_BOOTSTRAP):
+def recalibrate_group(
+    rows: pd.DataFrame, readout: str, methods, B: int, seed: int, level: float, p_bootstrap: int = P_BOOTSTRAP
+):
     """One (model, dataset, scenario, prompt) × readout: returns (table rows, params, test frames)."""
     calib, test = labelled_rows(rows, readout, "calib"), labelled_rows(rows, readout, "test")
     if calib.empty or test.empty:
@@ -125,13 +126,27 @@ def recalibrate_group(rows: pd.DataFrame, readout: str, methods, B: int, seed: i
         paired = paired_metric_differences(before, after, clusters, PAIRED_METRICS, B=B, seed=gseed, level=level)
         diff_cols = {}
         for metric, res in paired.items():
-            diff_cols.update({f"diff_{metric}": res["diff"], f"diff_{metric}_lo": res["lo"],
-                              f"diff_{metric}_hi": res["hi"], f"p_{metric}": res["p_value"]})
+            diff_cols.update(
+                {
+                    f"diff_{metric}": res["diff"],
+                    f"diff_{metric}_lo": res["lo"],
+                    f"diff_{metric}_hi": res["hi"],
+                    f"p_{metric}": res["p_value"],
+                }
+            )
         unchanged = bool(np.array_equal(after_df["pred"].to_numpy(), test["pred"].to_numpy()))
         fitted = recal.to_dict()
         params[method] = fitted
-        out_rows.append({**base, "recalibrator": method, "params": json.dumps(short_params(fitted)),
-                         **stats_after, **diff_cols, "accuracy_unchanged": unchanged})
+        out_rows.append(
+            {
+                **base,
+                "recalibrator": method,
+                "params": json.dumps(short_params(fitted)),
+                **stats_after,
+                **diff_cols,
+                "accuracy_unchanged": unchanged,
+            }
+        )
         frames[method] = after_df.assign(recalibrator=method)
     tests = paired_pvalues(before, afters, clusters, TESTED_METRIC, p_bootstrap, gseed) if afters else {}
     for row in out_rows[1:]:
@@ -139,8 +154,9 @@ def recalibrate_group(rows: pd.DataFrame, readout: str, methods, B: int, seed: i
     return out_rows, params, frames
 
 
-def recalibration_study(records: pd.DataFrame, readouts, methods, B=1000, seed=0, level=0.95,
-                        p_bootstrap: int = P_BOOTSTRAP):
+def recalibration_study(
+    records: pd.DataFrame, readouts, methods, B=1000, seed=0, level=0.95, p_bootstrap: int = P_BOOTSTRAP
+):
     """Every group × readout that has calib and test rows. Returns (table, params, recalibrated).
 
     ``B``: bootstrap replicates of the intervals; ``p_bootstrap``: of the Holm-corrected ECE test
@@ -169,8 +185,11 @@ def recalibration_study(records: pd.DataFrame, readouts, methods, B=1000, seed=0
         df.loc[mask, "p_holm_floor"] = np.minimum(1.0, int(mask.sum()) * df.loc[mask, f"{tested}_floor"])
         floor = df["p_holm_floor"].max()
         if floor >= 1 - level:
-            log.warning("Holm-corrected p-values cannot go below %.3g, not below alpha = %.3g: "
-                        "raise p_bootstrap", floor, 1 - level)
+            log.warning(
+                "Holm-corrected p-values cannot go below %.3g, not below alpha = %.3g: raise p_bootstrap",
+                floor,
+                1 - level,
+            )
         log.info("recalibration table: %d rows, %d tests, Holm floor %.3g", len(df), int(mask.sum()), floor)
     recalibrated = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return df, params, recalibrated

@@ -38,9 +38,7 @@ def top_label(logits, readout_mode: str = "restricted"):
     return probs, pred, probs[rows, pred], lp[rows, pred] - log_rest
 
 
-def spread_confidence(
-    probs: np.ndarray, pred: np.ndarray, confidence: np.ndarray, valid: np.ndarray
-):
+def spread_confidence(probs: np.ndarray, pred: np.ndarray, confidence: np.ndarray, valid: np.ndarray):
     """Distribution with ``confidence`` on ``pred`` and the rest proportional to the input.
 
     q_pred = c', q_j = p_j (1 - c') / sum_{l != pred} p_l for j != pred. When the input rest mass is
@@ -194,9 +192,7 @@ class HistogramBinning(TopLabelRecalibrator):
         self.edges = edges[edges > s[0]]
         bins = np.searchsorted(self.edges, conf, side="right")
         counts = np.bincount(bins, minlength=len(self.edges) + 1)
-        self.values = (
-            np.bincount(bins, weights=correct.astype(np.float64), minlength=len(counts)) / counts
-        )
+        self.values = np.bincount(bins, weights=correct.astype(np.float64), minlength=len(counts)) / counts
         self.fit_stats.update(bin_counts=[int(c) for c in counts])
 
     def _map(self, conf, log_odds):

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmcal.data.fashion_mnist import CLASSES
 from mmcal.errors import ConfigError, DataError, MmcalError
 from mmcal.items import MCItem
-from mmcal.data.fashion_mnist import CLASSES
 
 MODES = ("consistent", "conflicting", "only")
 ENTRY_KEYS = (
@@ -222,9 +222,7 @@ def render_description(class_index: int, rng: np.random.Generator) -> str:
     return template.format(look=look, fact=fact)
 
 
-def describe_item(
-    item: MCItem, rng: np.random.Generator, error_rate: float, mode: str
-) -> tuple[str, bool, str]:
+def describe_item(item: MCItem, rng: np.random.Generator, error_rate: float, mode: str) -> tuple[str, bool, str]:
     """Describe one item with the template describer: (text, is_correct, described class name).
 
     ``consistent`` / ``only``: the true class, except with probability ``error_rate`` another class;
@@ -255,9 +253,7 @@ def _check_unique_ids(items: list[MCItem]) -> None:
     seen: set[str] = set()
     for it in items:
         if it.item_id in seen:
-            raise DataError(
-                f"item id {it.item_id!r} occurs twice: descriptions are keyed by item id"
-            )
+            raise DataError(f"item id {it.item_id!r} occurs twice: descriptions are keyed by item id")
         seen.add(it.item_id)
 
 
@@ -382,11 +378,7 @@ def read_descriptions(path: str | Path) -> dict[str, dict]:
 
 def classify_caption(caption: str, candidates: list[int]) -> int | None:
     """The one candidate class the caption names by keyword, or None (none or several named)."""
-    named = [
-        c
-        for c in candidates
-        if re.search(rf"\b(?:{CLASS_KEYWORDS[c]})\b", caption, re.IGNORECASE) is not None
-    ]
+    named = [c for c in candidates if re.search(rf"\b(?:{CLASS_KEYWORDS[c]})\b", caption, re.IGNORECASE) is not None]
     return named[0] if len(named) == 1 else None
 
 
@@ -436,13 +428,9 @@ class CaptionDescriber:
         self._model = model.to(self.device).eval()
 
     def _prompt_text(self) -> str:
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}
-        ]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
         if getattr(self._processor, "chat_template", None):
-            return self._processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
+            return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         token = getattr(self._processor, "image_token", "<image>")
         return f"{token}\n{self.prompt}"
 
@@ -462,9 +450,7 @@ class CaptionDescriber:
         inputs = self._processor(images=image, text=self._prompt_text(), return_tensors="pt")
         inputs = inputs.to(self.device)
         with torch.inference_mode():
-            out = self._model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
-            )
+            out = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return self._processor.decode(new_tokens, skip_special_tokens=True).strip()
 
@@ -475,9 +461,7 @@ def _image_path(item: MCItem, image_root: str | Path | None) -> Path | None:
     return Path(image_root) / item.image if image_root is not None else Path(item.image)
 
 
-def _caption_descriptions(
-    items: list[MCItem], cfg: dict, seed: int, image_root: str | Path | None
-) -> dict[str, dict]:
+def _caption_descriptions(items: list[MCItem], cfg: dict, seed: int, image_root: str | Path | None) -> dict[str, dict]:
     # error_rate is accepted and ignored: the schema fills it in, a captioner's rate is measured.
     unknown = set(cfg) - {"model", "prompt", "device", "max_new_tokens", "error_rate"}
     if unknown or "model" not in cfg:
@@ -506,9 +490,7 @@ def _caption_descriptions(
         label = _label(it)
         rng = _item_rng(seed, it.item_id)
         text = caption_of(it)
-        options = [int(c) for c in it.metadata.get("option_classes", [])] or list(
-            range(len(CLASSES))
-        )
+        options = [int(c) for c in it.metadata.get("option_classes", [])] or list(range(len(CLASSES)))
         judged = classify_caption(text, options)
         wrong = _wrong_class(it, label, rng)
         donors = [d for d in by_label.get(wrong, []) if d.item_id != it.item_id]

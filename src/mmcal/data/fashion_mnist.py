@@ -178,6 +178,12 @@ def build_fashion_mnist_items(
 def build_fashion_mnist(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
     """Config adapter: ``root`` (default ``fmnist_root``), ``n_options``, ``splits``; options from the known classes."""
     return build_fashion_mnist_items(
-        cfg.get("root", context.fmnist_root), out_dir / "images", "images", cfg.get("splits") or {},
-        n_options=int(cfg.get("n_options", 4)), classes=context.classes["known"], seed=context.seed, dataset=name,
+        cfg.get("root", context.fmnist_root),
+        out_dir / "images",
+        "images",
+        cfg.get("splits") or {},
+        n_options=int(cfg.get("n_options", 4)),
+        classes=context.classes["known"],
+        seed=context.seed,
+        dataset=name,
     )

@@ -51,11 +51,27 @@ def load_source(hub: dict):
         raise DataError(f"cannot load data set {hub.get('path')!r} ({hub.get('name')}): {exc}") from None
 
 
-def rows_to_items(rows, name: str, columns: dict, splits: dict, image_dir: Path, image_rel: str,
-                  text_only: bool = False, seed: int = 0) -> tuple[list[MCItem], dict]:
+def rows_to_items(
+    rows,
+    name: str,
+    columns: dict,
+    splits: dict,
+    image_dir: Path,
+    image_rel: str,
+    text_only: bool = False,
+    seed: int = 0,
+) -> tuple[list[MCItem], dict]:
     """Convert source rows to items; a seeded permutation assigns rows to calib/test."""
-    col = {"question": "question", "options": "options", "answer": "answer", "image": "image",
-           "hint": None, "id": None, "cluster": None, **(columns or {})}
+    col = {
+        "question": "question",
+        "options": "options",
+        "answer": "answer",
+        "image": "image",
+        "hint": None,
+        "id": None,
+        "cluster": None,
+        **(columns or {}),
+    }
     want = [(s, int(n)) for s, n in splits.items() if int(n) > 0]
     order = np.random.default_rng(seed).permutation(len(rows))
     items, excluded = [], {}
@@ -94,11 +110,19 @@ def rows_to_items(rows, name: str, columns: dict, splits: dict, image_dir: Path,
         if col["hint"] and row.get(col["hint"]):
             question = f"Context: {row[col['hint']]}\n{question}"
         split = want[split_idx][0]
-        items.append(MCItem(
-            item_id=item_id, cluster_id=str(row[col["cluster"]]) if col["cluster"] else item_id,
-            question=question, options=[str(o) for o in options], gold=gold, split=split,
-            source=f"{name}#{int(i)}", image=rel, metadata={"row": int(i)},
-        ))
+        items.append(
+            MCItem(
+                item_id=item_id,
+                cluster_id=str(row[col["cluster"]]) if col["cluster"] else item_id,
+                question=question,
+                options=[str(o) for o in options],
+                gold=gold,
+                split=split,
+                source=f"{name}#{int(i)}",
+                image=rel,
+                metadata={"row": int(i)},
+            )
+        )
         taken += 1
         if taken >= want[split_idx][1]:
             split_idx, taken = split_idx + 1, 0
@@ -108,8 +132,16 @@ def rows_to_items(rows, name: str, columns: dict, splits: dict, image_dir: Path,
 
 def build_hub_mcq_items(name: str, cfg: dict, out_dir: Path, seed: int = 0):
     rows = load_source(require(cfg, "hub", name))
-    return rows_to_items(rows, name, cfg.get("columns") or {}, cfg.get("splits") or {"test": len(rows)},
-                         Path(out_dir) / "images", "images", bool(cfg.get("text_only")), seed)
+    return rows_to_items(
+        rows,
+        name,
+        cfg.get("columns") or {},
+        cfg.get("splits") or {"test": len(rows)},
+        Path(out_dir) / "images",
+        "images",
+        bool(cfg.get("text_only")),
+        seed,
+    )
 
 
 @register("hub_mcq")

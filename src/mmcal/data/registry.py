@@ -54,8 +54,9 @@ def register(builder_name: str) -> Callable[[Builder], Builder]:
 
     def add(fn: Builder) -> Builder:
         if builder_name in _BUILDERS and _BUILDERS[builder_name] is not fn:
-            raise ValueError(f"builder {builder_name!r} registered twice ({_BUILDERS[builder_name].__module__}, "
-                             f"{fn.__module__})")
+            raise ValueError(
+                f"builder {builder_name!r} registered twice ({_BUILDERS[builder_name].__module__}, {fn.__module__})"
+            )
         _BUILDERS[builder_name] = fn
         return fn
 

@@ -112,8 +112,10 @@ def _text(value, where: str) -> str:
 def _key(value, where: str) -> str:
     """A value or object key: one word, as it is written inside a concept's space-separated facts."""
     if not isinstance(value, str) or not re.fullmatch(r"\w+", value):
-        raise DataError(f"{where}: key {value!r} must be one word of letters, digits or '_' (quote it if YAML reads "
-                        "it as a number or a boolean)")
+        raise DataError(
+            f"{where}: key {value!r} must be one word of letters, digits or '_' (quote it if YAML reads "
+            "it as a number or a boolean)"
+        )
     return value
 
 
@@ -223,9 +225,7 @@ def _forward_facts(attribute: Attribute) -> list[Fact]:
         wrong = tuple(
             c.key
             for c in FACTS
-            if c.knows(attribute.name)
-            and value not in c.mentioned(attribute.name)
-            and not _named_in(c, question)
+            if c.knows(attribute.name) and value not in c.mentioned(attribute.name) and not _named_in(c, question)
         )
         for c in FACTS:
             if value in c.usual(attribute.name):
@@ -285,9 +285,7 @@ def _make_item(fact: Fact, split: str, gold_pos: int, n_options: int, dataset: s
     keys = [fact.distractor_pool[i] for i in chosen]
     keys.insert(gold_pos, fact.gold)
     concept = CONCEPTS[fact.concept]
-    item_id = f"{dataset}-{fact.concept}-{fact.attribute}" + (
-        f"-{fact.value}" if fact.template == FORWARD else ""
-    )
+    item_id = f"{dataset}-{fact.concept}-{fact.attribute}" + (f"-{fact.value}" if fact.template == FORWARD else "")
     return MCItem(
         item_id=item_id,
         cluster_id=f"{dataset}-{fact.concept}",
@@ -336,9 +334,7 @@ def build_text_mcq_items(
     return items
 
 
-def _holds(
-    template: str, attribute: str, key: str, concept_key: str, value: str
-) -> tuple[bool, bool]:
+def _holds(template: str, attribute: str, key: str, concept_key: str, value: str) -> tuple[bool, bool]:
     """(is usually true, is at least sometimes true) for the option ``key`` of a question."""
     if template == FORWARD:
         c = CONCEPTS[key]
@@ -418,6 +414,9 @@ def build_text_mcq(name: str, cfg: dict, out_dir: Path, context: BuildContext) -
     """Config adapter: ``splits`` (calib / test counts) and ``n_options``."""
     splits = cfg.get("splits") or {}
     return build_text_mcq_items(
-        n_calib=int(splits.get("calib", 0)), n_test=int(splits.get("test", 0)),
-        n_options=int(cfg.get("n_options", 4)), seed=context.seed, dataset=name,
+        n_calib=int(splits.get("calib", 0)),
+        n_test=int(splits.get("test", 0)),
+        n_options=int(cfg.get("n_options", 4)),
+        seed=context.seed,
+        dataset=name,
     )

@@ -55,6 +55,9 @@ def build_engine(
         revision=model_entry.get("revision"),
     )
     return Engine(
-        lm, prompt, readouts=readouts, batch_size=int(model_entry.get("batch_size", batch_size)),
+        lm,
+        prompt,
+        readouts=readouts,
+        batch_size=int(model_entry.get("batch_size", batch_size)),
         image_root=image_root,
     )

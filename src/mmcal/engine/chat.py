@@ -28,6 +28,4 @@ def render_prompt(processor_or_tokenizer, messages: list[dict], multimodal: bool
     """Text of the chat up to the opened assistant turn, via the model's own chat template."""
     if not multimodal:
         messages = flatten_for_text_model(messages)
-    return processor_or_tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False
-    )
+    return processor_or_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -34,9 +34,7 @@ class Encoded:
     status: str = "ok"
 
     def bucket_key(self) -> tuple:
-        return (len(self.prefix_ids),) + tuple(
-            (k, tuple(v.shape)) for k, v in sorted(self.extra.items())
-        )
+        return (len(self.prefix_ids),) + tuple((k, tuple(v.shape)) for k, v in sorted(self.extra.items()))
 
 
 @dataclass
@@ -137,9 +135,7 @@ class Forward:
 
         order = sorted(range(len(rows)), key=lambda i: rows[i].enc_index)
         rows_sorted = [rows[i] for i in order]
-        ids = torch.tensor(
-            [encs[r.enc_index].prefix_ids + r.ids for r in rows_sorted], device=self.lm.device
-        )
+        ids = torch.tensor([encs[r.enc_index].prefix_ids + r.ids for r in rows_sorted], device=self.lm.device)
         keep = len(rows_sorted[0].ids) + 1  # logits from the prefix's last token onwards
         out = self.lm.model(
             input_ids=ids,
@@ -162,8 +158,13 @@ class Forward:
         import torch
 
         ids = torch.tensor([e.prefix_ids for e in encs], device=self.lm.device)
-        out = self.lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                            logits_to_keep=1, **self._extra_for(encs))
+        out = self.lm.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            use_cache=True,
+            logits_to_keep=1,
+            **self._extra_for(encs),
+        )
         return out, ids.shape[1]
 
     def _run_cached(self, encs, rows) -> list[RowOut]:
@@ -192,8 +193,9 @@ class Forward:
             cids = torch.tensor([r.ids for r in group], device=dev)
             mask = torch.ones((len(group), L + width), dtype=torch.long, device=dev)
             scored = any(r.span_from < width for r in group)
-            cout = self.lm.model(input_ids=cids, attention_mask=mask, cache=cache,
-                                 **({} if scored else {"logits_to_keep": 1}))
+            cout = self.lm.model(
+                input_ids=cids, attention_mask=mask, cache=cache, **({} if scored else {"logits_to_keep": 1})
+            )
             last = cout.logits[:, -1].float().cpu()
             totals, counts = [0.0] * len(group), [0] * len(group)
             if scored:
@@ -240,8 +242,11 @@ class Forward:
         import torch
 
         tol = 1e-3 if self.lm.model.dtype == torch.float32 else 0.25  # bf16 rounding vs a wrong mask
-        worst = max(float((torch.log_softmax(x, -1) - torch.log_softmax(y, -1)).abs().max())
-                    for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+        worst = max(
+            float((torch.log_softmax(x, -1) - torch.log_softmax(y, -1)).abs().max())
+            for xs, ys in zip(a, b)
+            for x, y in zip(xs, ys)
+        )
         if worst > tol:
             log.warning("packed candidates differ from separate passes by %.3g; not used", worst)
         return worst <= tol

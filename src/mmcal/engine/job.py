@@ -51,8 +51,9 @@ def shard_dir_for(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + ".shards")
 
 
-def finished_shards(shard_dir: Path, fingerprint: str | None = None,
-                    prompt_hash: str | None = None) -> tuple[list[Path], set[str]]:
+def finished_shards(
+    shard_dir: Path, fingerprint: str | None = None, prompt_hash: str | None = None
+) -> tuple[list[Path], set[str]]:
     """Shards a restarted job can reuse; stale ones (other model or prompt) are deleted."""
     shards = sorted(shard_dir.glob("shard-*.parquet")) if shard_dir.exists() else []
     done: set[str] = set()
@@ -99,7 +100,10 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
     todo = [it for it in items if it.item_id not in done]
     log.info(
         "items: %d selected, %d already scored in %d shards, %d to score",
-        len(items), len(items) - len(todo), len(shards), len(todo),
+        len(items),
+        len(items) - len(todo),
+        len(shards),
+        len(todo),
     )
     engine = None
     if todo:
@@ -112,7 +116,12 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
             "prompt_hash": engine.prompt.prompt_hash(),
             "model_fingerprint": engine.lm.fingerprint,
         }
-        bar = tqdm(total=len(todo), unit="item", desc=f"{spec.model}/{spec.dataset}/{spec.scenario}/{spec.prompt}", mininterval=5)
+        bar = tqdm(
+            total=len(todo),
+            unit="item",
+            desc=f"{spec.model}/{spec.dataset}/{spec.scenario}/{spec.prompt}",
+            mininterval=5,
+        )
         next_index = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=-1)
         for start in range(0, len(todo), spec.shard_size):
             chunk = todo[start : start + spec.shard_size]
@@ -168,27 +177,57 @@ def score_to_records(
     ``model_path`` is the folder the DAG built for the model (default: the entry's ``path``).
     """
     spec = JobSpec(
-        model=model_name, dataset=dataset, scenario=scenario.name, prompt=prompt.name,
-        items_path=str(items_path), out_path=str(out_path), splits=tuple(splits),
+        model=model_name,
+        dataset=dataset,
+        scenario=scenario.name,
+        prompt=prompt.name,
+        items_path=str(items_path),
+        out_path=str(out_path),
+        splits=tuple(splits),
         descriptions_path=str(descriptions_path) if descriptions_path else None,
-        shard_size=int(shard_size), limit_per_split=limit_per_split,
+        shard_size=int(shard_size),
+        limit_per_split=limit_per_split,
         fingerprint=engine_fingerprint(model_name, model_entry, model_path),
         prompt_hash=prompt.prompt_hash(),
     )
 
     def make_engine():
         return scoring_engine(
-            model_name, model_entry, prompt, readouts=readouts, device=device, dtype=dtype,
-            batch_size=batch_size, items_path=items_path, model_path=model_path,
+            model_name,
+            model_entry,
+            prompt,
+            readouts=readouts,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            items_path=items_path,
+            model_path=model_path,
         )
 
     return run_job(spec, make_engine, scenario, progress)
 
 
-def scoring_engine(model_name: str, model_entry: dict, prompt: PromptVariant, *, readouts: list[str], device: str,
-                   dtype: str, batch_size: int, items_path: str | Path, model_path: str | Path | None = None):
+def scoring_engine(
+    model_name: str,
+    model_entry: dict,
+    prompt: PromptVariant,
+    *,
+    readouts: list[str],
+    device: str,
+    dtype: str,
+    batch_size: int,
+    items_path: str | Path,
+    model_path: str | Path | None = None,
+):
     """The engine a scoring job scores with; images are looked up relative to the items file's folder."""
     return build_engine(
-        model_name, model_entry, path=model_path, device=device, dtype=dtype, prompt=prompt,
-        readouts=readouts, batch_size=batch_size, image_root=Path(items_path).parent,
+        model_name,
+        model_entry,
+        path=model_path,
+        device=device,
+        dtype=dtype,
+        prompt=prompt,
+        readouts=readouts,
+        batch_size=batch_size,
+        image_root=Path(items_path).parent,
     )

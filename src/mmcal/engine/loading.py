@@ -126,9 +126,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         processor = tokenizer
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
-    if getattr(tokenizer, "chat_template", None) is None and getattr(
-        processor, "chat_template", None
-    ) is None:
+    if getattr(tokenizer, "chat_template", None) is None and getattr(processor, "chat_template", None) is None:
         raise MmcalError(f"model {name!r}: {path} has no chat template")
     model.to(device)
     model.eval()
@@ -142,4 +140,3 @@ def load_model(
         fingerprint=model_fingerprint(path, revision),
         revision=revision,
     )
-

@@ -35,9 +35,7 @@ class PromptVariant:
     system: str | None = None
 
     def prompt_hash(self) -> str:
-        blob = json.dumps(
-            {k: v for k, v in asdict(self).items() if k != "name"}, sort_keys=True
-        ).encode()
+        blob = json.dumps({k: v for k, v in asdict(self).items() if k != "name"}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -67,9 +65,7 @@ def question_text(item: MCItem, prompt: PromptVariant, context: str | None = Non
     return "\n".join(lines)
 
 
-def build_messages(
-    item: MCItem, prompt: PromptVariant, with_image: bool, context: str | None = None
-) -> list[dict]:
+def build_messages(item: MCItem, prompt: PromptVariant, with_image: bool, context: str | None = None) -> list[dict]:
     """Chat messages in the content-parts form that multimodal processors' templates accept."""
     content: list[dict] = []
     if with_image:

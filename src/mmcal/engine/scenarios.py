@@ -33,8 +33,7 @@ def scenario_from_config(name: str, cfg: dict | None) -> Scenario:
         raise ConfigError(f"scenario {name!r}: unknown keys {sorted(unknown)}")
     if cfg.get("description") not in DESCRIPTION_MODES:
         raise ConfigError(
-            f"scenario {name!r}: description must be one of {DESCRIPTION_MODES}, "
-            f"not {cfg.get('description')!r}"
+            f"scenario {name!r}: description must be one of {DESCRIPTION_MODES}, not {cfg.get('description')!r}"
         )
     return Scenario(name=name, **cfg)
 

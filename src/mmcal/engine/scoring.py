@@ -141,9 +141,11 @@ class Engine:
         except Exception as exc:  # a processor rejecting one input must not kill the job
             enc.status = f"processor failed: {type(exc).__name__}: {exc}"
             return
-        self._set_encoding(enc, batch["input_ids"][0].tolist(), {
-            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "shape")
-        })
+        self._set_encoding(
+            enc,
+            batch["input_ids"][0].tolist(),
+            {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "shape")},
+        )
 
     def _set_encoding(self, enc: Encoded, ids: list[int], extra: dict) -> None:
         if len(ids) + 32 > self.max_prompt_tokens:
@@ -177,10 +179,16 @@ class Engine:
             except Exception:
                 split = None
             self._batch_encode_ok = bool(
-                split and alone.status == "ok" and split[0][0] == alone.prefix_ids
+                split
+                and alone.status == "ok"
+                and split[0][0] == alone.prefix_ids
                 and split[0][1].keys() == alone.extra.keys()
-                and all(split[0][1][k].shape == v.shape and split[0][1][k].dtype == v.dtype
-                        and bool((split[0][1][k] == v).all()) for k, v in alone.extra.items())
+                and all(
+                    split[0][1][k].shape == v.shape
+                    and split[0][1][k].dtype == v.dtype
+                    and bool((split[0][1][k] == v).all())
+                    for k, v in alone.extra.items()
+                )
             )
         return self._batch_encode_ok
 
@@ -211,7 +219,9 @@ class Engine:
         rows_by_pos: dict[int, list[dict]] = {}
         for e in encs:
             if e.status != "ok":
-                rows_by_pos[e.pos] = self._finish(e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), e.status))
+                rows_by_pos[e.pos] = self._finish(
+                    e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), e.status)
+                )
                 if progress:
                     progress(1)
         for batch in self._batches([e for e in encs if e.status == "ok"]):
@@ -222,7 +232,9 @@ class Engine:
                 log.exception("forward pass failed for %d items", len(batch))
                 for e in batch:
                     reason = f"forward failed: {type(exc).__name__}: {exc}"[:300]
-                    rows_by_pos[e.pos] = self._finish(e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), reason))
+                    rows_by_pos[e.pos] = self._finish(
+                        e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), reason)
+                    )
                 if progress:
                     progress(len(batch))
                 continue
@@ -271,7 +283,9 @@ class Engine:
         for e in encs:
             if e.status != "ok":
                 for p in prefixes:
-                    result[p] += self._finish(e, unscorable_rows(["letter_restricted"], e.item.gold, len(e.item.options), e.status))
+                    result[p] += self._finish(
+                        e, unscorable_rows(["letter_restricted"], e.item.gold, len(e.item.options), e.status)
+                    )
         for batch in self._batches([e for e in encs if e.status == "ok"]):
             lasts = self.forward.candidate_last_logits(batch, cand_ids)
             for j, e in enumerate(batch):

@@ -13,9 +13,9 @@ from mmcal.records import scorable
 
 
 @styled
-def plot_confidence_histograms(records: pd.DataFrame, out_stem: Path, *, bins: int = 20,
-                               density: bool = False, max_cols: int = 4,
-                               dpi: int = 200) -> list[Path]:
+def plot_confidence_histograms(
+    records: pd.DataFrame, out_stem: Path, *, bins: int = 20, density: bool = False, max_cols: int = 4, dpi: int = 200
+) -> list[Path]:
     """Histogram of confidence for correct and incorrect predictions, one panel per group
     (the group columns that vary name the panels)."""
     rows = require(scorable(records), "the confidence histograms")

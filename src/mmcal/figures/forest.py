@@ -22,8 +22,9 @@ def _significant(df: pd.DataFrame, alpha: float) -> np.ndarray:
 
 
 @styled
-def plot_forest(comparisons: pd.DataFrame, out_stem: Path, *, metrics=None, alpha: float = 0.05,
-                dpi: int = 200) -> list[Path]:
+def plot_forest(
+    comparisons: pd.DataFrame, out_stem: Path, *, metrics=None, alpha: float = 0.05, dpi: int = 200
+) -> list[Path]:
     """One panel per metric (scales differ), one row per comparison: diff = B - A with its CI,
     a zero line, filled markers where the Holm-corrected p-value is below ``alpha``."""
     require(comparisons, "the forest plot")
@@ -34,9 +35,15 @@ def plot_forest(comparisons: pd.DataFrame, out_stem: Path, *, metrics=None, alph
     if not metrics:
         raise ValueError("nothing to plot: none of the requested metrics is in the comparisons")
     order = list(dict.fromkeys(comparisons["comparison"]))
-    fig, axes = panel_grid(len(metrics), max_cols=len(metrics), panel_width=1.4,
-                           panel_height=0.3 + 0.22 * len(order), sharex=False, sharey=True,
-                           legend_room=0.25)
+    fig, axes = panel_grid(
+        len(metrics),
+        max_cols=len(metrics),
+        panel_width=1.4,
+        panel_height=0.3 + 0.22 * len(order),
+        sharex=False,
+        sharey=True,
+        legend_room=0.25,
+    )
     y_of = {name: len(order) - 1 - i for i, name in enumerate(order)}
     for ax, metric in zip(axes, metrics):
         rows = comparisons[comparisons["metric"] == metric]
@@ -46,10 +53,17 @@ def plot_forest(comparisons: pd.DataFrame, out_stem: Path, *, metrics=None, alph
         sig = _significant(rows, alpha)
         ax.axvline(0, color=NEUTRAL_COLOR, lw=0.7, ls="--", zorder=1)
         ax.hlines(y, lo, hi, color=CORRECT_COLOR, lw=1.0, zorder=2)
-        ax.plot(diff[sig], y[sig], "o", color=CORRECT_COLOR, ms=4, zorder=3,
-                label=f"Holm p < {alpha:g}")
-        ax.plot(diff[~sig], y[~sig], "o", color=CORRECT_COLOR, markerfacecolor="white", ms=4,
-                zorder=3, label="not significant")
+        ax.plot(diff[sig], y[sig], "o", color=CORRECT_COLOR, ms=4, zorder=3, label=f"Holm p < {alpha:g}")
+        ax.plot(
+            diff[~sig],
+            y[~sig],
+            "o",
+            color=CORRECT_COLOR,
+            markerfacecolor="white",
+            ms=4,
+            zorder=3,
+            label="not significant",
+        )
         ax.set_title(metric_label(metric))
         ax.margins(x=0.15)
         ax.locator_params(axis="x", nbins=4)

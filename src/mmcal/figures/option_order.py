@@ -33,10 +33,19 @@ def position_bias(records: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) ->
     for (model, gold), part in rows.groupby(["model", "gold"], sort=True):
         acc = cluster_mean_ci(part["correct"].astype(float), part["cluster_id"], n_boot, seed)
         conf = cluster_mean_ci(part["confidence"], part["cluster_id"], n_boot, seed)
-        out.append({"model": model, "gold": int(gold), "n": len(part),
-                    "accuracy": acc[0], "accuracy_lo": acc[1], "accuracy_hi": acc[2],
-                    "mean_confidence": conf[0], "mean_confidence_lo": conf[1],
-                    "mean_confidence_hi": conf[2]})
+        out.append(
+            {
+                "model": model,
+                "gold": int(gold),
+                "n": len(part),
+                "accuracy": acc[0],
+                "accuracy_lo": acc[1],
+                "accuracy_hi": acc[2],
+                "mean_confidence": conf[0],
+                "mean_confidence_lo": conf[1],
+                "mean_confidence_hi": conf[2],
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -61,12 +70,17 @@ def permutation_average(records: pd.DataFrame) -> pd.DataFrame:
             aligned.append(np.roll(p, -k))  # shifted option (i + k) mod n is original option i
             original_gold = (int(gold) - k) % len(p)
         mean_p = np.mean(aligned, axis=0)
-        out.append({**dict(zip(keys, key)), "cluster_id": part["cluster_id"].iloc[0],
-                    "n_rotations": len(part),
-                    "mean_confidence": part["confidence"].mean(),
-                    "mean_accuracy": part["correct"].astype(float).mean(),
-                    "averaged_confidence": float(mean_p.max()),
-                    "averaged_correct": bool(int(np.argmax(mean_p)) == original_gold)})
+        out.append(
+            {
+                **dict(zip(keys, key)),
+                "cluster_id": part["cluster_id"].iloc[0],
+                "n_rotations": len(part),
+                "mean_confidence": part["confidence"].mean(),
+                "mean_accuracy": part["correct"].astype(float).mean(),
+                "averaged_confidence": float(mean_p.max()),
+                "averaged_correct": bool(int(np.argmax(mean_p)) == original_gold),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -96,9 +110,17 @@ def _errorbar(ax, x, stats, **kw):
 
 
 @styled
-def plot_position_bias(records: pd.DataFrame, out_stem: Path, *, scenarios=None,
-                       baseline: str = "image", readout: str | None = "letter_restricted",
-                       n_boot: int = 200, seed: int = 0, dpi: int = 200) -> list[Path]:
+def plot_position_bias(
+    records: pd.DataFrame,
+    out_stem: Path,
+    *,
+    scenarios=None,
+    baseline: str = "image",
+    readout: str | None = "letter_restricted",
+    n_boot: int = 200,
+    seed: int = 0,
+    dpi: int = 200,
+) -> list[Path]:
     """Three panels: accuracy and mean confidence by gold letter (pooled over rotations), and
     per rotation vs the permutation-averaged prediction."""
     rows = select(records, readout=readout)
@@ -108,17 +130,18 @@ def plot_position_bias(records: pd.DataFrame, out_stem: Path, *, scenarios=None,
     averaged = permutation_average(rows)
     models = sorted(rows["model"].unique())
     offsets = np.zeros(1) if len(models) == 1 else np.linspace(-0.15, 0.15, len(models))
-    fig, axes = panel_grid(3, max_cols=3, panel_width=2.25, panel_height=1.9, sharex=False,
-                           sharey=True, legend_room=0.2)
+    fig, axes = panel_grid(
+        3, max_cols=3, panel_width=2.25, panel_height=1.9, sharex=False, sharey=True, legend_room=0.2
+    )
     n_letters = int(bias["gold"].max()) + 1
     for model, dx in zip(models, offsets):
         color = model_color(model)
         part = bias[bias["model"] == model]
         x = part["gold"].to_numpy(float) + dx
-        _errorbar(axes[0], x, part[["accuracy", "accuracy_lo", "accuracy_hi"]], fmt="o", color=color,
-                  label=model)
-        _errorbar(axes[1], x, part[["mean_confidence", "mean_confidence_lo", "mean_confidence_hi"]],
-                  fmt="o", color=color)
+        _errorbar(axes[0], x, part[["accuracy", "accuracy_lo", "accuracy_hi"]], fmt="o", color=color, label=model)
+        _errorbar(
+            axes[1], x, part[["mean_confidence", "mean_confidence_lo", "mean_confidence_hi"]], fmt="o", color=color
+        )
         labels, acc, conf = _per_rotation(rows, averaged, model, scenarios, n_boot, seed)
         x = np.arange(len(labels)) + dx
         _errorbar(axes[2], x - 0.08, acc, fmt="o", color=color)

@@ -30,8 +30,9 @@ def _as_frames(trajectories) -> dict[str, pd.DataFrame]:
 
 
 @styled
-def plot_prompt_trajectory(trajectories, out_stem: Path, *, best: dict | None = None,
-                           seed: int = 0, dpi: int = 200) -> list[Path]:
+def plot_prompt_trajectory(
+    trajectories, out_stem: Path, *, best: dict | None = None, seed: int = 0, dpi: int = 200
+) -> list[Path]:
     """ECE (top) and accuracy (bottom) of every candidate per round (small points; survivors
     outlined) and of each round's best (line). ``trajectories``: one trajectory frame, or a dict
     model -> frame; ``best``: the best-prompt JSON (or a dict model -> JSON), whose test-split
@@ -40,8 +41,9 @@ def plot_prompt_trajectory(trajectories, out_stem: Path, *, best: dict | None = 
     if best is not None and "test" in best:
         best = {m: best for m in frames}
     rng = np.random.default_rng(seed)
-    fig, axes = panel_grid(2, max_cols=1, panel_width=3.3, panel_height=1.35, sharex=True,
-                           sharey=False, legend_room=0.15)
+    fig, axes = panel_grid(
+        2, max_cols=1, panel_width=3.3, panel_height=1.35, sharex=True, sharey=False, legend_room=0.15
+    )
     last_round = max(int(df["round"].max()) for df in frames.values())
     for model, df in frames.items():
         color = model_color(model) if model else model_color("prompt search")
@@ -51,16 +53,34 @@ def plot_prompt_trajectory(trajectories, out_stem: Path, *, best: dict | None = 
         for ax, metric in zip(axes, ("ece_10", "accuracy")):
             y = df[metric].to_numpy(float)
             ax.plot(x[~survived], y[~survived], ".", ms=3, color=NEUTRAL_COLOR, alpha=0.5, zorder=2)
-            ax.plot(x[survived], y[survived], "o", ms=3, color=color, markerfacecolor="none",
-                    markeredgewidth=0.7, zorder=3)
-            ax.plot(top["round"], top[metric], "-o", ms=3, color=color, lw=1.1, zorder=4,
-                    label=f"{model} best (calib)".strip() if metric == "ece_10" else None)
+            ax.plot(
+                x[survived], y[survived], "o", ms=3, color=color, markerfacecolor="none", markeredgewidth=0.7, zorder=3
+            )
+            ax.plot(
+                top["round"],
+                top[metric],
+                "-o",
+                ms=3,
+                color=color,
+                lw=1.1,
+                zorder=4,
+                label=f"{model} best (calib)".strip() if metric == "ece_10" else None,
+            )
             test = (best or {}).get(model, {}).get("test", {})
             if metric in test:
                 lo, hi = test.get(f"{metric}_lo", test[metric]), test.get(f"{metric}_hi", test[metric])
-                ax.errorbar([last_round + 0.6], [test[metric]], yerr=[[test[metric] - lo], [hi - test[metric]]],
-                            fmt="*", ms=6, color=color, capsize=1.5, lw=0.8, zorder=5,
-                            label=f"{model} best (test)".strip() if metric == "ece_10" else None)
+                ax.errorbar(
+                    [last_round + 0.6],
+                    [test[metric]],
+                    yerr=[[test[metric] - lo], [hi - test[metric]]],
+                    fmt="*",
+                    ms=6,
+                    color=color,
+                    capsize=1.5,
+                    lw=0.8,
+                    zorder=5,
+                    label=f"{model} best (test)".strip() if metric == "ece_10" else None,
+                )
     axes[0].plot([], [], ".", color=NEUTRAL_COLOR, label="candidate")
     axes[0].plot([], [], "o", color=NEUTRAL_COLOR, markerfacecolor="none", label="survivor")
     axes[0].set_ylabel(metric_label("ece_10"))

@@ -9,8 +9,7 @@ import pandas as pd
 
 from mmcal.figures.frames import ci_errors, require
 from mmcal.figures.reliability import plot_reliability_panels
-from mmcal.figures.style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
-                    styled)
+from mmcal.figures.style import NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure, styled
 from mmcal.records import GROUP_KEYS, select
 
 
@@ -21,9 +20,17 @@ def _recalibrated_rows(after: pd.DataFrame) -> pd.DataFrame:
     return after
 
 
-def plot_recalibration_reliability(before: pd.DataFrame, after: pd.DataFrame, out_stem: Path, *,
-                                   label: str | None = None, bins: int = 10, n_boot: int = 200,
-                                   seed: int = 0, dpi: int = 200) -> list[Path]:
+def plot_recalibration_reliability(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    out_stem: Path,
+    *,
+    label: str | None = None,
+    bins: int = 10,
+    n_boot: int = 200,
+    seed: int = 0,
+    dpi: int = 200,
+) -> list[Path]:
     """Reliability of the same items before and after recalibration, side by side.
 
     ``after`` is a recalibrated copy of the records (``mmcal.calibration.apply_to_records``);
@@ -32,14 +39,23 @@ def plot_recalibration_reliability(before: pd.DataFrame, after: pd.DataFrame, ou
     """
     after = require(_recalibrated_rows(after), "recalibrated records")
     keys = [c for c in (*GROUP_KEYS, "split", "item_id") if c in before.columns and c in after.columns]
-    before = require(before.merge(after[keys].drop_duplicates(), on=keys, how="inner"),
-                     "records before recalibration matching the recalibrated ones")
+    before = require(
+        before.merge(after[keys].drop_duplicates(), on=keys, how="inner"),
+        "records before recalibration matching the recalibrated ones",
+    )
     if label is None:
         label = str(after["recalibrator"].iloc[0]) if "recalibrator" in after.columns else "recalibrated"
     color = model_color(after["model"].iloc[0]) if "model" in after.columns else None
     colors = [NEUTRAL_COLOR, color or PALETTE[0]]
-    return plot_reliability_panels([("Before", before), (f"After: {label}", after)], out_stem,
-                                   bins=bins, n_boot=n_boot, seed=seed, colors=colors, dpi=dpi)
+    return plot_reliability_panels(
+        [("Before", before), (f"After: {label}", after)],
+        out_stem,
+        bins=bins,
+        n_boot=n_boot,
+        seed=seed,
+        colors=colors,
+        dpi=dpi,
+    )
 
 
 def _recalibrator_order(names) -> list[str]:
@@ -48,13 +64,21 @@ def _recalibrator_order(names) -> list[str]:
 
 
 @styled
-def plot_recalibration_metric(recal: pd.DataFrame, out_stem: Path, *, metric: str = "ece_10",
-                              readout: str | None = None, dataset: str | None = None,
-                              scenario: str | None = None, prompt: str | None = None,
-                              dpi: int = 200) -> list[Path]:
+def plot_recalibration_metric(
+    recal: pd.DataFrame,
+    out_stem: Path,
+    *,
+    metric: str = "ece_10",
+    readout: str | None = None,
+    dataset: str | None = None,
+    scenario: str | None = None,
+    prompt: str | None = None,
+    dpi: int = 200,
+) -> list[Path]:
     """Bars of ``metric`` (with CIs) per recalibrator ('none' = before), grouped by model."""
-    rows = require(select(recal, readout=readout, dataset=dataset, scenario=scenario, prompt=prompt),
-                   "the recalibration bar chart")
+    rows = require(
+        select(recal, readout=readout, dataset=dataset, scenario=scenario, prompt=prompt), "the recalibration bar chart"
+    )
     if metric not in rows.columns:
         raise ValueError(f"the recalibration table has no column {metric!r}")
     # One bar per model x recalibrator: the remaining grouping columns go into the model label.
@@ -63,8 +87,9 @@ def plot_recalibration_metric(recal: pd.DataFrame, out_stem: Path, *, metric: st
     labels = sorted(rows["_label"].unique())
     methods = _recalibrator_order(rows["recalibrator"])
     width = 0.8 / len(labels)
-    fig, axes = panel_grid(1, panel_width=max(2.2, 0.45 * len(methods) * len(labels)),
-                           panel_height=2.1, legend_room=0.15)
+    fig, axes = panel_grid(
+        1, panel_width=max(2.2, 0.45 * len(methods) * len(labels)), panel_height=2.1, legend_room=0.15
+    )
     ax = axes[0]
     for j, label in enumerate(labels):
         part = rows[rows["_label"] == label].set_index("recalibrator").reindex(methods)

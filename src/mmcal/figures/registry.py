@@ -76,8 +76,13 @@ def figure_plan(config: dict, runs: list[dict]) -> dict[str, Figure]:
     out: dict[str, Figure] = {}
     for kind, fk in KINDS.items():
         for name, (inputs, own) in fk.plan(config, runs).items():
-            spec = {"kind": kind, "dpi": int(config["figures"]["dpi"]), "model_order": list(config["models"]),
-                    **{key: SHARED[key](config) for key in fk.shared}, **copy.deepcopy(own)}
+            spec = {
+                "kind": kind,
+                "dpi": int(config["figures"]["dpi"]),
+                "model_order": list(config["models"]),
+                **{key: SHARED[key](config) for key in fk.shared},
+                **copy.deepcopy(own),
+            }
             out[name] = Figure(name, inputs, spec)
     return out
 
@@ -91,6 +96,7 @@ def render_figure(inputs: Inputs, spec: dict, out_stem: Path) -> list[Path]:
 # ---- planning helpers -----------------------------------------------------------------------
 def _runs_where(runs: list[dict], **where) -> list[dict]:
     """Runs matching every ``key=value`` (a list means "any of"; None means "any")."""
+
     def ok(run, key, value):
         return value is None or (run[key] in value if isinstance(value, (list, tuple)) else run[key] == value)
 
@@ -137,9 +143,11 @@ def _render_reliability(inputs, spec, out_stem):
 
 
 def _caption_reliability(spec):
-    return (f"Reliability of {spec['model']} ({_describe({**spec, 'model': None})}; {spec['split']} split), "
-            f"one panel per readout: accuracy against mean confidence in {spec['bins']} equal-width "
-            "confidence bins with a 95 % cluster-bootstrap band (top) and the items per bin (bottom).")
+    return (
+        f"Reliability of {spec['model']} ({_describe({**spec, 'model': None})}; {spec['split']} split), "
+        f"one panel per readout: accuracy against mean confidence in {spec['bins']} equal-width "
+        "confidence bins with a 95 % cluster-bootstrap band (top) and the items per bin (bottom)."
+    )
 
 
 # ---- the main group: confidence histograms and risk-coverage curves -----------------------------
@@ -160,13 +168,17 @@ def _render_main(plot):
 
 
 def _caption_histograms(spec):
-    return (f"Confidence of correct and incorrect answers on the main group ({spec['readout']} readout, "
-            f"{spec['split']} split), one panel per model.")
+    return (
+        f"Confidence of correct and incorrect answers on the main group ({spec['readout']} readout, "
+        f"{spec['split']} split), one panel per model."
+    )
 
 
 def _caption_risk_coverage(spec):
-    return (f"Risk-coverage curves on the main group ({spec['readout']} readout, {spec['split']} split): the "
-            "error rate among the items answered when only the most confident are kept; AURC in the legend.")
+    return (
+        f"Risk-coverage curves on the main group ({spec['readout']} readout, {spec['split']} split): the "
+        "error rate among the items answered when only the most confident are kept; AURC in the legend."
+    )
 
 
 # ---- paired comparisons ------------------------------------------------------------------------
@@ -179,8 +191,10 @@ def _render_forest(inputs, spec, out_stem):
 
 
 def _caption_forest(spec):
-    return ("Paired comparisons (B minus A on the same items) with 95 % cluster-bootstrap intervals, one "
-            "panel per metric; filled markers: Holm-adjusted p below 0.05.")
+    return (
+        "Paired comparisons (B minus A on the same items) with 95 % cluster-bootstrap intervals, one "
+        "panel per metric; filled markers: Holm-adjusted p below 0.05."
+    )
 
 
 # ---- visual fine-tuning: before and after, per readout -------------------------------------------
@@ -188,8 +202,10 @@ def _plan_visual_finetuning(config, runs):
     vf = _part(config, "visual_finetuning")
     if not vf:
         return {}
-    pair = [_runs_where(runs, model=vf[side], dataset=vf["dataset"], scenario=vf["scenario"], prompt=vf["prompt"])
-            for side in ("before", "after")]
+    pair = [
+        _runs_where(runs, model=vf[side], dataset=vf["dataset"], scenario=vf["scenario"], prompt=vf["prompt"])
+        for side in ("before", "after")
+    ]
     if not all(pair):
         return {}
     return {"visual_finetuning": ({"before": _paths(pair[0]), "after": _paths(pair[1])}, {"part": vf})}
@@ -201,17 +217,21 @@ def _render_visual_finetuning(inputs, spec, out_stem):
     after = _test_records(inputs["after"], spec["split"])
     panels = []
     for readout in vf["readouts"]:
-        panels += [(f"{vf['before']}\n{readout}", before[before.readout == readout]),
-                   (f"{vf['after']}\n{readout}", after[after.readout == readout])]
+        panels += [
+            (f"{vf['before']}\n{readout}", before[before.readout == readout]),
+            (f"{vf['after']}\n{readout}", after[after.readout == readout]),
+        ]
     return F.plot_reliability_panels(panels, out_stem, bins=spec["bins"], seed=spec["seed"], dpi=spec["dpi"])
 
 
 def _caption_visual_finetuning(spec):
     vf = spec["part"]
-    return (f"Reliability of {vf['before']} (feature alignment only) and {vf['after']} (after visual "
-            f"instruction tuning) on the same items ({_describe({**vf, 'model': None})}; {spec['split']} split), "
-            f"for the readouts {', '.join(vf['readouts'])}; {spec['bins']} equal-width bins, 95 % "
-            "cluster-bootstrap bands.")
+    return (
+        f"Reliability of {vf['before']} (feature alignment only) and {vf['after']} (after visual "
+        f"instruction tuning) on the same items ({_describe({**vf, 'model': None})}; {spec['split']} split), "
+        f"for the readouts {', '.join(vf['readouts'])}; {spec['bins']} equal-width bins, 95 % "
+        "cluster-bootstrap bands."
+    )
 
 
 # ---- base LLM vs MLLM ------------------------------------------------------------------------
@@ -230,9 +250,11 @@ def _render_base_vs_mllm(inputs, spec, out_stem):
 
 def _caption_base_vs_mllm(spec):
     bm = spec["part"]
-    return (f"Reliability of the base LLM and the MLLMs built on it on the same text-only questions "
-            f"({_describe(bm)}; {bm['readout']} readout, {spec['split']} split), one panel per model; "
-            f"{spec['bins']} equal-width bins, 95 % cluster-bootstrap bands.")
+    return (
+        f"Reliability of the base LLM and the MLLMs built on it on the same text-only questions "
+        f"({_describe(bm)}; {bm['readout']} readout, {spec['split']} split), one panel per model; "
+        f"{spec['bins']} equal-width bins, 95 % cluster-bootstrap bands."
+    )
 
 
 # ---- text vs image: summary metrics per scenario and the entropy shift ---------------------------
@@ -251,14 +273,23 @@ def _plan_text_vs_image(config, runs):
 
 def _render_text_vs_image(inputs, spec, out_stem):
     tv = spec["part"]
-    return F.plot_text_vs_image(pd.read_csv(inputs["summary"][0]), out_stem, scenarios=tv["scenarios"],
-                                readout=tv["readout"], dataset=tv["dataset"], prompt=tv["prompt"], dpi=spec["dpi"])
+    return F.plot_text_vs_image(
+        pd.read_csv(inputs["summary"][0]),
+        out_stem,
+        scenarios=tv["scenarios"],
+        readout=tv["readout"],
+        dataset=tv["dataset"],
+        prompt=tv["prompt"],
+        dpi=spec["dpi"],
+    )
 
 
 def _caption_text_vs_image(spec):
     tv = spec["part"]
-    return (f"Accuracy, mean confidence and mean entropy per scenario ({', '.join(tv['scenarios'])}) and model "
-            f"on {tv['dataset']} ({tv['readout']} readout), with 95 % cluster-bootstrap intervals.")
+    return (
+        f"Accuracy, mean confidence and mean entropy per scenario ({', '.join(tv['scenarios'])}) and model "
+        f"on {tv['dataset']} ({tv['readout']} readout), with 95 % cluster-bootstrap intervals."
+    )
 
 
 def _plan_entropy_shift(config, runs):
@@ -269,15 +300,18 @@ def _plan_entropy_shift(config, runs):
 def _render_entropy_shift(inputs, spec, out_stem):
     tv = spec["part"]
     rec = _test_records(inputs["records"], spec["split"])
-    return F.plot_entropy_shift(rec, out_stem, baseline=tv["scenarios"][0], readout=tv["readout"],
-                                seed=spec["seed"], dpi=spec["dpi"])
+    return F.plot_entropy_shift(
+        rec, out_stem, baseline=tv["scenarios"][0], readout=tv["readout"], seed=spec["seed"], dpi=spec["dpi"]
+    )
 
 
 def _caption_entropy_shift(spec):
     tv = spec["part"]
-    return (f"Change of each item's answer entropy against the {tv['scenarios'][0]} scenario, per model and "
-            f"scenario ({tv['readout']} readout, {spec['split']} split): items as points, the mean with its "
-            "95 % cluster-bootstrap interval; below zero the model became surer.")
+    return (
+        f"Change of each item's answer entropy against the {tv['scenarios'][0]} scenario, per model and "
+        f"scenario ({tv['readout']} readout, {spec['split']} split): items as points, the mean with its "
+        "95 % cluster-bootstrap interval; below zero the model became surer."
+    )
 
 
 # ---- option order ------------------------------------------------------------------------
@@ -292,16 +326,25 @@ def _plan_option_order(config, runs):
 def _render_option_order(inputs, spec, out_stem):
     oo = spec["part"]
     rec = _test_records(inputs["records"], spec["split"])
-    return F.plot_position_bias(rec, out_stem, scenarios=oo["scenarios"], baseline=oo["scenarios"][0],
-                                readout=oo["readout"], seed=spec["seed"], dpi=spec["dpi"])
+    return F.plot_position_bias(
+        rec,
+        out_stem,
+        scenarios=oo["scenarios"],
+        baseline=oo["scenarios"][0],
+        readout=oo["readout"],
+        seed=spec["seed"],
+        dpi=spec["dpi"],
+    )
 
 
 def _caption_option_order(spec):
     oo = spec["part"]
-    return (f"Letter-position bias of {oo['model']} on {oo['dataset']} with the options rotated "
-            f"({', '.join(oo['scenarios'])}; {oo['readout']} readout, {spec['split']} split): accuracy and mean "
-            "confidence by the gold option's letter, and per rotation against the permutation-averaged "
-            "prediction, with 95 % cluster-bootstrap intervals.")
+    return (
+        f"Letter-position bias of {oo['model']} on {oo['dataset']} with the options rotated "
+        f"({', '.join(oo['scenarios'])}; {oo['readout']} readout, {spec['split']} split): accuracy and mean "
+        "confidence by the gold option's letter, and per rotation against the permutation-averaged "
+        "prediction, with 95 % cluster-bootstrap intervals."
+    )
 
 
 # ---- IDK -------------------------------------------------------------------------------
@@ -316,14 +359,17 @@ def _plan_idk_tradeoff(config, runs):
 
 
 def _render_idk_tradeoff(inputs, spec, out_stem):
-    return F.plot_idk_tradeoff(pd.read_csv(inputs["idk"][0]), out_stem, readout=spec["part"]["readout"],
-                               dpi=spec["dpi"])
+    return F.plot_idk_tradeoff(
+        pd.read_csv(inputs["idk"][0]), out_stem, readout=spec["part"]["readout"], dpi=spec["dpi"]
+    )
 
 
 def _caption_idk_tradeoff(spec):
-    return (f"IDK trade-off on {spec['part']['dataset']} ({spec['part']['readout']} readout): the rate of "
-            "admitting ignorance on unknowable items against the rate of wrongly choosing IDK on answerable "
-            "ones, per model (colour) and prompt (marker), with 95 % intervals; top left is best.")
+    return (
+        f"IDK trade-off on {spec['part']['dataset']} ({spec['part']['readout']} readout): the rate of "
+        "admitting ignorance on unknowable items against the rate of wrongly choosing IDK on answerable "
+        "ones, per model (colour) and prompt (marker), with 95 % intervals; top left is best."
+    )
 
 
 def _plan_idk_confidence(config, runs):
@@ -337,9 +383,11 @@ def _render_idk_confidence(inputs, spec, out_stem):
 
 
 def _caption_idk_confidence(spec):
-    return (f"Confidence on unknowable and answerable items of {spec['part']['dataset']} "
-            f"({spec['part']['readout']} readout, {spec['split']} split), one panel per model and prompt, "
-            "as shares of each item type.")
+    return (
+        f"Confidence on unknowable and answerable items of {spec['part']['dataset']} "
+        f"({spec['part']['readout']} readout, {spec['split']} split), one panel per model and prompt, "
+        "as shares of each item type."
+    )
 
 
 # ---- recalibration ------------------------------------------------------------------------
@@ -350,8 +398,11 @@ def _recalibration_part(config, runs):
 
 def _plan_recalibration_reliability(config, runs):
     rc = _recalibration_part(config, runs)
-    return {"recalibration_reliability": ({"recalibrated": ["data/calibration/recalibrated.parquet"]},
-                                          {"part": rc})} if rc else {}
+    return (
+        {"recalibration_reliability": ({"recalibrated": ["data/calibration/recalibrated.parquet"]}, {"part": rc})}
+        if rc
+        else {}
+    )
 
 
 def _render_recalibration_reliability(inputs, spec, out_stem):
@@ -359,15 +410,18 @@ def _render_recalibration_reliability(inputs, spec, out_stem):
     rows = select(pd.read_parquet(inputs["recalibrated"][0]), **{k: rc[k] for k in GROUP_KEYS})
     before = rows[rows["recalibrator"] == "none"]
     after = rows[rows["recalibrator"] == rc["method"]]
-    return F.plot_recalibration_reliability(before, after, out_stem, label=rc["method"], bins=spec["bins"],
-                                            seed=spec["seed"], dpi=spec["dpi"])
+    return F.plot_recalibration_reliability(
+        before, after, out_stem, label=rc["method"], bins=spec["bins"], seed=spec["seed"], dpi=spec["dpi"]
+    )
 
 
 def _caption_recalibration_reliability(spec):
     rc = spec["part"]
-    return (f"Reliability of {rc['model']} ({_describe({**rc, 'model': None})}; {rc['readout']} readout) on "
-            f"the test items before and after {rc['method']} recalibration fitted on the calibration split; "
-            f"{spec['bins']} equal-width bins, 95 % cluster-bootstrap bands.")
+    return (
+        f"Reliability of {rc['model']} ({_describe({**rc, 'model': None})}; {rc['readout']} readout) on "
+        f"the test items before and after {rc['method']} recalibration fitted on the calibration split; "
+        f"{spec['bins']} equal-width bins, 95 % cluster-bootstrap bands."
+    )
 
 
 def _plan_recalibration_ece(config, runs):
@@ -380,8 +434,10 @@ def _render_recalibration_ece(inputs, spec, out_stem):
 
 
 def _caption_recalibration_ece(spec):
-    return ("ECE (10 equal-width bins) on the test split per recalibrator (none: before recalibration), "
-            "grouped by model, with 95 % cluster-bootstrap intervals.")
+    return (
+        "ECE (10 equal-width bins) on the test split per recalibrator (none: before recalibration), "
+        "grouped by model, with 95 % cluster-bootstrap intervals."
+    )
 
 
 # ---- prompt search ------------------------------------------------------------------------
@@ -396,41 +452,70 @@ def _plan_promptopt(config, runs):
 
 def _render_promptopt(inputs, spec, out_stem):
     best = json.loads(Path(inputs["best"][0]).read_text())
-    return F.plot_prompt_trajectory(pd.read_csv(inputs["trajectory"][0]), out_stem, best=best, seed=spec["seed"],
-                                    dpi=spec["dpi"])
+    return F.plot_prompt_trajectory(
+        pd.read_csv(inputs["trajectory"][0]), out_stem, best=best, seed=spec["seed"], dpi=spec["dpi"]
+    )
 
 
 def _caption_promptopt(spec):
-    return (f"Prompt search for {spec['model']} on {spec['dataset']}: ECE (top) and accuracy (bottom) of every "
-            "candidate per round on the calibration items (survivors outlined) and of each round's best "
-            "(line); the final point is the best prompt on the test split with its 95 % interval.")
+    return (
+        f"Prompt search for {spec['model']} on {spec['dataset']}: ECE (top) and accuracy (bottom) of every "
+        "candidate per round on the calibration items (survivors outlined) and of each round's best "
+        "(line); the final point is the best prompt on the test split with its 95 % interval."
+    )
 
 
 KINDS: dict[str, FigureKind] = {
-    "reliability": FigureKind("main", _plan_reliability, _render_reliability, _caption_reliability,
-                              ("bins", "seed", "split", "readouts")),
-    "confidence_histograms": FigureKind("main", _plan_main_group("confidence_histograms"),
-                                        _render_main(F.plot_confidence_histograms), _caption_histograms, ("split",)),
-    "risk_coverage": FigureKind("main", _plan_main_group("risk_coverage"), _render_main(F.plot_risk_coverage),
-                                _caption_risk_coverage, ("split",)),
-    "visual_finetuning": FigureKind("visual_ft", _plan_visual_finetuning, _render_visual_finetuning,
-                                    _caption_visual_finetuning, ("bins", "seed", "split")),
-    "base_vs_mllm": FigureKind("base_vs_mllm", _plan_base_vs_mllm, _render_base_vs_mllm, _caption_base_vs_mllm,
-                               ("bins", "seed", "split")),
+    "reliability": FigureKind(
+        "main", _plan_reliability, _render_reliability, _caption_reliability, ("bins", "seed", "split", "readouts")
+    ),
+    "confidence_histograms": FigureKind(
+        "main",
+        _plan_main_group("confidence_histograms"),
+        _render_main(F.plot_confidence_histograms),
+        _caption_histograms,
+        ("split",),
+    ),
+    "risk_coverage": FigureKind(
+        "main",
+        _plan_main_group("risk_coverage"),
+        _render_main(F.plot_risk_coverage),
+        _caption_risk_coverage,
+        ("split",),
+    ),
+    "visual_finetuning": FigureKind(
+        "visual_ft",
+        _plan_visual_finetuning,
+        _render_visual_finetuning,
+        _caption_visual_finetuning,
+        ("bins", "seed", "split"),
+    ),
+    "base_vs_mllm": FigureKind(
+        "base_vs_mllm", _plan_base_vs_mllm, _render_base_vs_mllm, _caption_base_vs_mllm, ("bins", "seed", "split")
+    ),
     "text_vs_image": FigureKind("text_vs_image", _plan_text_vs_image, _render_text_vs_image, _caption_text_vs_image),
-    "entropy_shift": FigureKind("text_vs_image", _plan_entropy_shift, _render_entropy_shift, _caption_entropy_shift,
-                                ("seed", "split")),
-    "option_order": FigureKind("option_order", _plan_option_order, _render_option_order, _caption_option_order,
-                               ("seed", "split")),
+    "entropy_shift": FigureKind(
+        "text_vs_image", _plan_entropy_shift, _render_entropy_shift, _caption_entropy_shift, ("seed", "split")
+    ),
+    "option_order": FigureKind(
+        "option_order", _plan_option_order, _render_option_order, _caption_option_order, ("seed", "split")
+    ),
     "idk_tradeoff": FigureKind("idk", _plan_idk_tradeoff, _render_idk_tradeoff, _caption_idk_tradeoff),
-    "idk_confidence": FigureKind("idk", _plan_idk_confidence, _render_idk_confidence, _caption_idk_confidence,
-                                 ("split",)),
-    "recalibration_reliability": FigureKind("recalibration", _plan_recalibration_reliability,
-                                            _render_recalibration_reliability, _caption_recalibration_reliability,
-                                            ("bins", "seed")),
-    "recalibration_ece": FigureKind("recalibration", _plan_recalibration_ece, _render_recalibration_ece,
-                                    _caption_recalibration_ece),
+    "idk_confidence": FigureKind(
+        "idk", _plan_idk_confidence, _render_idk_confidence, _caption_idk_confidence, ("split",)
+    ),
+    "recalibration_reliability": FigureKind(
+        "recalibration",
+        _plan_recalibration_reliability,
+        _render_recalibration_reliability,
+        _caption_recalibration_reliability,
+        ("bins", "seed"),
+    ),
+    "recalibration_ece": FigureKind(
+        "recalibration", _plan_recalibration_ece, _render_recalibration_ece, _caption_recalibration_ece
+    ),
     "forest": FigureKind("recalibration", _plan_forest, _render_forest, _caption_forest),
-    "promptopt_trajectory": FigureKind("prompt_search", _plan_promptopt, _render_promptopt, _caption_promptopt,
-                                       ("seed",)),
+    "promptopt_trajectory": FigureKind(
+        "prompt_search", _plan_promptopt, _render_promptopt, _caption_promptopt, ("seed",)
+    ),
 }

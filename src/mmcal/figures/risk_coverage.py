@@ -32,20 +32,25 @@ def risk_coverage_curve(confidence, correct) -> pd.DataFrame:
 
 
 @styled
-def plot_risk_coverage(records: pd.DataFrame, out_stem: Path, *, width: float = ONE_COLUMN,
-                       dpi: int = 200) -> list[Path]:
+def plot_risk_coverage(
+    records: pd.DataFrame, out_stem: Path, *, width: float = ONE_COLUMN, dpi: int = 200
+) -> list[Path]:
     """Risk-coverage curves of every records group on one axis, AURC in the legend."""
     rows = require(scorable(records), "the risk-coverage curves")
     present = [c for c in GROUP_KEYS if c in rows.columns]
     label_cols = varying(rows, present) or present[:1]
-    groups = [(dict(zip(present, k if isinstance(k, tuple) else (k,))), g)
-              for k, g in rows.groupby(present, sort=True)]
+    groups = [(dict(zip(present, k if isinstance(k, tuple) else (k,))), g) for k, g in rows.groupby(present, sort=True)]
     styles = group_styles([keys for keys, _ in groups])
     fig, ax = plt.subplots(figsize=(width, 2.4), layout="constrained")
     for (keys, group), style in zip(groups, styles):
         curve = risk_coverage_curve(group["confidence"], group["correct"])
-        ax.plot(curve["coverage"], curve["risk"], lw=1.1, **style,
-                label=f"{group_label(keys, label_cols)} (AURC {curve.attrs['aurc']:.3f})")
+        ax.plot(
+            curve["coverage"],
+            curve["risk"],
+            lw=1.1,
+            **style,
+            label=f"{group_label(keys, label_cols)} (AURC {curve.attrs['aurc']:.3f})",
+        )
     ax.set(xlim=(0, 1), ylim=(0, None), xlabel="Coverage", ylabel="Selective risk (error rate)")
     # Below the axis: curves can run anywhere inside it.
     fig.legend(loc="outside lower center", ncol=1, fontsize=6.5, handlelength=2.0)

@@ -149,15 +149,30 @@ def save_figure(fig, out_stem, dpi: int = 200) -> list[Path]:
     return paths
 
 
-def panel_grid(n_panels: int, *, max_cols: int = 4, panel_width: float = 1.75,
-               panel_height: float = 1.6, sharex=True, sharey=True, legend_room: float = 0.0):
+def panel_grid(
+    n_panels: int,
+    *,
+    max_cols: int = 4,
+    panel_width: float = 1.75,
+    panel_height: float = 1.6,
+    sharex=True,
+    sharey=True,
+    legend_room: float = 0.0,
+):
     """A constrained-layout grid of ``n_panels`` small panels (wrapping after ``max_cols``);
     returns the figure and the used axes in reading order (unused cells are hidden)."""
     ncols = max(1, min(max_cols, n_panels))
     nrows = -(-n_panels // ncols)
     width = min(TWO_COLUMN, max(ONE_COLUMN, panel_width * ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_height * nrows + legend_room),
-                             sharex=sharex, sharey=sharey, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width, panel_height * nrows + legend_room),
+        sharex=sharex,
+        sharey=sharey,
+        squeeze=False,
+        layout="constrained",
+    )
     fig.get_layout_engine().set(wspace=0.06)  # keeps neighbouring tick labels ("1" | "0") apart
     flat = list(axes.ravel())
     for ax in flat[n_panels:]:
@@ -169,7 +184,7 @@ def scenario_label(scenario: str) -> str:
     if scenario in SCENARIO_LABELS:
         return SCENARIO_LABELS[scenario]
     if str(scenario).startswith("image-shift"):
-        return f"Shift {str(scenario)[len('image-shift'):]}"
+        return f"Shift {str(scenario)[len('image-shift') :]}"
     return str(scenario)
 
 

@@ -13,8 +13,16 @@ import numpy as np
 import pandas as pd
 
 from mmcal.figures.frames import ci_errors, cluster_mean_ci, require
-from mmcal.figures.style import (NEUTRAL_COLOR, PALETTE, metric_label, model_color, panel_grid, save_figure,
-                    scenario_label, styled)
+from mmcal.figures.style import (
+    NEUTRAL_COLOR,
+    PALETTE,
+    metric_label,
+    model_color,
+    panel_grid,
+    save_figure,
+    scenario_label,
+    styled,
+)
 from mmcal.records import GROUP_KEYS, scorable, select
 
 TEXT_IMAGE_SCENARIOS = ("image", "blind", "text-desc", "image-desc-consistent", "image-desc-conflicting")
@@ -27,10 +35,17 @@ def _dodge(n: int, width: float = 0.5) -> np.ndarray:
 
 
 @styled
-def plot_text_vs_image(summary: pd.DataFrame, out_stem: Path, *, scenarios=None,
-                       metrics=("accuracy", "mean_confidence", "mean_entropy"),
-                       readout: str | None = "letter_restricted", dataset: str | None = None,
-                       prompt: str | None = None, dpi: int = 200) -> list[Path]:
+def plot_text_vs_image(
+    summary: pd.DataFrame,
+    out_stem: Path,
+    *,
+    scenarios=None,
+    metrics=("accuracy", "mean_confidence", "mean_entropy"),
+    readout: str | None = "letter_restricted",
+    dataset: str | None = None,
+    prompt: str | None = None,
+    dpi: int = 200,
+) -> list[Path]:
     """Per scenario (rows) and model (colour): each metric with its CI, one panel per metric."""
     rows = select(summary, readout=readout, dataset=dataset, prompt=prompt)
     if scenarios is None:
@@ -43,16 +58,31 @@ def plot_text_vs_image(summary: pd.DataFrame, out_stem: Path, *, scenarios=None,
     models = sorted(rows["model"].unique())
     offsets = _dodge(len(models), 0.4)
     # Scenarios on the y axis (top to bottom) so their names read horizontally, once.
-    fig, axes = panel_grid(len(metrics), max_cols=3, panel_width=2.25,
-                           panel_height=0.5 + 0.28 * len(scenarios), sharey=True, sharex=False,
-                           legend_room=0.2)
+    fig, axes = panel_grid(
+        len(metrics),
+        max_cols=3,
+        panel_width=2.25,
+        panel_height=0.5 + 0.28 * len(scenarios),
+        sharey=True,
+        sharex=False,
+        legend_room=0.2,
+    )
     y_of = {s: len(scenarios) - 1 - i for i, s in enumerate(scenarios)}
     for ax, metric in zip(axes, metrics):
         for model, dy in zip(models, offsets):
             part = rows[rows["model"] == model]
             y = part["scenario"].map(y_of).to_numpy(float) - dy
-            ax.errorbar(part[metric], y, xerr=ci_errors(part, metric), fmt="o", ms=3.5,
-                        color=model_color(model), capsize=1.5, lw=0.9, label=model)
+            ax.errorbar(
+                part[metric],
+                y,
+                xerr=ci_errors(part, metric),
+                fmt="o",
+                ms=3.5,
+                color=model_color(model),
+                capsize=1.5,
+                lw=0.9,
+                label=model,
+            )
         ax.set_xlabel(metric_label(metric))
         if metric in ("accuracy", "mean_confidence"):
             ax.set_xlim(0, 1.02)
@@ -64,8 +94,9 @@ def plot_text_vs_image(summary: pd.DataFrame, out_stem: Path, *, scenarios=None,
     return save_figure(fig, out_stem, dpi)
 
 
-def entropy_shift(records: pd.DataFrame, *, baseline: str = "image", conditions=None,
-                  readout: str | None = "letter_restricted") -> pd.DataFrame:
+def entropy_shift(
+    records: pd.DataFrame, *, baseline: str = "image", conditions=None, readout: str | None = "letter_restricted"
+) -> pd.DataFrame:
     """Per item: entropy with a description minus entropy with the image alone.
 
     ``conditions`` maps a label to the scenario to compare (default: consistent and conflicting
@@ -92,13 +123,23 @@ def entropy_shift(records: pd.DataFrame, *, baseline: str = "image", conditions=
 
 
 @styled
-def plot_entropy_shift(records: pd.DataFrame, out_stem: Path, *, baseline: str = "image",
-                       conditions=None, readout: str | None = "letter_restricted",
-                       n_boot: int = 200, seed: int = 0, dpi: int = 200) -> list[Path]:
+def plot_entropy_shift(
+    records: pd.DataFrame,
+    out_stem: Path,
+    *,
+    baseline: str = "image",
+    conditions=None,
+    readout: str | None = "letter_restricted",
+    n_boot: int = 200,
+    seed: int = 0,
+    dpi: int = 200,
+) -> list[Path]:
     """Per model and condition: items' entropy change (points) and its mean with a
     cluster-bootstrap 95 % CI; below zero = adding the description made the model surer."""
-    shifts = require(entropy_shift(records, baseline=baseline, conditions=conditions, readout=readout),
-                     f"entropy shifts against scenario {baseline!r}")
+    shifts = require(
+        entropy_shift(records, baseline=baseline, conditions=conditions, readout=readout),
+        f"entropy shifts against scenario {baseline!r}",
+    )
     models = sorted(shifts["model"].unique())
     labels = list(dict.fromkeys(shifts["condition"]))
     offsets = _dodge(len(labels), 0.45)
@@ -113,12 +154,22 @@ def plot_entropy_shift(records: pd.DataFrame, out_stem: Path, *, baseline: str =
             if part.empty:
                 continue
             jitter = rng.uniform(-0.06, 0.06, len(part))
-            ax.plot(i + dx + jitter, part["delta_entropy"], ".", ms=2, alpha=0.25, color=color,
-                    zorder=2)
+            ax.plot(i + dx + jitter, part["delta_entropy"], ".", ms=2, alpha=0.25, color=color, zorder=2)
             mean, lo, hi = cluster_mean_ci(part["delta_entropy"], part["cluster_id"], n_boot, seed)
-            ax.errorbar(i + dx, mean, yerr=[[mean - lo], [hi - mean]], fmt="o", ms=4, color=color,
-                        markeredgecolor="black", markeredgewidth=0.5, capsize=2, lw=1.0, zorder=3,
-                        label=f"{label} description" if i == 0 else None)
+            ax.errorbar(
+                i + dx,
+                mean,
+                yerr=[[mean - lo], [hi - mean]],
+                fmt="o",
+                ms=4,
+                color=color,
+                markeredgecolor="black",
+                markeredgewidth=0.5,
+                capsize=2,
+                lw=1.0,
+                zorder=3,
+                label=f"{label} description" if i == 0 else None,
+            )
     ax.set_xticks(range(len(models)), models, fontsize=7)
     ax.set_xlim(-0.6, len(models) - 0.4)
     ax.set_ylabel(f"Entropy change vs {baseline!r} (nats)")

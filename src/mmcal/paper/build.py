@@ -72,27 +72,50 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float) -> list[
         written.append(path)
 
     main = parts["main"]
-    put("main_results", T.main_results_table(summary, where={"dataset": main["dataset"], "scenario": main["scenario"],
-                                                              "prompt": main["prompt"]}))  # label tab:main
+    put(
+        "main_results",
+        T.main_results_table(
+            summary, where={"dataset": main["dataset"], "scenario": main["scenario"], "prompt": main["prompt"]}
+        ),
+    )  # label tab:main
     bm = parts.get("base_vs_mllm")
     if bm and ((summary["dataset"] == bm["dataset"]) & (summary["scenario"] == bm["scenario"])).any():
-        put("base_vs_mllm", T.main_results_table(
-            summary, where={"dataset": bm["dataset"], "scenario": bm["scenario"], "prompt": bm["prompt"]},
-            caption="Base LLM vs the MLLMs built on it, on the same text-only questions.", label="tab:base-vs-mllm"))
+        put(
+            "base_vs_mllm",
+            T.main_results_table(
+                summary,
+                where={"dataset": bm["dataset"], "scenario": bm["scenario"], "prompt": bm["prompt"]},
+                caption="Base LLM vs the MLLMs built on it, on the same text-only questions.",
+                label="tab:base-vs-mllm",
+            ),
+        )
     vf = parts.get("visual_finetuning")
     if vf:
-        put("visual_finetuning", T.main_results_table(summary, where={
-            "dataset": vf["dataset"], "scenario": vf["scenario"], "prompt": vf["prompt"],
-            "model": [vf["before"], vf["after"]]},
-            caption="Before (feature alignment) vs after visual instruction tuning, same items.",
-            label="tab:visual-ft"))
+        put(
+            "visual_finetuning",
+            T.main_results_table(
+                summary,
+                where={
+                    "dataset": vf["dataset"],
+                    "scenario": vf["scenario"],
+                    "prompt": vf["prompt"],
+                    "model": [vf["before"], vf["after"]],
+                },
+                caption="Before (feature alignment) vs after visual instruction tuning, same items.",
+                label="tab:visual-ft",
+            ),
+        )
     tv = parts.get("text_vs_image")
     if tv and summary["scenario"].isin(tv["scenarios"][1:]).any():
         put("text_vs_image", T.scenario_table(summary[summary["dataset"] == tv["dataset"]], tv["scenarios"]))
     oo = parts.get("option_order")
     if oo and summary["scenario"].isin(oo["scenarios"][1:]).any():
-        put("option_order", T.scenario_table(summary[(summary["dataset"] == oo["dataset"])
-                                                     & (summary["model"] == oo["model"])], oo["scenarios"]))
+        put(
+            "option_order",
+            T.scenario_table(
+                summary[(summary["dataset"] == oo["dataset"]) & (summary["model"] == oo["model"])], oo["scenarios"]
+            ),
+        )
     comparisons = _read_csv(inputs["comparisons"])
     if not comparisons.empty:
         put("comparisons", T.comparison_table(comparisons))
@@ -115,10 +138,15 @@ def paper_sections(figures: list[dict], tables: list[str]) -> list[dict]:
     figure (figures/<name>.pdf); ``tables``: the written table files. Paths are relative to paper/."""
     sections = []
     for key, _, _ in PARTS:
-        sections.append({
-            "key": key,
-            "tables": [f"tables/{Path(t).name}" for t in tables if TABLE_SECTIONS.get(Path(t).stem) == key],
-            "figures": [{"path": f"../figures/{f['name']}.pdf", "caption": f["caption"],
-                         "label": f"fig:{f['name']}"} for f in figures if f["section"] == key],
-        })
+        sections.append(
+            {
+                "key": key,
+                "tables": [f"tables/{Path(t).name}" for t in tables if TABLE_SECTIONS.get(Path(t).stem) == key],
+                "figures": [
+                    {"path": f"../figures/{f['name']}.pdf", "caption": f["caption"], "label": f"fig:{f['name']}"}
+                    for f in figures
+                    if f["section"] == key
+                ],
+            }
+        )
     return sections

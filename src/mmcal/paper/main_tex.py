@@ -22,28 +22,52 @@ NOT_RUN = "Not run in this configuration."
 
 # (key, section title, what the part measures: used when a section brings no text of its own)
 PARTS = (
-    ("main", "Main results",
-     "Accuracy and calibration of each model on multiple-choice visual questions, with "
-     "reliability diagrams, confidence histograms and risk-coverage curves."),
-    ("visual_ft", "Visual fine-tuning",
-     "The same model before (feature alignment only) and after visual instruction tuning, "
-     "compared on the same items."),
-    ("base_vs_mllm", "Base LLM vs MLLM",
-     "The base language model and the multimodal model built on it, on the same text-only questions."),
-    ("text_vs_image", "Text vs image",
-     "The same items asked with the image, without it, with a text description instead, and with "
-     "both; how accuracy, confidence and entropy move when text and image agree or conflict."),
-    ("option_order", "Option order",
-     "Letter-position bias: accuracy and confidence by the gold option's position when the options "
-     "are rotated, and the permutation-averaged prediction."),
-    ("idk", "IDK",
-     "Questions the model cannot know, with an explicit ``I don't know'' option: how often models "
-     "admit it, and how the prompt wording changes that."),
-    ("recalibration", "Recalibration",
-     "Post-hoc recalibration fitted on the calibration split and evaluated on the test split."),
-    ("prompt_search", "Prompt search",
-     "Iterative prompt optimisation: paraphrased answer prompts scored by ECE within accuracy "
-     "bands, the best few surviving each round."),
+    (
+        "main",
+        "Main results",
+        "Accuracy and calibration of each model on multiple-choice visual questions, with "
+        "reliability diagrams, confidence histograms and risk-coverage curves.",
+    ),
+    (
+        "visual_ft",
+        "Visual fine-tuning",
+        "The same model before (feature alignment only) and after visual instruction tuning, "
+        "compared on the same items.",
+    ),
+    (
+        "base_vs_mllm",
+        "Base LLM vs MLLM",
+        "The base language model and the multimodal model built on it, on the same text-only questions.",
+    ),
+    (
+        "text_vs_image",
+        "Text vs image",
+        "The same items asked with the image, without it, with a text description instead, and with "
+        "both; how accuracy, confidence and entropy move when text and image agree or conflict.",
+    ),
+    (
+        "option_order",
+        "Option order",
+        "Letter-position bias: accuracy and confidence by the gold option's position when the options "
+        "are rotated, and the permutation-averaged prediction.",
+    ),
+    (
+        "idk",
+        "IDK",
+        "Questions the model cannot know, with an explicit ``I don't know'' option: how often models "
+        "admit it, and how the prompt wording changes that.",
+    ),
+    (
+        "recalibration",
+        "Recalibration",
+        "Post-hoc recalibration fitted on the calibration split and evaluated on the test split.",
+    ),
+    (
+        "prompt_search",
+        "Prompt search",
+        "Iterative prompt optimisation: paraphrased answer prompts scored by ECE within accuracy "
+        "bands, the best few surviving each round.",
+    ),
     ("appendix", "Additional results", "Further tables and figures, and the prompts the search found."),
 )
 
@@ -84,14 +108,15 @@ def _include_graphics(fig: dict) -> str:
     shrunk to the line width only if wider; or at ``width`` x the line width when given."""
     if fig.get("width") is not None:
         return rf"\includegraphics[width={float(fig['width']):g}\linewidth]{{{fig['path']}}}"
-    return (r"\ifdefined\mmcalfigbox\else\newsavebox{\mmcalfigbox}\fi"
-            rf"\sbox{{\mmcalfigbox}}{{\includegraphics{{{fig['path']}}}}}"
-            r"\ifdim\wd\mmcalfigbox>\linewidth\resizebox{\linewidth}{!}{\usebox{\mmcalfigbox}}"
-            r"\else\usebox{\mmcalfigbox}\fi")
+    return (
+        r"\ifdefined\mmcalfigbox\else\newsavebox{\mmcalfigbox}\fi"
+        rf"\sbox{{\mmcalfigbox}}{{\includegraphics{{{fig['path']}}}}}"
+        r"\ifdim\wd\mmcalfigbox>\linewidth\resizebox{\linewidth}{!}{\usebox{\mmcalfigbox}}"
+        r"\else\usebox{\mmcalfigbox}\fi"
+    )
 
 
-def render_section(section: dict, default_title: str, default_text: str = "",
-                   base_dir: Path | None = None) -> str:
+def render_section(section: dict, default_title: str, default_text: str = "", base_dir: Path | None = None) -> str:
     """One ``\\section``: text, then ``\\input`` of each table, then a figure float per figure, all
     kept between the section's heading and the next section (``\\suppressfloats``, ``\\FloatBarrier``).
     With ``base_dir``, tables and figures whose files are missing are left out (and said so);
@@ -108,14 +133,20 @@ def render_section(section: dict, default_title: str, default_text: str = "",
     missing = [p for p in tables if p not in present_tables] + [f["path"] for f in figures if f not in present_figures]
     # Not run: the part was not given, asked for inputs none of which exist, or says run=False.
     given = bool(section)
-    not_run = (section.get("run") is False or not given
-               or ((tables or figures) and not (present_tables or present_figures))
-               or not (tables or figures or section.get("text")))
+    not_run = (
+        section.get("run") is False
+        or not given
+        or ((tables or figures) and not (present_tables or present_figures))
+        or not (tables or figures or section.get("text"))
+    )
     if not_run:
         lines.append(r"\emph{" + NOT_RUN + "}")
     if missing:
-        lines.append(r"\emph{Not produced in this configuration: "
-                     + ", ".join(r"\texttt{" + latex_escape(Path(p).name) + "}" for p in missing) + ".}")
+        lines.append(
+            r"\emph{Not produced in this configuration: "
+            + ", ".join(r"\texttt{" + latex_escape(Path(p).name) + "}" for p in missing)
+            + ".}"
+        )
     lines.append("")
     if present_tables or present_figures:
         lines.insert(1, r"\suppressfloats[t]")  # no float of this part above its heading
@@ -133,17 +164,25 @@ def render_section(section: dict, default_title: str, default_text: str = "",
 
 def provenance_paragraph(commit: str | None, config_hash: str | None, date: str | None) -> str:
     commit = commit or "unknown (not a git checkout)"
-    return (r"\paragraph{Provenance.} Every number, table and figure of this document was regenerated "
-            r"by the mmcal workflow from cached model records, from git commit "
-            rf"\texttt{{{latex_escape(commit)}}} with configuration hash "
-            rf"\texttt{{{latex_escape(config_hash or 'unknown')}}}, on {latex_escape(date or 'an unknown date')}. "
-            r"Intervals are 95\,\% cluster-bootstrap percentile intervals unless a table says otherwise."
-            + "\n")
+    return (
+        r"\paragraph{Provenance.} Every number, table and figure of this document was regenerated "
+        r"by the mmcal workflow from cached model records, from git commit "
+        rf"\texttt{{{latex_escape(commit)}}} with configuration hash "
+        rf"\texttt{{{latex_escape(config_hash or 'unknown')}}}, on {latex_escape(date or 'an unknown date')}. "
+        r"Intervals are 95\,\% cluster-bootstrap percentile intervals unless a table says otherwise." + "\n"
+    )
 
 
-def render_main_tex(sections: Sequence[dict], *, commit: str | None, config_hash: str | None,
-                    date: str | None, title: str = PAPER_TITLE, author: str = "The mmcal workflow",
-                    base_dir: Path | None = None) -> str:
+def render_main_tex(
+    sections: Sequence[dict],
+    *,
+    commit: str | None,
+    config_hash: str | None,
+    date: str | None,
+    title: str = PAPER_TITLE,
+    author: str = "The mmcal workflow",
+    base_dir: Path | None = None,
+) -> str:
     """The whole document. Sections are matched to ``PARTS`` by ``key`` or title; missing parts
     get a "not run" section; sections of no standard part go before the appendix."""
     by_part: dict[str, dict] = {}
@@ -160,32 +199,41 @@ def render_main_tex(sections: Sequence[dict], *, commit: str | None, config_hash
             body += [render_section(s, s.get("title", "Additional results"), base_dir=base_dir) for s in extra]
             body.append(r"\appendix" + "\n")
         body.append(render_section(by_part.get(key, {}), part_title, intro, base_dir))
-    preamble = "\n".join([
-        r"\documentclass[10pt]{article}",
-        r"\usepackage[T1]{fontenc}",
-        r"\usepackage[utf8]{inputenc}",
-        r"\usepackage{lmodern}",
-        r"\usepackage[margin=1in]{geometry}",
-        r"\usepackage{booktabs}",
-        r"\usepackage{graphicx}",
-        # placeins: floats stay inside their section (no page break); without it, a page break does.
-        r"\IfFileExists{placeins.sty}{\usepackage{placeins}}{\newcommand{\FloatBarrier}{\clearpage}}",
-        "",
-        rf"\title{{{latex_escape(title)}}}",
-        rf"\author{{{latex_escape(author)}}}",
-        rf"\date{{{latex_escape(date or '')}}}",
-        "",
-        r"\begin{document}",
-        r"\maketitle",
-        "",
-        provenance_paragraph(commit, config_hash, date),
-    ])
+    preamble = "\n".join(
+        [
+            r"\documentclass[10pt]{article}",
+            r"\usepackage[T1]{fontenc}",
+            r"\usepackage[utf8]{inputenc}",
+            r"\usepackage{lmodern}",
+            r"\usepackage[margin=1in]{geometry}",
+            r"\usepackage{booktabs}",
+            r"\usepackage{graphicx}",
+            # placeins: floats stay inside their section (no page break); without it, a page break does.
+            r"\IfFileExists{placeins.sty}{\usepackage{placeins}}{\newcommand{\FloatBarrier}{\clearpage}}",
+            "",
+            rf"\title{{{latex_escape(title)}}}",
+            rf"\author{{{latex_escape(author)}}}",
+            rf"\date{{{latex_escape(date or '')}}}",
+            "",
+            r"\begin{document}",
+            r"\maketitle",
+            "",
+            provenance_paragraph(commit, config_hash, date),
+        ]
+    )
     return preamble + "\n" + "\n".join(body) + "\n" + r"\end{document}" + "\n"
 
 
-def write_main_tex(path, sections: Sequence[dict], *, commit: str | None = None,
-                   config_hash: str | None = None, date: str | None = None,
-                   title: str = PAPER_TITLE, check_files: bool = True) -> Path:
+def write_main_tex(
+    path,
+    sections: Sequence[dict],
+    *,
+    commit: str | None = None,
+    config_hash: str | None = None,
+    date: str | None = None,
+    title: str = PAPER_TITLE,
+    check_files: bool = True,
+) -> Path:
     """Write ``main.tex`` at ``path``. ``sections``: dicts with ``title`` (or ``key``, one of
     ``PARTS``), ``text``, ``tables`` (paths relative to the paper folder, e.g.
     ``tables/main.tex``), ``figures`` (``{"path": "../figures/x.pdf", "caption": ...}`` with an
@@ -195,8 +243,7 @@ def write_main_tex(path, sections: Sequence[dict], *, commit: str | None = None,
     their section instead of breaking the compile."""
     path = Path(path)
     base_dir = path.parent if check_files else None
-    tex = render_main_tex(sections, commit=commit, config_hash=config_hash, date=date, title=title,
-                          base_dir=base_dir)
+    tex = render_main_tex(sections, commit=commit, config_hash=config_hash, date=date, title=title, base_dir=base_dir)
     problems = latex_problems(tex)
     if problems:
         raise ValueError("generated main.tex is not balanced: " + "; ".join(problems))
@@ -252,8 +299,13 @@ def compile_pdf(tex_path, runs: int = 2, timeout: int = 300) -> Path | None:
         return None
     tex_path = Path(tex_path).resolve()
     for _ in range(runs):
-        proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", tex_path.name],
-                              cwd=tex_path.parent, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [exe, "-interaction=nonstopmode", "-halt-on-error", tex_path.name],
+            cwd=tex_path.parent,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"pdflatex failed on {tex_path}:\n{proc.stdout[-3000:]}")
     return tex_path.with_suffix(".pdf")

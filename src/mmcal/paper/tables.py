@@ -31,12 +31,23 @@ IDK_METRICS = ("admit_rate", "false_idk_rate", "answerable_accuracy", "abstain_f
 RECAL_METRICS = ("accuracy", "ece_10", "ece_debiased", "nll", "brier")
 
 _HIGHER_IS_BETTER = {
-    "accuracy", "auroc", "admit_rate", "answerable_accuracy", "abstain_precision",
-    "abstain_recall", "abstain_f1",
+    "accuracy",
+    "auroc",
+    "admit_rate",
+    "answerable_accuracy",
+    "abstain_precision",
+    "abstain_recall",
+    "abstain_f1",
 }
 _LOWER_IS_BETTER = {
-    "smece", "nll", "aurc", "augrc", "false_idk_rate", "answered_ece_10",
-    "confident_answer_rate_50", "confident_answer_rate_80",
+    "smece",
+    "nll",
+    "aurc",
+    "augrc",
+    "false_idk_rate",
+    "answered_ece_10",
+    "confident_answer_rate_50",
+    "confident_answer_rate_80",
 }
 
 METRIC_TEX = {
@@ -71,8 +82,14 @@ METRIC_TEX = {
     "idk_prob_unknowable": "$P$(IDK) unknowable",
     "idk_prob_answerable": "$P$(IDK) answerable",
 }
-ID_TEX = {"model": "Model", "dataset": "Dataset", "scenario": "Scenario", "prompt": "Prompt",
-          "readout": "Readout", "recalibrator": "Recalibrator"}
+ID_TEX = {
+    "model": "Model",
+    "dataset": "Dataset",
+    "scenario": "Scenario",
+    "prompt": "Prompt",
+    "readout": "Readout",
+    "recalibrator": "Recalibrator",
+}
 
 
 def keys_varying_last(last: str) -> tuple[str, ...]:
@@ -137,7 +154,7 @@ def format_ci(value, lo=None, hi=None, decimals: int = 3, bold: bool = False) ->
 def format_p(p, decimals: int = 3) -> str:
     if _is_missing(p):
         return "--"
-    return f"$<${10 ** -decimals:.{decimals}f}" if float(p) < 10 ** -decimals else f"{float(p):.{decimals}f}"
+    return f"$<${10**-decimals:.{decimals}f}" if float(p) < 10**-decimals else f"{float(p):.{decimals}f}"
 
 
 def metric_direction(metric: str) -> str | None:
@@ -173,9 +190,17 @@ def best_mask(values, direction: str | None, decimals: int = 3) -> np.ndarray:
 # Table assembly
 
 
-def booktabs_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, n_id_cols: int = 0,
-                   align: str | None = None, caption: str | None = None, label: str | None = None,
-                   notes: Sequence[str] = (), resize: bool = True) -> str:
+def booktabs_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    n_id_cols: int = 0,
+    align: str | None = None,
+    caption: str | None = None,
+    label: str | None = None,
+    notes: Sequence[str] = (),
+    resize: bool = True,
+) -> str:
     """A ``table`` float with a booktabs tabular. The first ``n_id_cols`` columns identify rows:
     repeated leading values are blanked and a new first value starts after a small gap.
     Cells must already be LaTeX (escaped); ``caption`` and ``notes`` too. With ``resize`` the
@@ -196,28 +221,32 @@ def booktabs_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, n_id
                 shown[j] = ""
         body.append(" & ".join(shown) + r" \\")
         previous = list(cells)
-    tabular = "\n".join([
-        rf"\begin{{tabular}}{{{align}}}",
-        r"\toprule",
-        " & ".join(header) + r" \\",
-        r"\midrule",
-        *body,
-        r"\bottomrule",
-        r"\end{tabular}",
-    ])
+    tabular = "\n".join(
+        [
+            rf"\begin{{tabular}}{{{align}}}",
+            r"\toprule",
+            " & ".join(header) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+        ]
+    )
     if resize:
         # Measure first, scale only if too wide: narrow tables keep their natural size.
-        tabular = "\n".join([
-            r"\ifdefined\mmcaltablebox\else\newsavebox{\mmcaltablebox}\fi",
-            r"\sbox{\mmcaltablebox}{%",
-            tabular + "%",
-            "}",
-            r"\ifdim\wd\mmcaltablebox>\linewidth",
-            r"\resizebox{\linewidth}{!}{\usebox{\mmcaltablebox}}%",
-            r"\else",
-            r"\usebox{\mmcaltablebox}%",
-            r"\fi",
-        ])
+        tabular = "\n".join(
+            [
+                r"\ifdefined\mmcaltablebox\else\newsavebox{\mmcaltablebox}\fi",
+                r"\sbox{\mmcaltablebox}{%",
+                tabular + "%",
+                "}",
+                r"\ifdim\wd\mmcaltablebox>\linewidth",
+                r"\resizebox{\linewidth}{!}{\usebox{\mmcaltablebox}}%",
+                r"\else",
+                r"\usebox{\mmcaltablebox}%",
+                r"\fi",
+            ]
+        )
     lines = [r"\begin{table}[tbp]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}"]
     if caption:
         lines.append(rf"\caption{{{caption}}}")
@@ -231,8 +260,10 @@ def booktabs_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, n_id
 
 
 def ci_note(level: float = 0.95) -> str:
-    return (rf"Brackets: {100 * level:g}\,\% cluster-bootstrap percentile intervals (items that "
-            r"share an image or source are resampled together).")
+    return (
+        rf"Brackets: {100 * level:g}\,\% cluster-bootstrap percentile intervals (items that "
+        r"share an image or source are resampled together)."
+    )
 
 
 def _bold_note(best_within: Sequence[str]) -> str:
@@ -259,22 +290,29 @@ def _split_id_cols(df: pd.DataFrame, row_cols: Sequence[str]) -> tuple[list[str]
     return (shown or present[:1]), [c for c in constant if c not in (shown or present[:1])]
 
 
-def _metric_cells(df: pd.DataFrame, metrics: Sequence[str], best_within: Sequence[str],
-                  decimals: int, bold: bool = True) -> list[list[str]]:
+def _metric_cells(
+    df: pd.DataFrame, metrics: Sequence[str], best_within: Sequence[str], decimals: int, bold: bool = True
+) -> list[list[str]]:
     """Formatted ``value [lo, hi]`` cells, best values bold within each ``best_within`` group."""
     within = [c for c in best_within if c in df.columns]
     cells = [[None] * len(metrics) for _ in range(len(df))]
     positions = np.arange(len(df))
-    groups = [positions] if not within else [
-        positions[idx] for idx in df.reset_index(drop=True).groupby(within, sort=False, dropna=False).indices.values()
-    ]
+    groups = (
+        [positions]
+        if not within
+        else [
+            positions[idx]
+            for idx in df.reset_index(drop=True).groupby(within, sort=False, dropna=False).indices.values()
+        ]
+    )
     for j, metric in enumerate(metrics):
         for idx in groups:
             part = df.iloc[idx]
             best = best_mask(part[metric], metric_direction(metric), decimals) if bold else np.zeros(len(part), bool)
             for pos, (_, row), is_best in zip(idx, part.iterrows(), best):
-                cells[pos][j] = format_ci(row[metric], row.get(f"{metric}_lo"), row.get(f"{metric}_hi"),
-                                          decimals, bold=bool(is_best))
+                cells[pos][j] = format_ci(
+                    row[metric], row.get(f"{metric}_lo"), row.get(f"{metric}_hi"), decimals, bold=bool(is_best)
+                )
     return cells
 
 
@@ -288,14 +326,27 @@ def _order_rows(df: pd.DataFrame, cols: Sequence[str], orders: dict | None = Non
         keys[c] = df[c].map({v: i for i, v in enumerate(order)})
     if not keys:
         return df
-    return df.assign(**{f"_k{i}": keys[c] for i, c in enumerate(cols)}).sort_values(
-        [f"_k{i}" for i in range(len(cols))], kind="stable").drop(columns=[f"_k{i}" for i in range(len(cols))])
+    return (
+        df.assign(**{f"_k{i}": keys[c] for i, c in enumerate(cols)})
+        .sort_values([f"_k{i}" for i in range(len(cols))], kind="stable")
+        .drop(columns=[f"_k{i}" for i in range(len(cols))])
+    )
 
 
-def metrics_table(df: pd.DataFrame, metrics: Sequence[str], *, row_cols: Sequence[str] = GROUP_KEYS,
-                  best_within: Sequence[str] = (), orders: dict | None = None, decimals: int = 3,
-                  level: float = 0.95, caption: str | None = None, label: str | None = None,
-                  extra_notes: Sequence[str] = (), resize: bool = True) -> str:
+def metrics_table(
+    df: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    row_cols: Sequence[str] = GROUP_KEYS,
+    best_within: Sequence[str] = (),
+    orders: dict | None = None,
+    decimals: int = 3,
+    level: float = 0.95,
+    caption: str | None = None,
+    label: str | None = None,
+    extra_notes: Sequence[str] = (),
+    resize: bool = True,
+) -> str:
     """The generic metrics table: id columns that vary, then one ``value [lo, hi]`` column per
     metric present (missing metrics are skipped)."""
     if df.empty:
@@ -310,59 +361,107 @@ def metrics_table(df: pd.DataFrame, metrics: Sequence[str], *, row_cols: Sequenc
     rows = [[latex_escape(v) for v in ids] + m for ids, m in zip(df[shown].itertuples(index=False), cells)]
     header = [ID_TEX.get(c, latex_escape(c)) for c in shown] + [metric_header(m) for m in metrics]
     notes = [ci_note(level), _bold_note(within), *extra_notes, _constant_note(df, constant)]
-    return booktabs_table(header, rows, n_id_cols=len(shown), caption=caption, label=label,
-                          notes=[n for n in notes if n], resize=resize)
+    return booktabs_table(
+        header, rows, n_id_cols=len(shown), caption=caption, label=label, notes=[n for n in notes if n], resize=resize
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The study's tables
 
 
-def main_results_table(summary: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS, *,
-                       where: dict | None = None, row_cols: Sequence[str] = GROUP_KEYS,
-                       best_within: Sequence[str] = ("dataset", "scenario", "prompt", "readout"),
-                       decimals: int = 3, level: float = 0.95,
-                       caption: str = "Accuracy and calibration of each model.",
-                       label: str = "tab:main") -> str:
+def main_results_table(
+    summary: pd.DataFrame,
+    metrics: Sequence[str] = MAIN_METRICS,
+    *,
+    where: dict | None = None,
+    row_cols: Sequence[str] = GROUP_KEYS,
+    best_within: Sequence[str] = ("dataset", "scenario", "prompt", "readout"),
+    decimals: int = 3,
+    level: float = 0.95,
+    caption: str = "Accuracy and calibration of each model.",
+    label: str = "tab:main",
+) -> str:
     """Main results: one row per (model, dataset, scenario, prompt, readout) of ``summary``
     (``where`` selects rows, e.g. ``{"scenario": "image"}``); models compared on the same condition."""
-    return metrics_table(_where(summary, where), metrics, row_cols=row_cols, best_within=best_within,
-                         decimals=decimals, level=level, caption=caption, label=label)
+    return metrics_table(
+        _where(summary, where),
+        metrics,
+        row_cols=row_cols,
+        best_within=best_within,
+        decimals=decimals,
+        level=level,
+        caption=caption,
+        label=label,
+    )
 
 
-def scenario_table(summary: pd.DataFrame, scenarios: Sequence[str],
-                   metrics: Sequence[str] = SCENARIO_METRICS, *, where: dict | None = None,
-                   row_cols: Sequence[str] = keys_varying_last("scenario"),
-                   best_within: Sequence[str] = keys_varying_last("scenario")[:-1],
-                   decimals: int = 3, level: float = 0.95,
-                   caption: str = "The same items under different scenarios.",
-                   label: str = "tab:scenarios") -> str:
+def scenario_table(
+    summary: pd.DataFrame,
+    scenarios: Sequence[str],
+    metrics: Sequence[str] = SCENARIO_METRICS,
+    *,
+    where: dict | None = None,
+    row_cols: Sequence[str] = keys_varying_last("scenario"),
+    best_within: Sequence[str] = keys_varying_last("scenario")[:-1],
+    decimals: int = 3,
+    level: float = 0.95,
+    caption: str = "The same items under different scenarios.",
+    label: str = "tab:scenarios",
+) -> str:
     """Scenario comparison: rows in the order of ``scenarios`` within each model; scenarios are
     compared within a model (and dataset, prompt, readout)."""
     rows = _where(summary, {**(where or {}), "scenario": list(scenarios)})
-    return metrics_table(rows, metrics, row_cols=row_cols, best_within=best_within,
-                         orders={"scenario": list(scenarios)}, decimals=decimals, level=level,
-                         caption=caption, label=label)
+    return metrics_table(
+        rows,
+        metrics,
+        row_cols=row_cols,
+        best_within=best_within,
+        orders={"scenario": list(scenarios)},
+        decimals=decimals,
+        level=level,
+        caption=caption,
+        label=label,
+    )
 
 
-def idk_table_tex(idk: pd.DataFrame, metrics: Sequence[str] = IDK_METRICS, *,
-                  where: dict | None = None,
-                  row_cols: Sequence[str] = keys_varying_last("prompt"),
-                  best_within: Sequence[str] = ("dataset", "scenario", "readout"),
-                  decimals: int = 3, level: float = 0.95,
-                  caption: str = r"Admitting ``I don't know'': rates on unknowable and answerable items.",
-                  label: str = "tab:idk") -> str:
+def idk_table_tex(
+    idk: pd.DataFrame,
+    metrics: Sequence[str] = IDK_METRICS,
+    *,
+    where: dict | None = None,
+    row_cols: Sequence[str] = keys_varying_last("prompt"),
+    best_within: Sequence[str] = ("dataset", "scenario", "readout"),
+    decimals: int = 3,
+    level: float = 0.95,
+    caption: str = r"Admitting ``I don't know'': rates on unknowable and answerable items.",
+    label: str = "tab:idk",
+) -> str:
     """IDK results (``mmcal.analysis.idk``'s table), one row per model x prompt; all model-prompt
     pairs on the same data compared."""
     rows = _where(idk, where)
     counts = ""
     if {"n_unknowable", "n_answerable"} <= set(rows.columns) and len(rows):
-        counts = (f"Items per row: {int(rows['n_unknowable'].max())} unknowable, "
-                  f"{int(rows['n_answerable'].max())} answerable (at most).")
-    notes = [r"Admit rate: share of unknowable items answered with the IDK option; false IDK: "
-             r"share of answerable items answered with it.", counts]
-    return metrics_table(rows, metrics, row_cols=row_cols, best_within=best_within, decimals=decimals,
-                         level=level, caption=caption, label=label, extra_notes=[n for n in notes if n])
+        counts = (
+            f"Items per row: {int(rows['n_unknowable'].max())} unknowable, "
+            f"{int(rows['n_answerable'].max())} answerable (at most)."
+        )
+    notes = [
+        r"Admit rate: share of unknowable items answered with the IDK option; false IDK: "
+        r"share of answerable items answered with it.",
+        counts,
+    ]
+    return metrics_table(
+        rows,
+        metrics,
+        row_cols=row_cols,
+        best_within=best_within,
+        decimals=decimals,
+        level=level,
+        caption=caption,
+        label=label,
+        extra_notes=[n for n in notes if n],
+    )
 
 
 def format_params(params) -> str:
@@ -398,11 +497,17 @@ def format_p_floor(p, floor=None, decimals: int = 3) -> str:
     return f"$<${np.ceil(float(floor) * scale - 1e-9) / scale:.{decimals}f}"
 
 
-def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METRICS, *,
-                        where: dict | None = None, decimals: int = 3, level: float = 0.95,
-                        alpha: float = 0.05,
-                        caption: str = "Recalibration on the test split (fitted on the calibration split).",
-                        label: str = "tab:recalibration") -> str:
+def recalibration_table(
+    recal: pd.DataFrame,
+    metrics: Sequence[str] = RECAL_METRICS,
+    *,
+    where: dict | None = None,
+    decimals: int = 3,
+    level: float = 0.95,
+    alpha: float = 0.05,
+    caption: str = "Recalibration on the test split (fitted on the calibration split).",
+    label: str = "tab:recalibration",
+) -> str:
     """One row per group x recalibrator ('none' first): metrics, the paired ECE change vs 'none'
     with its CI and Holm p-value, and whether accuracy is unchanged."""
     df = _where(recal, where)
@@ -424,8 +529,13 @@ def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METR
         if "diff_ece_10" in df.columns:
             is_none = row["recalibrator"] == "none"
             significant = not is_none and not _is_missing(row.get("p_holm")) and float(row["p_holm"]) < alpha
-            extra.append("--" if is_none else format_ci(row["diff_ece_10"], row.get("diff_ece_10_lo"),
-                                                        row.get("diff_ece_10_hi"), decimals, bold=significant))
+            extra.append(
+                "--"
+                if is_none
+                else format_ci(
+                    row["diff_ece_10"], row.get("diff_ece_10_lo"), row.get("diff_ece_10_hi"), decimals, bold=significant
+                )
+            )
             extra.append("--" if is_none else format_p_floor(row.get("p_holm"), row.get("p_holm_floor")))
         if "accuracy_unchanged" in df.columns:
             extra.append("yes" if bool(row["accuracy_unchanged"]) else "no")
@@ -439,21 +549,32 @@ def recalibration_table(recal: pd.DataFrame, metrics: Sequence[str] = RECAL_METR
         header += ["Acc. kept"]
     notes = [ci_note(level), _bold_note(shown)]
     if "diff_ece_10" in df.columns:
-        notes.append(rf"$\Delta$ECE$_{{10}}$: paired change against no recalibration on the same "
-                     rf"items (negative = better calibrated), bold where the Holm-corrected "
-                     rf"$p < {alpha:g}$; $p$-values are Holm-corrected over all recalibrators and groups.")
+        notes.append(
+            rf"$\Delta$ECE$_{{10}}$: paired change against no recalibration on the same "
+            rf"items (negative = better calibrated), bold where the Holm-corrected "
+            rf"$p < {alpha:g}$; $p$-values are Holm-corrected over all recalibrators and groups."
+        )
     if "p_holm_floor" in df.columns and df["p_holm_floor"].notna().any():
-        notes.append(r"$p$ ``$<x$'': no bootstrap replicate crossed zero; $x$ is the smallest $p$ the test "
-                     r"can give, rounded up.")
+        notes.append(
+            r"$p$ ``$<x$'': no bootstrap replicate crossed zero; $x$ is the smallest $p$ the test "
+            r"can give, rounded up."
+        )
     notes.append(_constant_note(df, constant))
-    return booktabs_table(header, rows, n_id_cols=len(shown) + 1, caption=caption, label=label,
-                          notes=[n for n in notes if n])
+    return booktabs_table(
+        header, rows, n_id_cols=len(shown) + 1, caption=caption, label=label, notes=[n for n in notes if n]
+    )
 
 
-def comparison_table(comparisons: pd.DataFrame, metrics: Sequence[str] | None = None, *,
-                     decimals: int = 3, level: float = 0.95, alpha: float = 0.05,
-                     caption: str = "Paired comparisons on the same items (difference = B $-$ A).",
-                     label: str = "tab:comparisons") -> str:
+def comparison_table(
+    comparisons: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    *,
+    decimals: int = 3,
+    level: float = 0.95,
+    alpha: float = 0.05,
+    caption: str = "Paired comparisons on the same items (difference = B $-$ A).",
+    label: str = "tab:comparisons",
+) -> str:
     """One row per comparison x metric: A and B, their values, the paired difference with its
     CI (bold when the Holm-corrected p < ``alpha``), Holm p and the TOST equivalence p."""
     df = comparisons if metrics is None else comparisons[comparisons["metric"].isin(list(metrics))]
@@ -467,29 +588,51 @@ def comparison_table(comparisons: pd.DataFrame, metrics: Sequence[str] | None = 
         tost = format_p(row.get("tost_p"))
         if "equivalent" in row and not _is_missing(row["equivalent"]) and bool(row["equivalent"]):
             tost += r"$^{\dagger}$"
-        rows.append([
-            latex_escape(row["comparison"]), latex_escape(row.get("a_label", "")),
-            latex_escape(row.get("b_label", "")), METRIC_TEX.get(row["metric"], latex_escape(row["metric"])),
-            format_number(row.get("value_a"), decimals), format_number(row.get("value_b"), decimals),
-            format_ci(row["diff"], row.get("diff_lo"), row.get("diff_hi"), decimals, bold=significant),
-            format_p(p_holm), tost,
-        ])
-    header = ["Comparison", "A", "B", "Metric", "A value", "B value", r"$\Delta$ (B$-$A)",
-              r"$p_{\mathrm{Holm}}$", r"TOST $p$"]
+        rows.append(
+            [
+                latex_escape(row["comparison"]),
+                latex_escape(row.get("a_label", "")),
+                latex_escape(row.get("b_label", "")),
+                METRIC_TEX.get(row["metric"], latex_escape(row["metric"])),
+                format_number(row.get("value_a"), decimals),
+                format_number(row.get("value_b"), decimals),
+                format_ci(row["diff"], row.get("diff_lo"), row.get("diff_hi"), decimals, bold=significant),
+                format_p(p_holm),
+                tost,
+            ]
+        )
+    header = [
+        "Comparison",
+        "A",
+        "B",
+        "Metric",
+        "A value",
+        "B value",
+        r"$\Delta$ (B$-$A)",
+        r"$p_{\mathrm{Holm}}$",
+        r"TOST $p$",
+    ]
     margins = sorted({float(m) for m in df.get("margin", pd.Series(dtype=float)) if not _is_missing(m)})
     margin_text = ", ".join(format_number(m, decimals) for m in margins) or "the configured margin"
-    notes = [ci_note(level),
-             rf"$p$-values are two-sided bootstrap $p$-values, Holm-corrected over all comparisons "
-             rf"and metrics; bold differences have $p_{{\mathrm{{Holm}}}} < {alpha:g}$.",
-             rf"TOST: equivalence test with margin $\pm${margin_text}; $^{{\dagger}}$: equivalent at "
-             rf"level {alpha:g}."]
+    notes = [
+        ci_note(level),
+        rf"$p$-values are two-sided bootstrap $p$-values, Holm-corrected over all comparisons "
+        rf"and metrics; bold differences have $p_{{\mathrm{{Holm}}}} < {alpha:g}$.",
+        rf"TOST: equivalence test with margin $\pm${margin_text}; $^{{\dagger}}$: equivalent at "
+        rf"level {alpha:g}.",
+    ]
     return booktabs_table(header, rows, n_id_cols=4, caption=caption, label=label, notes=notes)
 
 
-def best_prompts_table(best_prompts: Sequence[dict], *, decimals: int = 3, level: float = 0.95,
-                       text_width: str = "0.38\\linewidth",
-                       caption: str = "Answer prompts found by the prompt search (one per model).",
-                       label: str = "tab:best-prompts") -> str:
+def best_prompts_table(
+    best_prompts: Sequence[dict],
+    *,
+    decimals: int = 3,
+    level: float = 0.95,
+    text_width: str = "0.38\\linewidth",
+    caption: str = "Answer prompts found by the prompt search (one per model).",
+    label: str = "tab:best-prompts",
+) -> str:
     """Appendix: each model's best prompt text with its calibration-split and test-split
     accuracy / ECE. Entries: ``{model, text, calib: {...}, test: {..., _lo/_hi}}``."""
     if not best_prompts:
@@ -497,19 +640,31 @@ def best_prompts_table(best_prompts: Sequence[dict], *, decimals: int = 3, level
     rows = []
     for entry in best_prompts:
         calib, test = entry.get("calib") or {}, entry.get("test") or {}
-        rows.append([
-            latex_escape(entry.get("model", entry.get("name", ""))),
-            latex_escape(entry.get("text", "")),
-            format_number(calib.get("accuracy"), decimals),
-            format_number(calib.get("ece_10"), decimals),
-            format_ci(test.get("accuracy"), test.get("accuracy_lo"), test.get("accuracy_hi"), decimals),
-            format_ci(test.get("ece_10"), test.get("ece_10_lo"), test.get("ece_10_hi"), decimals),
-        ])
+        rows.append(
+            [
+                latex_escape(entry.get("model", entry.get("name", ""))),
+                latex_escape(entry.get("text", "")),
+                format_number(calib.get("accuracy"), decimals),
+                format_number(calib.get("ece_10"), decimals),
+                format_ci(test.get("accuracy"), test.get("accuracy_lo"), test.get("accuracy_hi"), decimals),
+                format_ci(test.get("ece_10"), test.get("ece_10_lo"), test.get("ece_10_hi"), decimals),
+            ]
+        )
     header = ["Model", "Prompt", "Calib.\\ acc.", "Calib.\\ ECE$_{10}$", "Test acc.", "Test ECE$_{10}$"]
-    notes = [ci_note(level) + " Intervals on the test split only: the calibration split chose the prompt.",
-             "Rows are different models and are not compared, so no value is bold."]
-    return booktabs_table(header, rows, n_id_cols=1, align=f"lp{{{text_width}}}cccc", caption=caption,
-                          label=label, notes=notes, resize=True)
+    notes = [
+        ci_note(level) + " Intervals on the test split only: the calibration split chose the prompt.",
+        "Rows are different models and are not compared, so no value is bold.",
+    ]
+    return booktabs_table(
+        header,
+        rows,
+        n_id_cols=1,
+        align=f"lp{{{text_width}}}cccc",
+        caption=caption,
+        label=label,
+        notes=notes,
+        resize=True,
+    )
 
 
 def write_table(tex: str, path) -> Path:

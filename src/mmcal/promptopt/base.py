@@ -25,9 +25,7 @@ class Generated:
 # Few-shot examples steer a small model towards one short line; they avoid the default seeds so
 # the model is not shown a ready-made answer.
 PARAPHRASE_SYSTEM = "You rewrite short sentence starts. Reply with the rewritten text only."
-PARAPHRASE_INSTRUCTION = (
-    'Paraphrase the following sentence start, use different words and keep it short: "{text}"'
-)
+PARAPHRASE_INSTRUCTION = 'Paraphrase the following sentence start, use different words and keep it short: "{text}"'
 PARAPHRASE_SHOTS = (
     ("The correct option is", "The right choice is"),
     ("I believe the answer is", "I think the answer is"),
@@ -82,5 +80,5 @@ class Paraphraser(ABC):
             }
         )
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most paraphrasers hold nothing to release
         """Release heavy resources (a loaded model); the paraphraser stays usable."""

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcal.items import read_items
 from mmcal.analysis.metrics import ece
+from mmcal.analysis.stats import cluster_bootstrap_indices, percentile_interval
 from mmcal.engine.build import build_engine
 from mmcal.engine.prompts import PromptVariant
-from mmcal.promptopt import run_search
 from mmcal.engine.scenarios import Scenario
-from mmcal.analysis.stats import cluster_bootstrap_indices, percentile_interval
+from mmcal.items import read_items
+from mmcal.promptopt import run_search
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,28 @@ DEFAULTS = {
 }
 
 
-def search_engine(model_name: str, model_entry: dict, *, path: str | Path | None = None, device: str,
-                  dtype: str, batch_size: int, image_root: str | Path):
+def search_engine(
+    model_name: str,
+    model_entry: dict,
+    *,
+    path: str | Path | None = None,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    image_root: str | Path,
+):
     """The engine the search scores candidates with: the model loaded as the scoring job loads it,
     the default prompt (candidates replace its answer prefix), the letter readout only."""
     return build_engine(
-        model_name, model_entry, path=path, device=device, dtype=dtype, prompt=PromptVariant(),
-        readouts=["letter_restricted"], batch_size=batch_size, image_root=image_root,
+        model_name,
+        model_entry,
+        path=path,
+        device=device,
+        dtype=dtype,
+        prompt=PromptVariant(),
+        readouts=["letter_restricted"],
+        batch_size=batch_size,
+        image_root=image_root,
     )
 
 
@@ -81,8 +96,9 @@ def make_score_fn(engine, items, scenario: Scenario, ci_B: int = 0, seed: int = 
     return score_fn
 
 
-def run_prompt_search(engine, items_path: str, out_dir: str | Path, cfg: dict, seed: int = 0,
-                      scenario: Scenario | None = None) -> dict:
+def run_prompt_search(
+    engine, items_path: str, out_dir: str | Path, cfg: dict, seed: int = 0, scenario: Scenario | None = None
+) -> dict:
     """Search on calib, evaluate on test; writes trajectory.csv, search.json, best.json."""
     cfg = {**DEFAULTS, **(cfg or {})}
     scenario = scenario or Scenario()
@@ -93,9 +109,14 @@ def run_prompt_search(engine, items_path: str, out_dir: str | Path, cfg: dict, s
     test = [it for it in items if it.split == "test"][: int(cfg["n_test"])]
     log.info("prompt search: %d calib items, %d test items", len(calib), len(test))
     result = run_search(
-        seeds=cfg["seeds"], paraphraser=cfg["paraphraser"],
-        score_fn=make_score_fn(engine, calib, scenario), rounds=int(cfg["rounds"]),
-        m=int(cfg["m"]), k=int(cfg["k"]), seed=seed, cache=cfg.get("cache_dir", out_dir / "cache"),
+        seeds=cfg["seeds"],
+        paraphraser=cfg["paraphraser"],
+        score_fn=make_score_fn(engine, calib, scenario),
+        rounds=int(cfg["rounds"]),
+        m=int(cfg["m"]),
+        k=int(cfg["k"]),
+        seed=seed,
+        cache=cfg.get("cache_dir", out_dir / "cache"),
     )
     result.to_frame().to_csv(out_dir / "trajectory.csv", index=False)
     (out_dir / "search.json").write_text(result.to_json())
@@ -116,4 +137,3 @@ def run_prompt_search(engine, items_path: str, out_dir: str | Path, cfg: dict, s
     }
     (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
     return best
-

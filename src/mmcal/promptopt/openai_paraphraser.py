@@ -88,9 +88,7 @@ class OpenAIParaphraser(Paraphraser):
         try:
             content = payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise ParaphraserError(
-                f"unexpected reply from {self.endpoint}: no choices[0].message.content"
-            ) from None
+            raise ParaphraserError(f"unexpected reply from {self.endpoint}: no choices[0].message.content") from None
         return content if isinstance(content, str) else None
 
     def _post(self, body: dict) -> dict:
@@ -124,9 +122,7 @@ class OpenAIParaphraser(Paraphraser):
                     time.sleep(self.retry_wait_s * (attempt + 1))
                     continue
                 what = (
-                    f"timed out after {self.timeout_s:g} s"
-                    if isinstance(reason, TimeoutError)
-                    else f"failed: {reason}"
+                    f"timed out after {self.timeout_s:g} s" if isinstance(reason, TimeoutError) else f"failed: {reason}"
                 )
                 raise ParaphraserError(f"paraphrase request to {url} {what}") from None
             try:

@@ -37,9 +37,7 @@ def make_paraphraser(config: dict | Paraphraser | None = None) -> Paraphraser:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = set(config) - accepted
     if unknown:
-        raise ConfigError(
-            f"paraphraser {kind!r}: unknown keys {sorted(unknown)} (accepted: {sorted(accepted)})"
-        )
+        raise ConfigError(f"paraphraser {kind!r}: unknown keys {sorted(unknown)} (accepted: {sorted(accepted)})")
     return cls(**config)
 
 

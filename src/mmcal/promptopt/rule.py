@@ -52,9 +52,7 @@ ADVERBS = ("possibly", "probably", "certainly", "definitely")
 
 
 def rule_table_fingerprint() -> str:
-    return fingerprint(
-        {"swaps": SWAPS, "prefixes": HEDGE_PREFIXES, "modals": MODALS, "adverbs": ADVERBS}
-    )
+    return fingerprint({"swaps": SWAPS, "prefixes": HEDGE_PREFIXES, "modals": MODALS, "adverbs": ADVERBS})
 
 
 def _word(phrase: str) -> re.Pattern:
@@ -82,23 +80,15 @@ def rule_variants(parent: str) -> list[str]:
         found = _word(phrase).search(parent)
         if found:
             for repl in SWAPS[phrase]:
-                raw.append(
-                    parent[: found.start()]
-                    + _match_case(found.group(0), repl)
-                    + parent[found.end() :]
-                )
+                raw.append(parent[: found.start()] + _match_case(found.group(0), repl) + parent[found.end() :])
     if not any(_word(a).search(parent) for a in ADVERBS):
         for modal in MODALS:
             found = _word(modal).search(parent)
             if found:
-                raw += [f"{parent[: found.end()]} {a}{parent[found.end():]}" for a in ADVERBS]
+                raw += [f"{parent[: found.end()]} {a}{parent[found.end() :]}" for a in ADVERBS]
                 break
     lowered = normalise(parent)
-    present = [
-        p
-        for p in HEDGE_PREFIXES
-        if lowered.startswith(p.lower() + " ") or lowered.startswith(p.lower() + ",")
-    ]
+    present = [p for p in HEDGE_PREFIXES if lowered.startswith(p.lower() + " ") or lowered.startswith(p.lower() + ",")]
     if present:
         rest = parent[len(present[0]) :].lstrip(" ,")
         raw.append(rest[:1].upper() + rest[1:])

@@ -101,9 +101,7 @@ class SearchResult:
 
 def _number(value, name: str, text: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SearchError(
-            f"score_fn gave {name}={value!r} for candidate {text!r}: need a finite number"
-        )
+        raise SearchError(f"score_fn gave {name}={value!r} for candidate {text!r}: need a finite number")
     return float(value)
 
 
@@ -120,20 +118,16 @@ class _MemoScorer:
             return
         results = list(self.score_fn(list(missing)))
         if len(results) != len(missing):
-            raise SearchError(
-                f"score_fn returned {len(results)} results for {len(missing)} candidates"
-            )
+            raise SearchError(f"score_fn returned {len(results)} results for {len(missing)} candidates")
         for text, result in zip(missing, results):
             if not isinstance(result, Mapping) or not {"accuracy", "ece_10"} <= set(result):
                 raise SearchError(
-                    f"score_fn result for candidate {text!r} needs keys 'accuracy' and 'ece_10', "
-                    f"got {result!r}"
+                    f"score_fn result for candidate {text!r} needs keys 'accuracy' and 'ece_10', got {result!r}"
                 )
             extras = {
                 k: v
                 for k, v in result.items()
-                if k not in ("accuracy", "ece_10")
-                and (v is None or isinstance(v, (int, float, str, bool)))
+                if k not in ("accuracy", "ece_10") and (v is None or isinstance(v, (int, float, str, bool)))
             }
             self.scores[text] = {
                 "accuracy": _number(result["accuracy"], "accuracy", text),
@@ -195,9 +189,7 @@ def run_search(
             scorer.score(list(pool))
             ranked = sorted(
                 pool,
-                key=lambda t: rank_key(
-                    t, scorer.scores[t]["accuracy"], scorer.scores[t]["ece_10"], band_width
-                ),
+                key=lambda t: rank_key(t, scorer.scores[t]["accuracy"], scorer.scores[t]["ece_10"], band_width),
             )
             survivors = ranked[:k]
             for rank, text in enumerate(ranked, 1):

@@ -70,9 +70,7 @@ class SmolLM2Paraphraser(Paraphraser):
 
         self._ensure_loaded()
         tok = self._tokenizer
-        text = tok.apply_chat_template(
-            paraphrase_messages(parent), add_generation_prompt=True, tokenize=False
-        )
+        text = tok.apply_chat_template(paraphrase_messages(parent), add_generation_prompt=True, tokenize=False)
         inputs = tok(text, return_tensors="pt")
         # generate() in transformers 5.x takes no torch.Generator; seeding the global RNG inside
         # fork_rng gives the same reproducibility and leaves the caller's RNG state untouched.

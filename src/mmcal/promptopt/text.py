@@ -18,9 +18,7 @@ MAX_CHARS = 90
 CLEANING_VERSION = 1
 
 _QUOTES = "\"'`“”‘’«»"
-_LABEL = re.compile(
-    r"^(paraphrase[sd]?|paraphrased|rewritten|rewrite|output|sentence start)\s*:\s*", re.I
-)
+_LABEL = re.compile(r"^(paraphrase[sd]?|paraphrased|rewritten|rewrite|output|sentence start)\s*:\s*", re.I)
 # Letters (any script), digits, spaces, apostrophes, commas, hyphens: a plain sentence start.
 _ALLOWED = re.compile(r"^[^\W_](?:[\w' ,\-’]*[^\W_])?$")
 

@@ -95,8 +95,16 @@ SECTIONS = {"vision": VISION_DEFAULTS, "stage1": STAGE1_DEFAULTS, "stage2": STAG
 TINY_TEST_CONFIG = {
     "n_validation": 200,
     "n_eval": 8,
-    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
-               "epochs": 1, "batch_size": 64, "n_train": 256, "warmup": 1},
+    "vision": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_layers": 1,
+        "num_heads": 2,
+        "epochs": 1,
+        "batch_size": 64,
+        "n_train": 256,
+        "warmup": 1,
+    },
     "stage1": {"steps": 3, "batch_size": 4, "warmup": 1},
     "stage2": {"steps": 3, "batch_size": 4, "warmup": 1},
 }
@@ -110,15 +118,12 @@ def resolve_config(cfg: dict | None) -> dict:
         section = dict(cfg.pop(name, None) or {})
         unknown = set(section) - set(defaults)
         if unknown:
-            raise ConfigError(
-                f"tiny_llava.{name}: unknown keys {sorted(unknown)}; known: {sorted(defaults)}"
-            )
+            raise ConfigError(f"tiny_llava.{name}: unknown keys {sorted(unknown)}; known: {sorted(defaults)}")
         out[name] = {**copy.deepcopy(defaults), **section}
     unknown = set(cfg) - set(SHARED_DEFAULTS)
     if unknown:
         raise ConfigError(
-            f"tiny_llava: unknown keys {sorted(unknown)}; known: "
-            f"{sorted(set(SHARED_DEFAULTS) | set(SECTIONS))}"
+            f"tiny_llava: unknown keys {sorted(unknown)}; known: {sorted(set(SHARED_DEFAULTS) | set(SECTIONS))}"
         )
     out.update(cfg)
     out["train_classes"] = _class_list(out["train_classes"], "train_classes")

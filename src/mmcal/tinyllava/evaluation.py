@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from mmcal.data.fashion_mnist import select_indices
-from mmcal.items import MCItem
 from mmcal.engine.loading import LoadedModel
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
+from mmcal.items import MCItem
 from mmcal.tinyllava.instructions import mc_item
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def eval_items(
     for j, k in enumerate(rng.permutation(len(indices))):
         i = int(indices[k])
         # Gold letters cycle so each position is gold equally often (ignored for IDK-gold items).
-        item = mc_item(int(labels[i]), candidates, n_classes, j % n_classes, rng, idk_text,
-                       item_id=f"{tag}-{i:05d}")
+        item = mc_item(int(labels[i]), candidates, n_classes, j % n_classes, rng, idk_text, item_id=f"{tag}-{i:05d}")
         name = f"{tag}-{i:05d}.png"
         Image.fromarray(images[i]).save(image_dir / name)
         item.image = name
@@ -90,8 +89,17 @@ def score_accuracy(model, processor, items: list[MCItem], image_root, readouts) 
     return out
 
 
-def evaluate_stage(model, processor, data, cfg: dict, readouts, idk_text: str | None = None,
-                   indices=None, candidates=None, tag: str = "val") -> dict:
+def evaluate_stage(
+    model,
+    processor,
+    data,
+    cfg: dict,
+    readouts,
+    idk_text: str | None = None,
+    indices=None,
+    candidates=None,
+    tag: str = "val",
+) -> dict:
     """Score ``cfg['n_eval']`` validation-slice items (or ``indices``) with 4 options (the last an
     IDK option when ``idk_text`` is given)."""
     classes = cfg["train_classes"]
@@ -99,6 +107,15 @@ def evaluate_stage(model, processor, data, cfg: dict, readouts, idk_text: str | 
         indices = stratified_subset(data.labels, data.validation, classes, int(cfg["n_eval"]), seed=1)
     n_classes = min(4, len(classes)) - (1 if idk_text else 0)  # IDK is one of the 4 options
     with tempfile.TemporaryDirectory(prefix="mmcal-eval-") as tmp:
-        items = eval_items(data.images, data.labels, indices, candidates or classes, n_classes,
-                           seed=2, image_dir=tmp, idk_text=idk_text, tag=tag)
+        items = eval_items(
+            data.images,
+            data.labels,
+            indices,
+            candidates or classes,
+            n_classes,
+            seed=2,
+            image_dir=tmp,
+            idk_text=idk_text,
+            tag=tag,
+        )
         return score_accuracy(model, processor, items, tmp, readouts)

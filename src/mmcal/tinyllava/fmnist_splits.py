@@ -55,9 +55,7 @@ def index_summary(indices: np.ndarray, labels: np.ndarray) -> dict:
     """What a manifest records about a set of image indices: counts per class, range, hash."""
     indices = np.asarray(indices, dtype=np.int64)
     uniq = np.unique(indices)
-    per_class = {
-        CLASSES[c]: int(n) for c, n in enumerate(np.bincount(labels[indices], minlength=10)) if n
-    }
+    per_class = {CLASSES[c]: int(n) for c, n in enumerate(np.bincount(labels[indices], minlength=10)) if n}
     return {
         "file": f"fashion-mnist/{TRAIN_PART}",
         "n_examples": int(len(indices)),

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmcal import LETTERS
-from mmcal.engine.chat import render_prompt
 from mmcal.data.fashion_mnist import CLASSES, QUESTION, make_options
-from mmcal.items import MCItem
+from mmcal.engine.chat import render_prompt
 from mmcal.engine.prompts import PromptVariant, build_messages
 from mmcal.engine.readouts import encode_ids, letter_token_ids
+from mmcal.items import MCItem
 from mmcal.tinyllava.model import IMAGE_TOKEN
 
 CAPTION_REQUESTS = (

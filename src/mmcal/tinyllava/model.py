@@ -139,9 +139,7 @@ def logits_from_features(model, input_ids, attention_mask, features, positions):
     projected = model.model.multi_modal_projector(features).to(embeds.dtype)
     slots = (input_ids == model.config.image_token_id).unsqueeze(-1)
     if int(slots.sum()) != projected.numel() // projected.shape[-1]:
-        raise MmcalError(
-            f"{int(slots.sum())} <image> tokens but {projected.shape[0] * projected.shape[1]} features"
-        )
+        raise MmcalError(f"{int(slots.sum())} <image> tokens but {projected.shape[0] * projected.shape[1]} features")
     embeds = embeds.masked_scatter(slots, projected)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
     rows = torch.arange(len(input_ids)).unsqueeze(1)

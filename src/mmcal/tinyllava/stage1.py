@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from mmcal.data.fashion_mnist import CLASSES
-from mmcal.errors import MmcalError
 from mmcal.engine.prompts import PromptVariant
+from mmcal.errors import MmcalError
+from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.evaluation import evaluate_stage
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
-from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.model import assemble_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
-from mmcal.tinyllava.config import held_out_classes, resolve_config
+from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.training import (
     adamw,
     autocast,
@@ -86,9 +86,7 @@ def caption_examples(prompts: PromptTokenizer, rows, labels, cfg: dict, rng) -> 
     return examples
 
 
-def train_stage1(
-    cfg: dict, vision_dir: str | Path, lm_dir: str | Path, out_dir: str | Path, threads: int = 2
-) -> dict:
+def train_stage1(cfg: dict, vision_dir: str | Path, lm_dir: str | Path, out_dir: str | Path, threads: int = 2) -> dict:
     """Assemble the tiny-LLaVA, align its projector, save it (+ card, curve, manifest).
 
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage1`` section:
@@ -111,8 +109,7 @@ def train_stage1(
     n_images = int(s1["n_train"] or n_examples)
     image_idx = draw_indices(data.pool, n_images, rng)
     t0 = time.time()
-    features = patch_features(model.model.vision_tower, pixel_values(data.images[image_idx]),
-                              int(s1["feature_layer"]))
+    features = patch_features(model.model.vision_tower, pixel_values(data.images[image_idx]), int(s1["feature_layer"]))
     log.info("stage 1: cached %s vision features in %.1f s", tuple(features.shape), time.time() - t0)
     prompts = PromptTokenizer(processor, n_image_tokens(model))
     rows = np.arange(n_examples) % n_images
@@ -144,19 +141,22 @@ def train_stage1(
     save_tiny_llava(model, processor, out_dir)
     plot_training_curve(record.losses, out_dir / "training_curve.png", "tiny-LLaVA stage 1 (projector)")
     used = image_idx[rows]
-    write_manifest(out_dir, {
-        "stage": "stage1",
-        "seed": seed,
-        "train_classes": cfg["train_classes"],
-        "held_out_classes": held_out_classes(cfg),
-        "parents": {"vision": str(vision_dir), "lm": str(lm_dir)},
-        "training_images": index_summary(used, data.labels),
-        "validation_images": index_summary(data.validation, data.labels),
-        "steps": steps,
-        "batch_size": batch,
-        "trained": ["multi_modal_projector"],
-        "config": cfg,
-    })
+    write_manifest(
+        out_dir,
+        {
+            "stage": "stage1",
+            "seed": seed,
+            "train_classes": cfg["train_classes"],
+            "held_out_classes": held_out_classes(cfg),
+            "parents": {"vision": str(vision_dir), "lm": str(lm_dir)},
+            "training_images": index_summary(used, data.labels),
+            "validation_images": index_summary(data.validation, data.labels),
+            "steps": steps,
+            "batch_size": batch,
+            "trained": ["multi_modal_projector"],
+            "config": cfg,
+        },
+    )
     summary = {
         **record.summary(),
         "seed": seed,
@@ -166,8 +166,10 @@ def train_stage1(
         "classes": ", ".join(CLASSES[c] for c in cfg["train_classes"]),
         "wall_seconds": round(time.time() - t_start, 1),
     }
-    card_eval = {"items": f"{evaluation['n_items']} 4-way questions on validation-slice images", **{
-        k: round(v, 4) if isinstance(v, float) else v for k, v in evaluation.items()}}
+    card_eval = {
+        "items": f"{evaluation['n_items']} 4-way questions on validation-slice images",
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in evaluation.items()},
+    }
     write_model_card(out_dir, "tiny-LLaVA stage 1 (feature alignment)", __doc__, summary, card_eval, cfg)
     log.info("stage 1 done in %.1f s: %s", time.time() - t_start, evaluation)
     return {**summary, **evaluation}

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from mmcal.data.fashion_mnist import CLASSES
+from mmcal.engine.prompts import PromptVariant
+from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.evaluation import evaluate_stage, stratified_subset
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
+from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.stage1 import check_parent_classes, freeze_all_but
-from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
-from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.training import (
     adamw,
     autocast,
@@ -42,7 +43,6 @@ from mmcal.tinyllava.training import (
     warmup_cosine,
     write_manifest,
 )
-from mmcal.engine.prompts import PromptVariant
 from mmcal.tinyllava.vision import patch_features, pixel_values
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,11 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
     optimizer = adamw(
         [
             {"params": lm_params, "lr": lr["lm"], "name": "lm"},
-            {"params": list(model.model.multi_modal_projector.parameters()), "lr": lr["projector"],
-             "name": "projector"},
+            {
+                "params": list(model.model.multi_modal_projector.parameters()),
+                "lr": lr["projector"],
+                "name": "projector",
+            },
         ],
         weight_decay=0.0,
         betas=tuple(float(b) for b in s2["betas"]),
@@ -156,27 +159,31 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
 
     out_dir = Path(out_dir)
     save_tiny_llava(model, processor, out_dir)
-    plot_training_curve(record.losses, out_dir / "training_curve.png",
-                        "tiny-LLaVA stage 2 (projector + LM)")
+    plot_training_curve(record.losses, out_dir / "training_curve.png", "tiny-LLaVA stage 2 (projector + LM)")
     idk_gold = np.array([it.gold == it.metadata.get("idk_index") for it in items])
-    write_manifest(out_dir, {
-        "stage": "stage2",
-        "seed": seed,
-        "train_classes": cfg["train_classes"],
-        "idk_train_classes": s2["idk_train_classes"] or [],
-        "held_out_classes": [c for c in held_out_classes(cfg) if c not in (s2["idk_train_classes"] or [])],
-        "parents": {"stage1": str(stage1_dir), "stage1_seed": parent["seed"]},
-        "training_images": index_summary(image_idx, data.labels),
-        "validation_images": index_summary(data.validation, data.labels),
-        "n_idk_gold_examples": int(idk_gold.sum()),
-        "n_examples_with_idk_option": int(sum(it.metadata.get("idk_index") is not None for it in items)),
-        "gold_letter_counts": {str(g): int(n) for g, n in zip(*np.unique([it.gold for it in items], return_counts=True))},
-        "steps": steps,
-        "batch_size": batch,
-        "trained": ["multi_modal_projector", "language_model.layers", "language_model.norm"]
-        + (["language_model.embed_tokens"] if s2["train_embeddings"] else []),
-        "config": cfg,
-    })
+    write_manifest(
+        out_dir,
+        {
+            "stage": "stage2",
+            "seed": seed,
+            "train_classes": cfg["train_classes"],
+            "idk_train_classes": s2["idk_train_classes"] or [],
+            "held_out_classes": [c for c in held_out_classes(cfg) if c not in (s2["idk_train_classes"] or [])],
+            "parents": {"stage1": str(stage1_dir), "stage1_seed": parent["seed"]},
+            "training_images": index_summary(image_idx, data.labels),
+            "validation_images": index_summary(data.validation, data.labels),
+            "n_idk_gold_examples": int(idk_gold.sum()),
+            "n_examples_with_idk_option": int(sum(it.metadata.get("idk_index") is not None for it in items)),
+            "gold_letter_counts": {
+                str(g): int(n) for g, n in zip(*np.unique([it.gold for it in items], return_counts=True))
+            },
+            "steps": steps,
+            "batch_size": batch,
+            "trained": ["multi_modal_projector", "language_model.layers", "language_model.norm"]
+            + (["language_model.embed_tokens"] if s2["train_embeddings"] else []),
+            "config": cfg,
+        },
+    )
     summary = {
         **record.summary(),
         "seed": seed,
@@ -187,8 +194,10 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads
         "IDK classes": ", ".join(CLASSES[c] for c in s2["idk_train_classes"] or []) or "none",
         "wall_seconds": round(time.time() - t_start, 1),
     }
-    card_eval = {"items": f"{evaluation['n_items']} 4-way questions on validation-slice images", **{
-        k: round(v, 4) if isinstance(v, float) else v for k, v in evaluation.items()}}
+    card_eval = {
+        "items": f"{evaluation['n_items']} 4-way questions on validation-slice images",
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in evaluation.items()},
+    }
     title = "tiny-LLaVA stage 2 (visual instruction tuning" + (", IDK variant)" if s2["idk_train_classes"] else ")")
     write_model_card(out_dir, title, __doc__, summary, card_eval, cfg)
     log.info("stage 2 done in %.1f s: %s", time.time() - t_start, evaluation)
@@ -199,12 +208,21 @@ def evaluate_idk(model, processor, data, cfg: dict, used_images) -> dict:
     """IDK variant: known-class items with the IDK option, and IDK-class images training never used."""
     s2 = cfg["stage2"]
     n = int(cfg["n_eval"])
-    known = evaluate_stage(model, processor, data, cfg, ("letter_restricted",), idk_text=s2["idk_text"],
-                           tag="val-idk-option")
+    known = evaluate_stage(
+        model, processor, data, cfg, ("letter_restricted",), idk_text=s2["idk_text"], tag="val-idk-option"
+    )
     unused = np.setdiff1d(data.pool_for(s2["idk_train_classes"]), used_images)
     idk_idx = stratified_subset(data.labels, unused, s2["idk_train_classes"], n, seed=3)
-    unknown = evaluate_stage(model, processor, data, cfg, ("letter_restricted",), idk_text=s2["idk_text"],
-                             indices=idk_idx, tag="val-idk-class")
+    unknown = evaluate_stage(
+        model,
+        processor,
+        data,
+        cfg,
+        ("letter_restricted",),
+        idk_text=s2["idk_text"],
+        indices=idk_idx,
+        tag="val-idk-class",
+    )
     return {
         "known_with_idk_option_accuracy": known["letter_restricted_accuracy"],
         "known_with_idk_option_idk_rate": known["letter_restricted_idk_rate"],

@@ -26,10 +26,18 @@ import numpy as np
 
 from mmcal.data.fashion_mnist import CLASSES
 from mmcal.errors import ConfigError
+from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
-from mmcal.tinyllava.config import held_out_classes, resolve_config
-from mmcal.tinyllava.training import adamw, autocast, eager_attention, run_steps, seed_everything, warmup_cosine, write_manifest
+from mmcal.tinyllava.training import (
+    adamw,
+    autocast,
+    eager_attention,
+    run_steps,
+    seed_everything,
+    warmup_cosine,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 

@@ -124,16 +124,13 @@ def idk_manifest(items: Iterable[MCItem]) -> dict:
         "by_split": dict(sorted(Counter(it.split for it in items).items())),
         "n_answerable": sum(bool(it.metadata.get("answerable")) for it in items),
         "idk_position_counts": _letter_counts(it.metadata.get("idk_index") for it in items),
-        "answerable_gold_position_counts": _letter_counts(
-            it.gold for it in items if it.metadata.get("answerable")
-        ),
+        "answerable_gold_position_counts": _letter_counts(it.gold for it in items if it.metadata.get("answerable")),
     }
 
 
 def _letter_counts(indices) -> dict[str, int]:
     counts = Counter(LETTERS[i] if isinstance(i, int) else "none" for i in indices)
     return dict(sorted(counts.items()))
-
 
 
 def norm_text(text: str) -> str:
@@ -146,12 +143,10 @@ def is_idk_text(text: str, idk_text: str = IDK_TEXT) -> bool:
     return norm_text(text) in {norm_text(idk_text), *IDK_PHRASES}
 
 
-
 def check_unique_ids(ids: list[str], what: str) -> None:
     dupes = sorted(k for k, v in Counter(ids).items() if v > 1)
     if dupes:
         raise DataError(f"{what}: duplicate ids {dupes[:10]}")
-
 
 
 def read_json(path: Path):
@@ -159,4 +154,3 @@ def read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-

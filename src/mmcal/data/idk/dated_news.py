@@ -104,9 +104,7 @@ def _distractor_list(value, where: str) -> list[str] | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{where}: field 'distractors' is not a JSON list ({exc.msg})"
-            ) from None
+            raise DataError(f"{where}: field 'distractors' is not a JSON list ({exc.msg})") from None
     elif isinstance(value, str):
         value = value.split("|")
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -140,9 +138,7 @@ def parse_news_record(
     distractors = _distractor_list(_field(rec, "distractors", field_map), where)
     cluster = _text_field(rec, "cluster", field_map, where, required=False) or image
     used = {field_map.get(k, k) for k in NEWS_FIELDS + ("caption",)}
-    extra = {
-        k: v for k, v in rec.items() if k not in used and isinstance(v, (str, int, float, bool))
-    }
+    extra = {k: v for k, v in rec.items() if k not in used and isinstance(v, (str, int, float, bool))}
     return NewsRecord(
         record_id=str(rid) if rid not in (None, "") else f"rec{index:05d}",
         image=image,
@@ -153,7 +149,6 @@ def parse_news_record(
         cluster=str(cluster),
         extra=extra,
     )
-
 
 
 def _news_distractors(
@@ -225,9 +220,7 @@ def build_dated_news_idk(
     cutoff_date = parse_date(cutoff, "cutoff")
     field_map = dict(field_map or {})
     parsed = [
-        parse_news_record(
-            rec, i, None if image_root is None else Path(image_root), field_map, check_images
-        )
+        parse_news_record(rec, i, None if image_root is None else Path(image_root), field_map, check_images)
         for i, rec in enumerate(records)
     ]
     check_unique_ids([r.record_id for r in parsed], "news records")
@@ -273,7 +266,6 @@ def build_dated_news_idk(
     return items, report
 
 
-
 def _news_report(parsed, kept, excluded, items, cutoff_date, gold) -> dict:
     dates = [r.published for r in kept]
     return {
@@ -289,9 +281,7 @@ def _news_report(parsed, kept, excluded, items, cutoff_date, gold) -> dict:
     }
 
 
-def load_news_records(
-    source: str | Path, image_dir: str | Path | None = None, hf_split: str = "test"
-) -> list[dict]:
+def load_news_records(source: str | Path, image_dir: str | Path | None = None, hf_split: str = "test") -> list[dict]:
     """Read news records from a local ``.json`` (a list), ``.jsonl`` or ``.csv`` file.
 
     ``source = "hf:<name>"`` reads a Hugging Face dataset instead (needs the optional ``datasets``
@@ -314,7 +304,6 @@ def load_news_records(
         with path.open(encoding="utf-8", newline="") as fh:
             return [dict(row) for row in csv.DictReader(fh)]
     raise DataError(f"{path}: unsupported news file type {suffix!r} (use .json, .jsonl or .csv)")
-
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -372,14 +361,19 @@ def hf_rows_to_records(
     return out
 
 
-
 @register("dated_news")
 def build_dated_news(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
     """Config adapter: ``path`` (records file), ``cutoff``, ``image_root`` (default: the file's folder)."""
     path = Path(require(cfg, "path", name))
     image_root = cfg.get("image_root", str(path.parent))
     return build_dated_news_idk(
-        load_news_records(str(path)), require(cfg, "cutoff", name), image_root=image_root,
-        image_rel=os.path.relpath(image_root, out_dir), n_options=int(cfg.get("n_options", 4)), seed=context.seed,
-        idk_text=cfg.get("idk_text", IDK_TEXT), gold=cfg.get("gold", "idk"), dataset=name,
+        load_news_records(str(path)),
+        require(cfg, "cutoff", name),
+        image_root=image_root,
+        image_rel=os.path.relpath(image_root, out_dir),
+        n_options=int(cfg.get("n_options", 4)),
+        seed=context.seed,
+        idk_text=cfg.get("idk_text", IDK_TEXT),
+        gold=cfg.get("gold", "idk"),
+        dataset=name,
     )

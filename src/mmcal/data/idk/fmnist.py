@@ -56,13 +56,9 @@ def _check_fmnist_idk_config(held_out, known, n_per_kind, n_options, no_informat
     # unknown_class / no_information show n_options-1 known classes; control needs n_options-2
     # distractors besides the gold, so n_options-1 known classes in both cases.
     if len(known) < n_options - 1:
-        raise ConfigError(
-            f"{n_options} options need {n_options - 1} known classes, only {len(known)} given"
-        )
+        raise ConfigError(f"{n_options} options need {n_options - 1} known classes, only {len(known)} given")
     if no_information_style not in NO_INFO_STYLES:
-        raise ConfigError(
-            f"no_information_style must be one of {NO_INFO_STYLES}, not {no_information_style!r}"
-        )
+        raise ConfigError(f"no_information_style must be one of {NO_INFO_STYLES}, not {no_information_style!r}")
 
 
 def _pick_images(labels, classes, n, taken: set[int], rng, what: str) -> list[int]:
@@ -161,9 +157,7 @@ class _FmnistIdkBuild:
                 fillers = self.draw_fillers(n - 2, exclude=label)
                 option_classes = place_options(n, idk_pos, answer_pos, label, fillers, None)
             else:  # held-out label: every known class is wrong
-                option_classes = place_options(
-                    n, idk_pos, None, None, self.draw_fillers(n - 1), None
-                )
+                option_classes = place_options(n, idk_pos, None, None, self.draw_fillers(n - 1), None)
             name = f"t10k-{i:05d}.png"
             # Same name and bytes as the fmnist builder's file, so an existing one is kept.
             _save_png(self.images[i], self.image_dir / name, overwrite=False)
@@ -273,9 +267,7 @@ def build_fmnist_idk_items(
     taken: set[int] = set()  # t10k indices already used: no image serves two items
     items: list[MCItem] = []
     if n_per_kind.get("unknown_class", 0) > 0:
-        idx = _pick_images(
-            labels, held_out, n_per_kind["unknown_class"], taken, rng, "unknown_class"
-        )
+        idx = _pick_images(labels, held_out, n_per_kind["unknown_class"], taken, rng, "unknown_class")
         items += build.image_items("unknown_class", idx)
     if n_per_kind.get("control", 0) > 0:
         idx = _pick_images(labels, known, n_per_kind["control"], taken, rng, "control")
@@ -292,14 +284,20 @@ def build_fmnist_idk_items(
     return items
 
 
-
 @register("fmnist_idk")
 def build_fmnist_idk(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
     """Config adapter: held-out classes = ``classes.idk_test``, known = ``classes.known``."""
     return build_fmnist_idk_items(
-        cfg.get("root", context.fmnist_root), out_dir / "images", "images",
-        held_out_classes=context.classes["idk_test"], known_classes=context.classes["known"],
-        n_per_kind=cfg.get("n_per_kind") or {}, n_options=int(cfg.get("n_options", 4)),
-        idk_text=cfg.get("idk_text", IDK_TEXT), idk_position=cfg.get("idk_position", "last"),
-        calib_fraction=float(cfg.get("calib_fraction", 0.3)), seed=context.seed, dataset=name,
+        cfg.get("root", context.fmnist_root),
+        out_dir / "images",
+        "images",
+        held_out_classes=context.classes["idk_test"],
+        known_classes=context.classes["known"],
+        n_per_kind=cfg.get("n_per_kind") or {},
+        n_options=int(cfg.get("n_options", 4)),
+        idk_text=cfg.get("idk_text", IDK_TEXT),
+        idk_position=cfg.get("idk_position", "last"),
+        calib_fraction=float(cfg.get("calib_fraction", 0.3)),
+        seed=context.seed,
+        dataset=name,
     )

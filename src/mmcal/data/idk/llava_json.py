@@ -38,10 +38,7 @@ def parse_mc_prompt(text: str, where: str) -> tuple[str, list[str], str]:
         question, options, trailer = _parse_inline_options(" ".join(question_lines))
         question_lines, trailer_lines = [question], [trailer] if trailer else []
     if len(options) < 2:
-        raise DataError(
-            f"{where}: found {len(options)} lettered options ('A. x', 'A) x' or '(A) x'), "
-            "need at least 2"
-        )
+        raise DataError(f"{where}: found {len(options)} lettered options ('A. x', 'A) x' or '(A) x'), need at least 2")
     if any(not o for o in options):
         raise DataError(f"{where}: option {LETTERS[options.index('')]} has no text")
     question = " ".join(question_lines).strip()
@@ -81,8 +78,7 @@ def parse_answer(value: str, options: list[str], where: str) -> int:
     index = LETTERS.index(m.group(1))
     if index >= len(options):
         raise DataError(
-            f"{where}: answer letter {m.group(1)} but only {len(options)} options "
-            f"(A-{LETTERS[len(options) - 1]})"
+            f"{where}: answer letter {m.group(1)} but only {len(options)} options (A-{LETTERS[len(options) - 1]})"
         )
     return index
 
@@ -188,10 +184,7 @@ def read_llava_conversation_json(
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     root = None if image_root is None else Path(image_root)
-    parsed = [
-        parse_llava_record(rec, i, path, root, idk_text, gold, check_images)
-        for i, rec in enumerate(data)
-    ]
+    parsed = [parse_llava_record(rec, i, path, root, idk_text, gold, check_images) for i, rec in enumerate(data)]
     check_unique_ids([p["id"] for p in parsed], str(path))
     items = [_llava_item(p, dataset, split, image_rel, idk_text, path) for p in parsed]
     if calib_fraction is not None:
@@ -230,7 +223,12 @@ def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext)
     path = require(cfg, "path", name)
     image_root = cfg.get("image_root", str(Path(path).parent))
     return read_llava_conversation_json(
-        path, image_root, dataset=name, split=cfg.get("split", "test"),
-        idk_text=cfg.get("idk_text", IDK_TEXT), image_rel=os.path.relpath(image_root, out_dir),
-        calib_fraction=cfg.get("calib_fraction"), seed=context.seed,
+        path,
+        image_root,
+        dataset=name,
+        split=cfg.get("split", "test"),
+        idk_text=cfg.get("idk_text", IDK_TEXT),
+        image_rel=os.path.relpath(image_root, out_dir),
+        calib_fraction=cfg.get("calib_fraction"),
+        seed=context.seed,
     )
