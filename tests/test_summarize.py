@@ -7,6 +7,7 @@ import pytest
 from mmcal.analysis import metrics as m
 from mmcal.analysis import stats
 from mmcal.analysis.summary import COMPARE_COLUMNS, GROUP_KEYS, compare, summarize
+from mmcal.errors import DataError
 from mmcal.records import option_probs, read_records, readout_row, to_frame, unscorable_rows, write_records
 
 B = 100  # summarize replicates: enough to exercise the code, fast
@@ -97,7 +98,7 @@ def test_summarize_split_filter():
 
 
 def test_summarize_names_a_missing_split_column():
-    with pytest.raises(ValueError, match="no 'split' column"):
+    with pytest.raises(DataError, match="no 'split' column"):
         summarize(_records().drop(columns=["split"]), B=20, seed=0, smece_test=False)
 
 

@@ -172,6 +172,19 @@ def select(df: pd.DataFrame, **where) -> pd.DataFrame:
     return df[mask]
 
 
+ALL_SPLITS = "all"  # the split an analysis names when it used every split
+
+
+def in_split(df: pd.DataFrame, split: str | None) -> pd.DataFrame:
+    """The rows of ``split``; every row for None or ``ALL_SPLITS``. Asking for a split of a frame
+    without a ``split`` column is an error (``select`` would silently keep every row)."""
+    if split in (None, ALL_SPLITS):
+        return df
+    if "split" not in df.columns:
+        raise DataError(f"records have no 'split' column to select split {split!r}")
+    return select(df, split=split)
+
+
 def scorable(df: pd.DataFrame) -> pd.DataFrame:
     """The rows that were scored (status "ok"), sorted by item so that the input row order never
     changes a number (ties, equal-mass bins, bootstrap resamples)."""

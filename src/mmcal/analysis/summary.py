@@ -18,9 +18,8 @@ import pandas as pd
 
 from mmcal.analysis import metrics as m
 from mmcal.analysis import stats
-from mmcal.records import GROUP_KEYS, metric_arrays, scorable, select
+from mmcal.records import ALL_SPLITS, GROUP_KEYS, in_split, metric_arrays, scorable, select
 
-ALL_SPLITS = "all"  # the ``split`` a summary row names when it was computed on every split
 DEFAULT_COMPARE_METRICS = ("accuracy", "ece_10", "ece_debiased", "smece", "brier", "nll", "auroc")
 COMPARE_COLUMNS = [
     "comparison",
@@ -57,15 +56,6 @@ def group_arrays(frame: pd.DataFrame) -> tuple[dict, np.ndarray]:
     return data, frame["cluster_id"].to_numpy()
 
 
-def _in_split(records: pd.DataFrame, split) -> pd.DataFrame:
-    """The rows of ``split``; every row for None or ``ALL_SPLITS``."""
-    if split in (None, ALL_SPLITS):
-        return records
-    if "split" not in records.columns:
-        raise ValueError(f"records have no 'split' column to select split {split!r}")
-    return select(records, split=split)
-
-
 # ---------------------------------------------------------------------------------------------
 # summarize
 
@@ -89,7 +79,7 @@ def summarize(
     derived from ``seed`` and the group key with SHA-256, so a group's numbers do not depend on
     which other groups are in the table.
     """
-    frame = _in_split(records, split)
+    frame = in_split(records, split)
     rows = []
     for key, group in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
         ok = scorable(group)
@@ -144,7 +134,7 @@ def compare(
     possible ``p_holm`` is 2 m / (B + 1); a warning says when that is not below alpha (choose
     B > 2 m / alpha, e.g. B = 3000 for 70 rows at alpha = 0.05).
     """
-    frame = scorable(_in_split(records, split))
+    frame = scorable(in_split(records, split))
     rows = []
     for comparison in comparisons:
         rows += _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))

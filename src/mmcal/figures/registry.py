@@ -22,7 +22,7 @@ import pandas as pd
 
 from mmcal import figures as F
 from mmcal.plan import records_path
-from mmcal.records import GROUP_KEYS, RUN_KEYS, read_records, select
+from mmcal.records import GROUP_KEYS, RUN_KEYS, in_split, read_records, select
 
 Inputs = dict[str, list[str]]
 
@@ -117,7 +117,7 @@ def _main_runs(config: dict, runs: list[dict]) -> list[dict]:
 
 
 def _test_records(paths: list[str], split: str) -> pd.DataFrame:
-    return select(read_records(paths), split=split)
+    return in_split(read_records(paths), split)
 
 
 def _describe(where: dict) -> str:
