@@ -26,6 +26,7 @@ def model_entry_for(args, cfg: dict) -> dict:
         "revision": args.revision,
         "dtype": args.dtype,
         "batch_size": args.batch_size,
+        "chat_template": args.chat_template,
     }
     entry.update({k: v for k, v in flags.items() if v is not None})
     if "path" not in entry:
@@ -58,6 +59,7 @@ def cmd_score(args) -> int:
         batch_size=(cfg.get("scoring") or {}).get("batch_size", 8),
         limit_per_split=args.limit,
         descriptions_path=args.descriptions,
+        max_unscorable=(cfg.get("scoring") or {}).get("max_unscorable", 0.02),
     )
     print(json.dumps(stats))
     return 0
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
     s.add_argument("--model-path", help="a local folder or hub id (overrides the entry's path)")
     s.add_argument("--kind", choices=["auto", "mllm", "llm"], help="default: the entry's, else auto")
     s.add_argument("--revision", help="hub revision (default: the entry's)")
+    s.add_argument("--chat-template", help="a built-in prompt format or a .jinja file (default: the entry's)")
     s.add_argument("--items", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="a study config: the model entry, prompts, scenarios, defaults")

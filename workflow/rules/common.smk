@@ -31,6 +31,7 @@ def score_params(wildcards):
         "dtype": mcfg.get("dtype", config["dtype"]),
         "batch_size": mcfg.get("batch_size", config["scoring"]["batch_size"]),
         "shard_size": config["scoring"]["shard_size"],
+        "max_unscorable": config["scoring"]["max_unscorable"],
         "limit_per_split": run["limit"] or config["scoring"]["limit_per_split"],
     }
 

@@ -29,4 +29,5 @@ score_to_records(
     limit_per_split=p.get("limit_per_split"),
     model_path=sm.input.get("model"),
     descriptions_path=sm.input.get("descriptions"),
+    max_unscorable=p["max_unscorable"],
 )

@@ -1,15 +1,18 @@
 """The one way to build a scoring engine from a model entry (config ``models.<name>``).
 
 The scoring job, the prompt search and ``mmcal score`` all load through here, so an entry's loading
-options (``path``, ``kind``, ``revision``, ``dtype``, ``batch_size``) mean the same in each of them.
+options (``path``, ``kind``, ``revision``, ``dtype``, ``batch_size``, ``chat_template``) mean the same in
+each of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Iterable
 
-from mmcal.engine.loading import load_model, model_fingerprint
+from mmcal.engine.chat import OWN, ChatFormat, missing_template, resolve_chat_format
+from mmcal.engine.loading import has_own_template, load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scoring import Engine
 from mmcal.errors import ConfigError
@@ -24,9 +27,19 @@ def checkpoint_path(name: str, model_entry: dict, path: str | Path | None = None
     return str(model_entry["path"])
 
 
+def _fingerprint(checkpoint: str, model_entry: dict, chat_format: ChatFormat) -> str:
+    """The checkpoint's fingerprint, and the prompt format's when one is configured (a model with its
+    own template keeps the checkpoint's fingerprint)."""
+    base = model_fingerprint(checkpoint, model_entry.get("revision"))
+    if chat_format.template is None:
+        return base
+    return hashlib.sha256(f"{base}|{chat_format.identity()}".encode()).hexdigest()[:16]
+
+
 def engine_fingerprint(name: str, model_entry: dict, path: str | Path | None = None) -> str:
     """The fingerprint ``build_engine`` stamps on records, computed without loading the model."""
-    return model_fingerprint(checkpoint_path(name, model_entry, path), model_entry.get("revision"))
+    checkpoint = checkpoint_path(name, model_entry, path)
+    return _fingerprint(checkpoint, model_entry, resolve_chat_format(name, model_entry, checkpoint))
 
 
 def build_engine(
@@ -44,20 +57,27 @@ def build_engine(
     """Load the entry's model and wrap it in an engine.
 
     ``dtype`` and ``batch_size`` are the study-wide settings; the entry's own ``dtype`` and
-    ``batch_size`` take precedence over them.
+    ``batch_size`` take precedence over them. The prompt format is resolved first: a model that
+    cannot render prompts fails before its weights load.
     """
+    checkpoint = checkpoint_path(name, model_entry, path)
+    chat_format = resolve_chat_format(name, model_entry, checkpoint)
     lm = load_model(
         name,
-        checkpoint_path(name, model_entry, path),
+        checkpoint,
         kind=model_entry.get("kind", "auto"),
         device=device,
         dtype=model_entry.get("dtype", dtype),
         revision=model_entry.get("revision"),
     )
+    if chat_format is OWN and not has_own_template(lm):  # a hub model whose files could not be read before
+        raise missing_template(name, checkpoint)
+    lm.fingerprint = _fingerprint(checkpoint, model_entry, chat_format)
     return Engine(
         lm,
         prompt,
         readouts=readouts,
         batch_size=int(model_entry.get("batch_size", batch_size)),
         image_root=image_root,
+        chat_format=chat_format,
     )

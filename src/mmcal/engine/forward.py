@@ -23,6 +23,16 @@ from mmcal.items import MCItem
 log = logging.getLogger(__name__)
 
 
+class ForwardError(MmcalError):
+    """A forward pass failed for a reason that is not one item's input (a bug, a device error)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
 @dataclass
 class Encoded:
     """An item ready for the model: prefix token ids plus processor tensors (batch dim 1)."""

@@ -20,8 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from mmcal.engine.build import build_engine, engine_fingerprint
+from mmcal.engine.forward import ForwardError
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
+from mmcal.engine.scoring import is_input_problem
+from mmcal.errors import MmcalError
 from mmcal.items import read_items
 from mmcal.records import to_frame, write_records
 
@@ -44,6 +47,8 @@ class JobSpec:
     # never mixed into the records (e.g. after a checkpoint was retrained).
     fingerprint: str | None = None
     prompt_hash: str | None = None
+    # Largest share of unscorable items among those whose inputs are fine before the job fails.
+    max_unscorable: float = 0.02
 
 
 def shard_dir_for(out_path: str | Path) -> Path:
@@ -82,6 +87,21 @@ def select_items(spec: JobSpec):
                 kept.append(it)
         items = kept
     return items
+
+
+def check_unscorable(df: pd.DataFrame, spec: JobSpec) -> None:
+    """Fail when more than ``spec.max_unscorable`` of the items whose inputs are fine went unscored:
+    that is a systematic failure (a processor or model problem), not a few bad items."""
+    per_item = df.drop_duplicates("item_id")
+    fine = per_item[~per_item["status"].map(is_input_problem)]
+    failed = fine[fine["status"] != "ok"]
+    if len(fine) and len(failed) / len(fine) > spec.max_unscorable:
+        reasons = "; ".join(f"{r.item_id}: {r.status}" for r in failed.head(3).itertuples())
+        raise MmcalError(
+            f"{spec.model}/{spec.dataset}/{spec.scenario}/{spec.prompt}: {len(failed)} of {len(fine)} items "
+            f"({len(failed) / len(fine):.1%}) with usable inputs could not be scored, more than "
+            f"scoring.max_unscorable = {spec.max_unscorable:.1%}. First: {reasons}"
+        )
 
 
 def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict:
@@ -125,7 +145,10 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
         next_index = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=-1)
         for start in range(0, len(todo), spec.shard_size):
             chunk = todo[start : start + spec.shard_size]
-            rows = engine.score(chunk, scenario, descriptions, progress=bar.update)
+            try:
+                rows = engine.score(chunk, scenario, descriptions, progress=bar.update)
+            except ForwardError as exc:
+                raise ForwardError(f"dataset {spec.dataset!r}: {exc}") from exc.__cause__
             for r in rows:
                 r.update(provenance)
             write_records(to_frame(rows), shard_dir / f"shard-{next_index:05d}.parquet")
@@ -137,6 +160,7 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
     df = df[df["item_id"].isin(order)]
     df = df.assign(_o=df["item_id"].map(order)).sort_values(["_o", "readout"], kind="stable")
     df = df.drop(columns="_o").reset_index(drop=True)
+    check_unscorable(df, spec)
     write_records(df, spec.out_path)
     shutil.rmtree(shard_dir)
     per_item = df.drop_duplicates("item_id")
@@ -170,6 +194,7 @@ def score_to_records(
     limit_per_split: int | None = None,
     model_path: str | Path | None = None,
     descriptions_path: str | Path | None = None,
+    max_unscorable: float = 0.02,
     progress: bool = True,
 ) -> dict:
     """Score one (model, dataset, scenario, prompt) into ``out_path``; returns the job's stats.
@@ -189,6 +214,7 @@ def score_to_records(
         limit_per_split=limit_per_split,
         fingerprint=engine_fingerprint(model_name, model_entry, model_path),
         prompt_hash=prompt.prompt_hash(),
+        max_unscorable=float(max_unscorable),
     )
 
     def make_engine():

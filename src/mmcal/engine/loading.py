@@ -82,6 +82,10 @@ def model_fingerprint(path_or_id: str, revision: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def has_own_template(lm: "LoadedModel") -> bool:
+    return bool(getattr(lm.tokenizer, "chat_template", None) or getattr(lm.processor, "chat_template", None))
+
+
 def is_multimodal_config(config) -> bool:
     return getattr(config, "vision_config", None) is not None
 
@@ -95,7 +99,10 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load a model and its processor/tokenizer; ``kind`` is ``mllm``, ``llm`` or ``auto``."""
+    """Load a model and its processor/tokenizer; ``kind`` is ``mllm``, ``llm`` or ``auto``.
+
+    Whether it can render prompts (its own chat template or a configured format) is checked before
+    this, by :func:`mmcal.engine.chat.resolve_chat_format`."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -126,8 +133,6 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         processor = tokenizer
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
-    if getattr(tokenizer, "chat_template", None) is None and getattr(processor, "chat_template", None) is None:
-        raise MmcalError(f"model {name!r}: {path} has no chat template")
     model.to(device)
     model.eval()
     return LoadedModel(

@@ -26,6 +26,24 @@ def encode_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def joined_ids(tokenizer, opened_turn: str, separator: str, text: str) -> list[int]:
+    """Token ids of ``text`` as it follows the opened assistant turn and ``separator`` ("ASSISTANT:" + " " +
+    "Answer: (" gives ``▁Answer`` on Llama, as in the family's own answers).
+
+    With no separator ``text`` is tokenised on its own, as it always was for models' own templates.
+    """
+    if not separator:
+        return encode_ids(tokenizer, text)
+    head = encode_ids(tokenizer, opened_turn)
+    full = encode_ids(tokenizer, opened_turn + separator + text)
+    if full[: len(head)] != head:
+        raise MmcalError(
+            f"{text!r} after {opened_turn[-20:]!r} + {separator!r} merges into the turn's last token; "
+            "the prompt's answer_prefix cannot follow this chat format"
+        )
+    return full[len(head) :]
+
+
 def letter_token_ids(tokenizer, answer_prefix: str, n: int) -> list[int]:
     """Token id of each option letter as the model would emit it right after ``answer_prefix``.
 
@@ -57,8 +75,14 @@ def letter_token_ids(tokenizer, answer_prefix: str, n: int) -> list[int]:
 class ReadoutSet:
     """The readouts of one engine (one tokenizer, one prompt variant)."""
 
-    def __init__(self, tok, prompt: PromptVariant, readouts: Iterable[str]):
+    def __init__(
+        self, tok, prompt: PromptVariant, readouts: Iterable[str], opened_turn: str = "", answer_separator: str = ""
+    ):
+        """``opened_turn``: a rendered prompt up to the opened assistant turn, which continuations follow
+        after ``answer_separator`` (see :func:`joined_ids`)."""
         self.tok = tok
+        self.opened_turn = opened_turn
+        self.answer_separator = answer_separator
         self.prompt = prompt
         self.readouts = tuple(readouts)
         bad = set(self.readouts) - set(READOUTS)
@@ -67,6 +91,13 @@ class ReadoutSet:
         if "option_loglik" in self.readouts and not prompt.option_prefix:
             raise MmcalError(f"prompt {prompt.name!r}: option_loglik needs a non-empty option_prefix")
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
+        self._joined_cache: dict[str, list[int]] = {}
+
+    def joined(self, text: str) -> list[int]:
+        """Token ids of a continuation (answer prefix, option prefix, candidate) after the opened turn."""
+        if text not in self._joined_cache:
+            self._joined_cache[text] = joined_ids(self.tok, self.opened_turn, self.answer_separator, text)
+        return self._joined_cache[text]
 
     def letters(self, answer_prefix: str, n: int) -> list[int]:
         key = (answer_prefix, n)
@@ -78,9 +109,9 @@ class ReadoutSet:
         """Continuations needed for this item's readouts: first the answer prefix, then options."""
         rows = []
         if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
-            rows.append(Row(enc_index, encode_ids(self.tok, self.prompt.answer_prefix), 10**9))
+            rows.append(Row(enc_index, self.joined(self.prompt.answer_prefix), 10**9))
         if "option_loglik" in self.readouts:
-            head = encode_ids(self.tok, self.prompt.option_prefix)
+            head = self.joined(self.prompt.option_prefix)
             for opt in enc.item.options:
                 rows.append(Row(enc_index, head + encode_ids(self.tok, " " + opt), len(head)))
         return rows

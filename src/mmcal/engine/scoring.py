@@ -18,11 +18,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mmcal import LETTERS
-from mmcal.engine.chat import render_prompt
-from mmcal.engine.forward import Encoded, Forward
+from mmcal.engine.chat import OWN, ChatFormat, render_prompt
+from mmcal.engine.forward import Encoded, Forward, ForwardError, is_out_of_memory
 from mmcal.engine.loading import LoadedModel
 from mmcal.engine.prompts import PromptVariant, build_messages
-from mmcal.engine.readouts import ReadoutSet, encode_ids
+from mmcal.engine.readouts import ReadoutSet
 from mmcal.engine.scenarios import Scenario, description_for, shift_options
 from mmcal.items import MCItem
 from mmcal.records import READOUTS, meta_json, unscorable_rows
@@ -46,6 +46,33 @@ def load_image(path: Path):
 
 ENCODE_CHUNK = 256  # items per processor call when encoding in bulk
 
+# Statuses that come from an item's own input (set while preparing or tokenising it, below). Any
+# other unscorable status (processor failure, non-finite scores) counts against scoring.max_unscorable.
+INPUT_PROBLEMS = (
+    "no options",
+    "too many options",
+    "text-only model cannot take an image",
+    "item has no image",
+    "image missing",
+    "image unreadable",
+    "prompt too long",
+)
+
+
+def is_input_problem(status: str) -> bool:
+    return status.startswith(INPUT_PROBLEMS)
+
+
+def _chunks(seq: list, size: int):
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 class Engine:
     """Scores items for one loaded model with one prompt variant."""
@@ -58,10 +85,16 @@ class Engine:
         batch_size: int = 8,
         max_prompt_tokens: int | None = None,
         image_root: str | Path = ".",
+        chat_format: ChatFormat = OWN,
     ):
         self.lm = lm
         self.prompt = prompt
-        self.readout_set = ReadoutSet(lm.tokenizer, prompt, readouts)
+        self.chat_format = chat_format
+        opened = ""
+        if chat_format.answer_separator:  # a probe prompt ending like every item's: the instruction
+            probe = [{"role": "user", "content": [{"type": "text", "text": prompt.instruction or "?"}]}]
+            opened = render_prompt(lm.tokenizer, probe, multimodal=False, chat_format=chat_format)
+        self.readout_set = ReadoutSet(lm.tokenizer, prompt, readouts, opened, chat_format.answer_separator)
         self.readouts = self.readout_set.readouts
         self.forward = Forward(lm)
         self.batch_size = max(1, int(batch_size))
@@ -70,6 +103,7 @@ class Engine:
         self.image_root = Path(image_root)
         self.tok = lm.tokenizer
         self._batch_encode_ok: bool | None = None  # decided on the first item encoded in bulk
+        self._fitting_size = self.batch_size  # lowered when a batch runs out of memory
 
     # ---- encoding -----------------------------------------------------------------------
     def _add_special(self, text: str) -> bool:
@@ -123,7 +157,7 @@ class Engine:
                 return enc, None, None
         context = description_for(scenario, item, descriptions)
         messages = build_messages(item, self.prompt, with_image=with_image, context=context)
-        text = render_prompt(self.lm.processor, messages, multimodal=self.lm.multimodal)
+        text = render_prompt(self.lm.processor, messages, multimodal=self.lm.multimodal, chat_format=self.chat_format)
         return enc, text, image
 
     def _call_processor(self, texts: list[str], images: list | None, tensors: str | None):
@@ -225,25 +259,41 @@ class Engine:
                 if progress:
                     progress(1)
         for batch in self._batches([e for e in encs if e.status == "ok"]):
-            rows = [r for j, e in enumerate(batch) for r in self.readout_set.continuations(e, j)]
-            try:
-                outs = self.forward.run_rows(batch, rows)
-            except Exception as exc:  # e.g. out of memory on one batch: record, keep going
-                log.exception("forward pass failed for %d items", len(batch))
-                for e in batch:
-                    reason = f"forward failed: {type(exc).__name__}: {exc}"[:300]
-                    rows_by_pos[e.pos] = self._finish(
-                        e, unscorable_rows(self.readouts, e.item.gold, len(e.item.options), reason)
-                    )
-                if progress:
-                    progress(len(batch))
-                continue
-            for j, e in enumerate(batch):
-                mine = [o for r, o in zip(rows, outs) if r.enc_index == j]
-                rows_by_pos[e.pos] = self._finish(e, self.readout_set.rows(e, mine))
+            for part, outs in self._run_batch(batch, scenario):
+                for j, e in enumerate(part):
+                    rows_by_pos[e.pos] = self._finish(e, self.readout_set.rows(e, outs[j]))
             if progress:
                 progress(len(batch))
         return [r for pos in range(len(items)) for r in rows_by_pos[pos]]
+
+    def _run_batch(self, batch: list[Encoded], scenario: Scenario) -> list[tuple[list[Encoded], list[list]]]:
+        """(part of the batch, per item the outputs of its continuations) for the whole batch.
+
+        Out of memory: the batch again in parts of half the size, down to one item (later batches
+        start at the size that fitted); any other error fails the job, naming the batch's items.
+        """
+        size = min(len(batch), self._fitting_size)
+        while True:
+            try:
+                return [(part, self._run_part(part)) for part in _chunks(batch, size)]
+            except Exception as exc:
+                ids = [e.item.item_id for e in batch]
+                where = f"model {self.lm.name!r}, scenario {scenario.name!r}, prompt {self.prompt.name!r}"
+                if not is_out_of_memory(exc):
+                    raise ForwardError(
+                        f"forward pass failed ({where}; items {ids}): {type(exc).__name__}: {exc}"
+                    ) from exc
+                if size == 1:
+                    raise ForwardError(f"out of memory with one item per batch ({where}; items {ids})") from exc
+                size //= 2
+                self._fitting_size = size
+                log.warning("out of memory on %d items: retrying in batches of %d", len(batch), size)
+                _free_device_memory()
+
+    def _run_part(self, part: list[Encoded]) -> list[list]:
+        rows = [r for j, e in enumerate(part) for r in self.readout_set.continuations(e, j)]
+        outs = self.forward.run_rows(part, rows)
+        return [[o for r, o in zip(rows, outs) if r.enc_index == j] for j in range(len(part))]
 
     def _finish(self, enc: Encoded, rows: list[dict]) -> list[dict]:
         it = enc.item
@@ -279,7 +329,7 @@ class Engine:
         """
         encs = self.encode_many(items, scenario, descriptions)
         result: dict[str, list[dict]] = {p: [] for p in prefixes}
-        cand_ids = [encode_ids(self.tok, p) for p in prefixes]
+        cand_ids = [self.readout_set.joined(p) for p in prefixes]
         for e in encs:
             if e.status != "ok":
                 for p in prefixes:
