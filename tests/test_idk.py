@@ -20,6 +20,7 @@ from mmcal.data.idk.common import idk_manifest
 from mmcal.data.idk.dated_news import build_dated_news_idk, hf_rows_to_records, load_news_records
 from mmcal.data.idk.fmnist import build_fmnist_idk_items
 from mmcal.data.idk.llava_json import parse_mc_prompt, read_llava_conversation_json
+from mmcal.data.registry import BuildContext, build_dataset, build_items
 from mmcal.errors import ConfigError, DataError
 from mmcal.items import read_items, write_items
 from mmcal.records import read_records, write_records
@@ -30,6 +31,7 @@ HELD_OUT = [8, 9]
 KNOWN = list(range(8))
 N_PER_KIND = {"unknown_class": 12, "control": 12, "no_information": 6}
 CUTOFF = "2024-07-31"
+CONTEXT = BuildContext(classes={}, fmnist_root=str(FMNIST_ROOT), seed=0)
 
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST_ROOT / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
@@ -253,24 +255,61 @@ def test_news_csv_and_json_loaders(tmp_path):
 def test_news_malformed_records_raise_naming_record_and_field():
     records = load_news_records(FIXTURES / "news_malformed.jsonl")
     with pytest.raises(DataError, match=r"#1 \(id 'bad-date'\).*2024-13-45"):
-        build_dated_news_idk(records, CUTOFF, image_root=FIXTURES)
+        build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, strict=True)
     good = load_news_records(FIXTURES / "news.jsonl")
     missing_headline = [*good, {"id": "x9", "image": "images/news1.png", "date": "2024-08-03"}]
     with pytest.raises(DataError, match=r"'x9'.*headline"):
-        build_dated_news_idk(missing_headline, CUTOFF, image_root=FIXTURES)
+        build_dated_news_idk(missing_headline, CUTOFF, image_root=FIXTURES, strict=True)
     missing_date = [*good, {"id": "x8", "image": "images/news1.png", "headline": "Hi"}]
     with pytest.raises(DataError, match=r"'x8'.*'date'"):
-        build_dated_news_idk(missing_date, CUTOFF, image_root=FIXTURES)
+        build_dated_news_idk(missing_date, CUTOFF, image_root=FIXTURES, strict=True)
     missing_image = [
         *good,
         {"id": "x7", "image": "images/gone.png", "headline": "H", "date": "2024-09-09"},
     ]
     with pytest.raises(DataError, match=r"'x7'.*gone.png does not exist"):
-        build_dated_news_idk(missing_image, CUTOFF, image_root=FIXTURES)
-    # A malformed record is an error even when it would have been excluded by date.
+        build_dated_news_idk(missing_image, CUTOFF, image_root=FIXTURES, strict=True)
+    # A malformed record is rejected even when it would have been excluded by date.
     old_bad = [*good, {"id": "x6", "headline": "H", "date": "2020-01-01"}]
     with pytest.raises(DataError, match=r"'x6'.*'image'"):
-        build_dated_news_idk(old_bad, CUTOFF, image_root=FIXTURES)
+        build_dated_news_idk(old_bad, CUTOFF, image_root=FIXTURES, strict=True)
+
+
+def test_news_malformed_records_are_rejected_with_reasons():
+    records = load_news_records(FIXTURES / "news_malformed.jsonl")
+    bad_date = {"index": 1, "id": "bad-date", "reason": "date '2024-13-45' is not an ISO date (YYYY-MM-DD)"}
+    # 1 of 3 rejected: above the default bound (5%), within 1/3, and never with strict.
+    with pytest.raises(DataError, match=r"1 malformed record\(s\) rejected \(33.3% of 3 records, above max_rejected"):
+        build_dated_news_idk(records, CUTOFF, image_root=FIXTURES)
+    items, report = build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, n_options=3, max_rejected=1 / 3)
+    assert [it.metadata["record_id"] for it in items] == ["ok-1", "ok-2"]
+    assert (report["n_records"], report["n_rejected"], report["n_kept"]) == (3, 1, 2)
+    assert report["rejected"] == [bad_date] and report["rejected_share"] == pytest.approx(1 / 3)
+    with pytest.raises(DataError, match=r"strict: true"):
+        build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, n_options=3, max_rejected=1.0, strict=True)
+
+    # Four kinds of broken record among the 7 good ones: each listed with its index, id and reason.
+    good = load_news_records(FIXTURES / "news.jsonl")
+    broken = [
+        {"id": "x9", "image": "images/news1.png", "date": "2024-08-03"},
+        {"id": "x8", "image": "images/news1.png", "headline": "Hi"},
+        {"id": "x7", "image": "images/gone.png", "headline": "H", "date": "2024-09-09"},
+        {"headline": "H", "date": "2020-01-01"},  # no id, no image, before the cutoff
+    ]
+    items, report = build_dated_news_idk([*good, *broken], CUTOFF, image_root=FIXTURES, seed=1, max_rejected=0.4)
+    assert report["rejected"] == [
+        {"index": 7, "id": "x9", "reason": "field 'headline' (or 'caption') is missing or empty"},
+        {"index": 8, "id": "x8", "reason": "field 'date' is missing or empty"},
+        {"index": 9, "id": "x7", "reason": f"image file {FIXTURES / 'images/gone.png'} does not exist"},
+        {"index": 10, "id": None, "reason": "field 'image' is missing or empty"},
+    ]
+    assert (report["n_records"], report["n_rejected"], report["n_kept"]) == (11, 4, 5)
+    assert report["n_excluded_not_after_cutoff"] == 2
+    # The rejected records change nothing about the good ones' items.
+    clean, _ = build_dated_news_idk(good, CUTOFF, image_root=FIXTURES, seed=1)
+    assert [it.to_dict() for it in items] == [it.to_dict() for it in clean]
+    with pytest.raises(DataError, match=r"4 malformed record\(s\) rejected \(36.4% of 11 records"):
+        build_dated_news_idk([*good, *broken], CUTOFF, image_root=FIXTURES, max_rejected=0.36)
 
 
 def test_news_too_few_distractors_and_field_map(tmp_path):
@@ -305,7 +344,8 @@ def test_hf_source_is_optional(monkeypatch, tmp_path):
 
 
 def test_llava_parses_formats_answers_and_idk_option():
-    items = read_llava_conversation_json(FIXTURES / "llava_idk.json", FIXTURES, "july24", "test")
+    items, report = read_llava_conversation_json(FIXTURES / "llava_idk.json", FIXTURES, "july24", "test")
+    assert (report["n_records"], report["n_rejected"], report["rejected"]) == (5, 0, [])
     by_id = {it.metadata["record_id"]: it for it in items}
     q1 = by_id["q-001"]
     assert q1.question == "Who won the election held in the city shown in August 2024?"
@@ -329,54 +369,102 @@ def test_llava_parses_formats_answers_and_idk_option():
 
 def test_llava_gold_idk_mode_and_calib_split():
     path = FIXTURES / "llava_idk.json"
-    with pytest.raises(DataError, match=r"id 5.*no option reads like"):
+    with pytest.raises(DataError, match=r"id '5'.*no option reads like"):
         read_llava_conversation_json(path, FIXTURES, "j", "test", gold="idk")
-    items = read_llava_conversation_json(path, FIXTURES, "j", "test", calib_fraction=0.5)
+    items, _ = read_llava_conversation_json(path, FIXTURES, "j", "test", calib_fraction=0.5)
     split_of = {}
     for it in items:
         assert split_of.setdefault(it.cluster_id, it.split) == it.split
     assert {it.split for it in items} == {"calib", "test"}
 
 
-def test_llava_malformed_record_names_id(tmp_path):
-    with pytest.raises(DataError, match=r"id 'q-bad'.*answer letter E but only 4 options"):
-        read_llava_conversation_json(FIXTURES / "llava_idk_malformed.json", FIXTURES, "j", "test")
+def test_llava_malformed_records_are_rejected_with_reasons(tmp_path):
+    malformed = FIXTURES / "llava_idk_malformed.json"
+    with pytest.raises(DataError, match=r"record #1 \(id 'q-bad'\): answer letter E but only 4 options"):
+        read_llava_conversation_json(malformed, FIXTURES, "j", "test")  # 1 of 2: above 5%
+    items, report = read_llava_conversation_json(malformed, FIXTURES, "j", "test", max_rejected=0.5)
+    assert [it.metadata["record_id"] for it in items] == ["q-ok"]
+    assert report == {
+        "n_records": 2,
+        "n_rejected": 1,
+        "rejected_share": 0.5,
+        "rejected": [{"index": 1, "id": "q-bad", "reason": "answer letter E but only 4 options (A-D)"}],
+    }
+    with pytest.raises(DataError, match=r"strict: true.*id 'q-bad'"):
+        read_llava_conversation_json(malformed, FIXTURES, "j", "test", max_rejected=0.5, strict=True)
+
     good = json.loads((FIXTURES / "llava_idk.json").read_text())
-
-    def bad_file(record):
-        path = tmp_path / "bad.json"
-        path.write_text(json.dumps(good[:1] + [record]))
-        return path
-
-    cases = [
-        ({"id": "m1", "image": "images/q1.png"}, r"id 'm1'.*conversations"),
-        (
-            {"id": "m2", "image": "images/nope.png", "conversations": good[0]["conversations"]},
-            r"id 'm2'.*nope.png does not exist",
-        ),
-        (
-            {
-                "id": "m3",
-                "image": "images/q1.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nNo options here"},
-                    {"from": "gpt", "value": "A"},
-                ],
-            },
-            r"id 'm3'.*lettered options",
-        ),
-        (
-            {"id": "m4", "image": "images/q1.png", "conversations": [good[0]["conversations"][0]]},
-            r"id 'm4'.*answer turn",
-        ),
-        (
-            {"id": "q-001", "image": "images/q1.png", "conversations": good[0]["conversations"]},
-            r"duplicate ids \['q-001'\]",
-        ),
+    broken = [
+        {"id": "m1", "image": "images/q1.png"},
+        {"id": "m2", "image": "images/nope.png", "conversations": good[0]["conversations"]},
+        {
+            "id": "m3",
+            "image": "images/q1.png",
+            "conversations": [{"from": "human", "value": "<image>\nNo options here"}, {"from": "gpt", "value": "A"}],
+        },
+        {"id": "m4", "image": "images/q1.png", "conversations": [good[0]["conversations"][0]]},
+        {"image": "images/q1.png", "conversations": good[0]["conversations"]},
     ]
-    for record, pattern in cases:
-        with pytest.raises(DataError, match=pattern):
-            read_llava_conversation_json(bad_file(record), FIXTURES, "j", "test")
+    path = tmp_path / "llava_idk.json"  # the fixture's name: item sources name the file
+    path.write_text(json.dumps(good + broken))
+    items, report = read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=0.5)
+    assert report["rejected"] == [
+        {"index": 5, "id": "m1", "reason": "'conversations' must be a non-empty list of turns"},
+        {"index": 6, "id": "m2", "reason": f"image file {FIXTURES / 'images/nope.png'} does not exist"},
+        {"index": 7, "id": "m3", "reason": "found 0 lettered options ('A. x', 'A) x' or '(A) x'), need at least 2"},
+        {"index": 8, "id": "m4", "reason": "no answer turn (from='gpt') after the question"},
+        {"index": 9, "id": None, "reason": "missing 'id'"},
+    ]
+    assert (report["n_records"], report["n_rejected"], len(items)) == (10, 5, 5)
+    clean, _ = read_llava_conversation_json(FIXTURES / "llava_idk.json", FIXTURES, "j", "test")
+    assert [it.to_dict() for it in items] == [it.to_dict() for it in clean]
+    with pytest.raises(DataError, match=r"5 malformed record\(s\) rejected \(50.0% of 10 records.*; record #9: missing"):
+        read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=0.49)
+    with pytest.raises(ConfigError, match="max_rejected must be in"):
+        read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=1.5)
+    # Two records with one id: the file is broken, not a record, so it always fails.
+    path.write_text(json.dumps(good + [good[0]]))
+    with pytest.raises(DataError, match=r"duplicate ids \['q-001'\]"):
+        read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=1.0)
+
+
+def test_idk_builders_report_rejections_in_the_manifest(tmp_path):
+    cfg = {"builder": "llava_json", "path": str(FIXTURES / "llava_idk_malformed.json"), "max_rejected": 0.5}
+    info = build_dataset("news-idk", cfg, str(tmp_path / "items.jsonl"), str(tmp_path / "manifest.json"), CONTEXT)
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["build_report"]["rejected"] == [
+        {"index": 1, "id": "q-bad", "reason": "answer letter E but only 4 options (A-D)"}
+    ]
+    assert on_disk["n_items"] == info["n_items"] == 1
+    with pytest.raises(DataError, match=r"strict: true"):
+        build_dataset("news-idk", {**cfg, "strict": True}, str(tmp_path / "i.jsonl"), str(tmp_path / "m.json"), CONTEXT)
+
+
+def test_idk_set_without_unknowable_items_is_an_error(tmp_path):
+    good = json.loads((FIXTURES / "llava_idk.json").read_text())
+    answerable = [r for r in good if r["id"] in ("q-002", 5)]  # golds are real answers, not IDK
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps(answerable))
+    cfg = {"builder": "llava_json", "path": str(path), "image_root": str(FIXTURES)}
+    with pytest.raises(DataError, match=r"IDK data set 'july24' \(builder llava_json\): none of its 2 items is unknowable"):
+        build_items("july24", cfg, tmp_path, CONTEXT)
+    items, _ = build_items("july24", {**cfg, "path": str(FIXTURES / "llava_idk.json")}, tmp_path, CONTEXT)
+    assert sum(not it.metadata["answerable"] for it in items) == 2  # q-001, q-004
+
+    news_cfg = {"builder": "dated_news", "path": str(FIXTURES / "news.jsonl"), "cutoff": "2030-01-01"}
+    with pytest.raises(DataError, match=r"IDK data set 'later' \(builder dated_news\): no items"):
+        build_items("later", news_cfg, tmp_path, CONTEXT)
+    # gold: answer asks for an all-answerable set on purpose (false-IDK rates).
+    items, _ = build_items("later", {**news_cfg, "cutoff": CUTOFF, "gold": "answer"}, tmp_path, CONTEXT)
+    assert len(items) == 5 and all(it.metadata["answerable"] for it in items)
+
+
+@needs_fmnist
+def test_fmnist_idk_set_without_unknowable_items_is_an_error(tmp_path):
+    context = BuildContext(classes={"idk_test": HELD_OUT, "known": KNOWN}, fmnist_root=str(FMNIST_ROOT), seed=0)
+    cfg = {"builder": "fmnist_idk", "n_per_kind": {"control": 4}}
+    with pytest.raises(DataError, match=r"IDK data set 'idk' \(builder fmnist_idk\): none of its 4 items"):
+        build_items("idk", cfg, tmp_path, context)
 
 
 def test_parse_mc_prompt_trailer_and_inline():

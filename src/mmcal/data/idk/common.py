@@ -7,6 +7,11 @@ Every IDK item carries an explicit IDK ("I don't know") option and, in ``metadat
 - ``idk_index``: the IDK option's index (``None`` only for released files that have none).
 
 Items are split into ``calib`` / ``test`` at cluster level so prompts can be tuned on ``calib``.
+
+Released files (``llava_json``, ``dated_news``) are read record by record: a malformed record (a
+missing image, a conversation without an answer turn, a date that does not parse) is rejected with
+its reason in the build report instead of aborting the build, which fails only with ``strict`` or
+when the rejected share exceeds ``max_rejected`` (:func:`screen_records`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from mmcal.items import MCItem
 IDK_TEXT = "I don't know"
 # Phrasings recognised as the IDK option in released files (compared after normalisation).
 IDK_PHRASES = ("i don't know", "i do not know", "i dont know")
+# Default share of a released file's records that may be rejected before its build fails.
+MAX_REJECTED = 0.05
 
 
 def check_n_options(n_options: int, minimum: int = 2) -> None:
@@ -154,3 +161,64 @@ def read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def record_where(prefix: str, index: int, record_id) -> str:
+    """How errors name a record: ``<prefix> #<index>`` plus its id when it has one."""
+    return f"{prefix} #{index}" + (f" (id {record_id!r})" if record_id not in (None, "") else "")
+
+
+class RejectedRecord(DataError):
+    """One malformed record: its index, id (None when it has none) and what is wrong with it."""
+
+    def __init__(self, where: str, index: int, record_id, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.index, self.record_id, self.reason = index, record_id, reason
+
+    @classmethod
+    def from_error(cls, exc: DataError, where: str, index: int, record_id) -> RejectedRecord:
+        """Wrap a parser's ``DataError("<where>: <reason>")``; the reason is kept without ``where``."""
+        return cls(where, index, None if record_id in (None, "") else str(record_id), str(exc).removeprefix(f"{where}: "))
+
+
+def screen_records(records: list, parse, what: str, strict: bool = False, max_rejected: float = MAX_REJECTED):
+    """``(parsed, report)``: ``parse(record, index)`` of every record that parses; each record whose
+    ``parse`` raises :class:`RejectedRecord` is left out and listed in ``report['rejected']``.
+
+    Fails (a DataError listing the rejected records) with ``strict`` and any rejection, or when the
+    rejected share of the records exceeds ``max_rejected``: a release with a few broken records stays
+    usable, one that is mostly broken (wrong format, wrong image folder) does not pass silently.
+    """
+    if not (0.0 <= max_rejected <= 1.0):
+        raise ConfigError(f"{what}: max_rejected must be in [0, 1], not {max_rejected}")
+    parsed, rejected = [], []
+    for index, record in enumerate(records):
+        try:
+            parsed.append(parse(record, index))
+        except RejectedRecord as exc:
+            rejected.append({"index": exc.index, "id": exc.record_id, "reason": exc.reason})
+    share = len(rejected) / len(records) if records else 0.0
+    report = {
+        "n_records": len(records),
+        "n_rejected": len(rejected),
+        "rejected_share": share,
+        "rejected": rejected,
+    }
+    if rejected and (strict or share > max_rejected):
+        why = "strict: true" if strict else f"{share:.1%} of {len(records)} records, above max_rejected {max_rejected}"
+        listed = "; ".join(f"{record_where('record', r['index'], r['id'])}: {r['reason']}" for r in rejected[:10])
+        more = f"; ... and {len(rejected) - 10} more" if len(rejected) > 10 else ""
+        raise DataError(f"{what}: {len(rejected)} malformed record(s) rejected ({why}): {listed}{more}")
+    return parsed, report
+
+
+def require_unknowable(items: list[MCItem], name: str, builder: str) -> None:
+    """An IDK set without unknowable items would give NaN for every IDK rate: refuse to build it."""
+    if not items:
+        raise DataError(f"IDK data set {name!r} (builder {builder}): no items")
+    if not any(it.metadata.get("answerable") is False for it in items):
+        raise DataError(
+            f"IDK data set {name!r} (builder {builder}): none of its {len(items)} items is unknowable "
+            "(every gold is a real answer, not the IDK option), so every IDK rate would be NaN; "
+            "check the release's answers and the entry's `gold`"
+        )

@@ -29,6 +29,8 @@ import numpy as np
 
 from mmcal.data.idk.common import (
     IDK_TEXT,
+    MAX_REJECTED,
+    RejectedRecord,
     assign_calib_test,
     check_n_options,
     check_unique_ids,
@@ -37,6 +39,9 @@ from mmcal.data.idk.common import (
     place_options,
     plan_positions,
     read_json,
+    record_where,
+    require_unknowable,
+    screen_records,
 )
 from mmcal.data.registry import BuildContext, register, require
 from mmcal.errors import ConfigError, DataError
@@ -115,9 +120,16 @@ def _distractor_list(value, where: str) -> list[str] | None:
 def parse_news_record(
     rec: dict, index: int, image_root: Path | None, field_map: dict, check_images: bool
 ) -> NewsRecord:
-    """Validate one news record; a problem raises DataError naming the record and the field."""
+    """Validate one news record; a problem raises RejectedRecord naming the record and the field."""
     rid = rec.get(field_map.get("id", "id")) if isinstance(rec, dict) else None
-    where = f"news record #{index}" + (f" (id {rid!r})" if rid not in (None, "") else "")
+    where = record_where("news record", index, rid)
+    try:
+        return _news_fields(rec, rid, index, where, image_root, field_map, check_images)
+    except DataError as exc:
+        raise RejectedRecord.from_error(exc, where, index, rid) from None
+
+
+def _news_fields(rec, rid, index: int, where: str, image_root, field_map: dict, check_images: bool) -> NewsRecord:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object / dict, got {type(rec).__name__}")
     image = _text_field(rec, "image", field_map, where)
@@ -198,6 +210,8 @@ def build_dated_news_idk(
     calib_fraction: float = 0.3,
     field_map: dict | None = None,
     check_images: bool = True,
+    strict: bool = False,
+    max_rejected: float = MAX_REJECTED,
 ) -> tuple[list[MCItem], dict]:
     """MC items from dated news records published strictly after ``cutoff`` (a per-model date).
 
@@ -211,18 +225,24 @@ def build_dated_news_idk(
     records with the same question) + the IDK option. ``gold``: ``"idk"`` (reference-study
     semantics: the event is unknowable to the model) or ``"answer"`` (the true headline).
 
-    Every record is validated (a malformed one raises DataError naming it); records dated on or
-    before the cutoff are excluded and counted in the returned report.
+    Every record is validated: a malformed one is rejected and listed with its reason in the
+    returned report (``mmcal.data.idk.common.screen_records``: the build fails with ``strict`` or
+    when more than ``max_rejected`` of the records are rejected); records dated on or before the
+    cutoff are excluded and counted in the report.
     """
     if gold not in GOLD_MODES:
         raise ConfigError(f"gold must be one of {GOLD_MODES}, not {gold!r}")
     check_n_options(n_options, minimum=2)
     cutoff_date = parse_date(cutoff, "cutoff")
     field_map = dict(field_map or {})
-    parsed = [
-        parse_news_record(rec, i, None if image_root is None else Path(image_root), field_map, check_images)
-        for i, rec in enumerate(records)
-    ]
+    root = None if image_root is None else Path(image_root)
+    parsed, screened = screen_records(
+        list(records),
+        lambda rec, i: parse_news_record(rec, i, root, field_map, check_images),
+        f"data set {dataset!r}: news records",
+        strict=strict,
+        max_rejected=max_rejected,
+    )
     check_unique_ids([r.record_id for r in parsed], "news records")
     kept = [r for r in parsed if r.published > cutoff_date]
     excluded = [r for r in parsed if r.published <= cutoff_date]
@@ -262,17 +282,18 @@ def build_dated_news_idk(
             )
         )
     assign_calib_test(items, calib_fraction, seed)
-    report = _news_report(parsed, kept, excluded, items, cutoff_date, gold)
+    report = _news_report(screened, kept, excluded, items, cutoff_date, gold)
     return items, report
 
 
-def _news_report(parsed, kept, excluded, items, cutoff_date, gold) -> dict:
+def _news_report(screened: dict, kept, excluded, items, cutoff_date, gold) -> dict:
+    """The screening report (records read, rejected with reasons) plus the cutoff's exclusions."""
     dates = [r.published for r in kept]
     return {
+        **screened,
         "cutoff": cutoff_date.isoformat(),
         "rule": "kept: published strictly after the cutoff (compared by calendar date)",
         "gold": gold,
-        "n_records": len(parsed),
         "n_kept": len(kept),
         "n_excluded_not_after_cutoff": len(excluded),
         "excluded_ids": [r.record_id for r in excluded],
@@ -363,10 +384,13 @@ def hf_rows_to_records(
 
 @register("dated_news")
 def build_dated_news(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
-    """Config adapter: ``path`` (records file), ``cutoff``, ``image_root`` (default: the file's folder)."""
+    """Config adapter: ``path`` (records file), ``cutoff``, ``image_root`` (default: the file's folder),
+    ``gold``, ``strict``, ``max_rejected``. With ``gold: idk`` the set must have unknowable items (else
+    every record is on or before the cutoff); ``gold: answer`` asks for an all-answerable set."""
     path = Path(require(cfg, "path", name))
     image_root = cfg.get("image_root", str(path.parent))
-    return build_dated_news_idk(
+    gold = cfg.get("gold", "idk")
+    items, report = build_dated_news_idk(
         load_news_records(str(path)),
         require(cfg, "cutoff", name),
         image_root=image_root,
@@ -374,6 +398,11 @@ def build_dated_news(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         n_options=int(cfg.get("n_options", 4)),
         seed=context.seed,
         idk_text=cfg.get("idk_text", IDK_TEXT),
-        gold=cfg.get("gold", "idk"),
+        gold=gold,
         dataset=name,
+        strict=bool(cfg.get("strict", False)),
+        max_rejected=float(cfg.get("max_rejected", MAX_REJECTED)),
     )
+    if gold == "idk":
+        require_unknowable(items, name, "dated_news")
+    return items, report

@@ -31,6 +31,7 @@ from mmcal.data.idk.common import (
     fixed_idk_position,
     place_options,
     plan_positions,
+    require_unknowable,
 )
 from mmcal.data.registry import BuildContext, register
 from mmcal.errors import ConfigError, DataError
@@ -287,7 +288,7 @@ def build_fmnist_idk_items(
 @register("fmnist_idk")
 def build_fmnist_idk(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
     """Config adapter: held-out classes = ``classes.idk_test``, known = ``classes.known``."""
-    return build_fmnist_idk_items(
+    items = build_fmnist_idk_items(
         cfg.get("root", context.fmnist_root),
         out_dir / "images",
         "images",
@@ -301,3 +302,5 @@ def build_fmnist_idk(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         seed=context.seed,
         dataset=name,
     )
+    require_unknowable(items, name, "fmnist_idk")
+    return items

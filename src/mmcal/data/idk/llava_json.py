@@ -7,7 +7,19 @@ import re
 from pathlib import Path
 
 from mmcal import LETTERS
-from mmcal.data.idk.common import IDK_TEXT, assign_calib_test, check_unique_ids, is_idk_text, norm_text, read_json
+from mmcal.data.idk.common import (
+    IDK_TEXT,
+    MAX_REJECTED,
+    RejectedRecord,
+    assign_calib_test,
+    check_unique_ids,
+    is_idk_text,
+    norm_text,
+    read_json,
+    record_where,
+    require_unknowable,
+    screen_records,
+)
 from mmcal.data.registry import BuildContext, register, require
 from mmcal.errors import ConfigError, DataError
 from mmcal.items import MCItem
@@ -116,9 +128,16 @@ def parse_llava_record(
     gold_mode: str,
     check_images: bool,
 ) -> dict:
-    """Fields of one conversation record; a problem raises DataError naming the record id."""
+    """Fields of one conversation record; a problem raises RejectedRecord naming the record."""
     rid = rec.get("id") if isinstance(rec, dict) else None
-    where = f"{path}: record #{index}" + (f" (id {rid!r})" if rid not in (None, "") else "")
+    where = record_where(f"{path}: record", index, rid)
+    try:
+        return _llava_fields(rec, rid, where, image_root, idk_text, gold_mode, check_images)
+    except DataError as exc:
+        raise RejectedRecord.from_error(exc, where, index, rid) from None
+
+
+def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: str, check_images: bool) -> dict:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
     if rid in (None, ""):
@@ -163,7 +182,9 @@ def read_llava_conversation_json(
     calib_fraction: float | None = None,
     seed: int = 0,
     check_images: bool = True,
-) -> list[MCItem]:
+    strict: bool = False,
+    max_rejected: float = MAX_REJECTED,
+) -> tuple[list[MCItem], dict]:
     """Items from a LLaVA-style conversation JSON file (the released IDK format).
 
     Each record: ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n
@@ -174,6 +195,9 @@ def read_llava_conversation_json(
     option the gold (the reference study's reading of after-cutoff questions) and keeps the file's
     answer as ``metadata['file_answer_index']``. With ``calib_fraction`` the items are split into
     calib/test by image; otherwise all get ``split``.
+
+    A malformed record is rejected, not fatal (``mmcal.data.idk.common.screen_records``: the build
+    fails with ``strict`` or above ``max_rejected``); the returned report lists the rejected records.
     """
     if gold not in ("file", "idk"):
         raise ConfigError(f"gold must be 'file' or 'idk', not {gold!r}")
@@ -184,14 +208,20 @@ def read_llava_conversation_json(
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     root = None if image_root is None else Path(image_root)
-    parsed = [parse_llava_record(rec, i, path, root, idk_text, gold, check_images) for i, rec in enumerate(data)]
+    parsed, report = screen_records(
+        data,
+        lambda rec, i: parse_llava_record(rec, i, path, root, idk_text, gold, check_images),
+        str(path),
+        strict=strict,
+        max_rejected=max_rejected,
+    )
     check_unique_ids([p["id"] for p in parsed], str(path))
     items = [_llava_item(p, dataset, split, image_rel, idk_text, path) for p in parsed]
     if calib_fraction is not None:
         assign_calib_test(items, calib_fraction, seed)
     for it in items:
         it.validate(f"{path}: ")
-    return items
+    return items, report
 
 
 def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCItem:
@@ -218,11 +248,12 @@ def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCI
 
 
 @register("llava_json")
-def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
-    """Config adapter: ``path``, ``image_root`` (default: the file's folder), ``split``, ``calib_fraction``."""
+def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
+    """Config adapter: ``path``, ``image_root`` (default: the file's folder), ``split``, ``calib_fraction``,
+    ``strict``, ``max_rejected``."""
     path = require(cfg, "path", name)
     image_root = cfg.get("image_root", str(Path(path).parent))
-    return read_llava_conversation_json(
+    items, report = read_llava_conversation_json(
         path,
         image_root,
         dataset=name,
@@ -231,4 +262,8 @@ def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         image_rel=os.path.relpath(image_root, out_dir),
         calib_fraction=cfg.get("calib_fraction"),
         seed=context.seed,
+        strict=bool(cfg.get("strict", False)),
+        max_rejected=float(cfg.get("max_rejected", MAX_REJECTED)),
     )
+    require_unknowable(items, name, "llava_json")
+    return items, report
