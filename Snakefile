@@ -11,14 +11,13 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Idle OpenMP threads sleep instead of spinning: with spinning, a job whose threads share cores
 # with another process runs up to 30x slower (measured on 2 cores). Training scripts, whose jobs
 # own their cores, switch spinning back on (workflow/scripts/_setup.py: start).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mmcal import plan, provenance  # noqa: E402
+from mmcal.cli import set_hub_offline  # noqa: E402
 from mmcal.figures.registry import figure_plan  # noqa: E402
 from mmcal.paper.build import table_inputs, table_parts  # noqa: E402
 from mmcal.paper.main_tex import PARTS  # noqa: E402
@@ -33,6 +32,9 @@ report: "workflow/report/workflow.rst"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+# Network access is configuration (`offline:`): jobs inherit these variables from this process (a
+# cluster job re-reads this Snakefile with the same config), so no rule passes them.
+set_hub_offline(config["offline"])
 RUNS = plan.expand_runs(config)
 
 

@@ -15,6 +15,20 @@ from pathlib import Path
 
 from mmcal.errors import ConfigError, MmcalError
 
+# The variables through which huggingface_hub, datasets and transformers allow or forbid downloads.
+HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def set_hub_offline(offline: bool) -> None:
+    """Forbid (``"1"``) or allow (``"0"``) downloads in this process and every process it starts.
+
+    Set to ``"0"`` rather than removed: huggingface_hub falls back on ``TRANSFORMERS_OFFLINE`` when
+    ``HF_HUB_OFFLINE`` is unset, and datasets reads its own flag first, so a stale exported flag
+    would otherwise still win. Must run before those libraries are imported (they read it once).
+    """
+    for var in HUB_OFFLINE_VARS:
+        os.environ[var] = "1" if offline else "0"
+
 
 def model_entry_for(args, cfg: dict) -> dict:
     """The config's ``models.<model-name>`` entry when there is one, with the loading options given
@@ -79,8 +93,10 @@ def cmd_records(args) -> int:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="mmcal", description=__doc__)
+    p.add_argument(
+        "--online", action="store_true", help="allow hub downloads (default: offline, like the config's offline: true)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("score", help="score one model on one items.jsonl")
     s.add_argument("--model-name", default="model", help="with --config: the models: entry to load")
@@ -105,6 +121,7 @@ def main(argv=None) -> int:
     r.add_argument("path")
     r.set_defaults(func=cmd_records)
     args = p.parse_args(argv)
+    set_hub_offline(not args.online)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

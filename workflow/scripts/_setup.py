@@ -1,4 +1,8 @@
-"""Shared start of every workflow script: import path, offline hub, logging to the rule's log."""
+"""Shared start of every workflow script: import path, logging to the rule's log.
+
+Network access (``HF_HUB_OFFLINE`` and co.) is not set here: every job inherits it from the
+Snakefile, which sets it from the config's ``offline`` key.
+"""
 
 import logging
 import os
@@ -8,8 +12,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def start(snakemake, spin_wait: bool = False) -> logging.Logger:

@@ -178,7 +178,8 @@ class RejectedRecord(DataError):
     @classmethod
     def from_error(cls, exc: DataError, where: str, index: int, record_id) -> RejectedRecord:
         """Wrap a parser's ``DataError("<where>: <reason>")``; the reason is kept without ``where``."""
-        return cls(where, index, None if record_id in (None, "") else str(record_id), str(exc).removeprefix(f"{where}: "))
+        record_id = None if record_id in (None, "") else str(record_id)
+        return cls(where, index, record_id, str(exc).removeprefix(f"{where}: "))
 
 
 def screen_records(records: list, parse, what: str, strict: bool = False, max_rejected: float = MAX_REJECTED):
