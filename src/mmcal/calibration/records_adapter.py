@@ -79,6 +79,17 @@ def check_single_group(rows: pd.DataFrame) -> None:
         )
 
 
+def rows_to_fit(records: pd.DataFrame, readout: str, split, allow_mixed: bool, readout_mode: str | None):
+    """The labelled rows a recalibrator is fitted on (one run unless ``allow_mixed``) and the readout
+    mode to fit in; no rows is an error naming the readout and split."""
+    rows = labelled_rows(records, readout, split)
+    if rows.empty:
+        raise DataError(f"no scorable records with readout {readout!r} and split {split!r} to fit on")
+    if not allow_mixed:
+        check_single_group(rows)
+    return rows, readout_mode or default_readout_mode(readout)
+
+
 def _provenance(rows: pd.DataFrame, readout: str, split) -> dict:
     info: dict = {
         "readout": readout,
@@ -107,12 +118,7 @@ def fit_on_records(
     :func:`default_readout_mode`. Rows from several models/datasets/scenarios/prompts are refused
     unless ``allow_mixed`` (one temperature for two models is almost always a mistake).
     """
-    rows = labelled_rows(records_df, readout, split)
-    if rows.empty:
-        raise DataError(f"no scorable records with readout {readout!r} and split {split!r} to fit on")
-    if not allow_mixed:
-        check_single_group(rows)
-    mode = readout_mode or default_readout_mode(readout)
+    rows, mode = rows_to_fit(records_df, readout, split, allow_mixed, readout_mode)
     z, gold = records_to_scores(rows, mode)
     recal = make_recalibrator(method, readout_mode=mode, **kw).fit(z, gold)
     recal.fitted_on = _provenance(rows, readout, split)

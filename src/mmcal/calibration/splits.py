@@ -17,7 +17,7 @@ import pandas as pd
 
 from mmcal.analysis.metrics import compute_all
 from mmcal.calibration.base import Calibrated, argmax_answers, make_recalibrator
-from mmcal.calibration.records_adapter import check_single_group, default_readout_mode, labelled_rows, records_to_scores
+from mmcal.calibration.records_adapter import records_to_scores, rows_to_fit
 from mmcal.errors import DataError
 from mmcal.records import log_softmax
 
@@ -98,12 +98,7 @@ def repeated_splits(
     sampling uncertainty of one test set.
     """
     metrics_fn = metrics_fn or compute_all
-    pool = labelled_rows(records_df, readout, pool_splits)
-    if pool.empty:
-        raise DataError(f"no scorable records with readout {readout!r} in splits {pool_splits!r}")
-    if not allow_mixed:
-        check_single_group(pool)
-    mode = readout_mode or default_readout_mode(readout)
+    pool, mode = rows_to_fit(records_df, readout, pool_splits, allow_mixed, readout_mode)
     out = []
     for s in range(seed, seed + n_seeds):
         split = calib_test_split(pool, frac_calib, s)
