@@ -41,6 +41,8 @@ def model_entry_for(args, cfg: dict) -> dict:
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "chat_template": args.chat_template,
+        "trust_remote_code": True if args.trust_remote_code else None,
+        "image_processor_backend": args.image_processor_backend,
     }
     entry.update({k: v for k, v in flags.items() if v is not None})
     if "path" not in entry:
@@ -104,6 +106,12 @@ def main(argv=None) -> int:
     s.add_argument("--kind", choices=["auto", "mllm", "llm"], help="default: the entry's, else auto")
     s.add_argument("--revision", help="hub revision (default: the entry's)")
     s.add_argument("--chat-template", help="a built-in prompt format or a .jinja file (default: the entry's)")
+    s.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model's own code from its repository (default: the entry's)",
+    )
+    s.add_argument("--image-processor-backend", choices=["pil", "torchvision"], help="default: the entry's, else pil")
     s.add_argument("--items", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="a study config: the model entry, prompts, scenarios, defaults")

@@ -404,8 +404,14 @@ class CaptionDescriber:
         device: str = "cpu",
         prompt: str = DEFAULT_CAPTION_PROMPT,
         max_new_tokens: int = 40,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        image_processor_backend: str = "pil",
     ):
         self.model_id = str(model_id)
+        self.trust_remote_code = bool(trust_remote_code)
+        self.revision = revision
+        self.image_processor_backend = image_processor_backend
         self.device = _resolve_device(device)
         self.prompt = prompt
         self.max_new_tokens = int(max_new_tokens)
@@ -417,14 +423,23 @@ class CaptionDescriber:
             return
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from mmcal.engine.loading import check_backend, loaded_backend
+
+        check_backend("describer", self.image_processor_backend)
+        kw = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         try:
-            self._processor = AutoProcessor.from_pretrained(self.model_id)
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id)
+            self._processor = AutoProcessor.from_pretrained(self.model_id, backend=self.image_processor_backend, **kw)
+            model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kw)
         except (OSError, ValueError) as exc:
             raise MmcalError(
                 f"captioning model {self.model_id!r} could not be loaded ({exc}). Name a local "
                 "folder or a hub model id reachable from this machine (describer.model)."
             ) from None
+        got = loaded_backend(self._processor)
+        if got is not None and got != self.image_processor_backend:
+            raise MmcalError(
+                f"captioner {self.model_id!r}: asked for the {self.image_processor_backend} image processor, got {got}"
+            )
         self._model = model.to(self.device).eval()
 
     def _prompt_text(self) -> str:
@@ -461,19 +476,25 @@ def _image_path(item: MCItem, image_root: str | Path | None) -> Path | None:
     return Path(image_root) / item.image if image_root is not None else Path(item.image)
 
 
+# the model-loading keys a captioner shares with models.<name> entries
+_LOADING_KEYS = ("trust_remote_code", "revision", "image_processor_backend")
+
+
 def _caption_descriptions(items: list[MCItem], cfg: dict, seed: int, image_root: str | Path | None) -> dict[str, dict]:
     # error_rate is accepted and ignored: the schema fills it in, a captioner's rate is measured.
-    unknown = set(cfg) - {"model", "prompt", "device", "max_new_tokens", "error_rate"}
+    allowed = {"model", "prompt", "device", "max_new_tokens", "error_rate", *_LOADING_KEYS}
+    unknown = set(cfg) - allowed
     if unknown or "model" not in cfg:
         raise ConfigError(
-            f"describer 'captioner' needs 'model' and takes only model, prompt, device, "
-            f"max_new_tokens, error_rate (unknown: {sorted(unknown)})"
+            f"describer 'captioner' needs 'model' and takes only {', '.join(sorted(allowed))} "
+            f"(unknown: {sorted(unknown)})"
         )
     captioner = CaptionDescriber(
         cfg["model"],
         device=cfg.get("device", "cpu"),
         prompt=cfg.get("prompt", DEFAULT_CAPTION_PROMPT),
         max_new_tokens=cfg.get("max_new_tokens", 40),
+        **{k: cfg[k] for k in _LOADING_KEYS if k in cfg},
     )
     cache: dict[str, str] = {}
 

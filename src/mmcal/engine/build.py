@@ -1,8 +1,8 @@
 """The one way to build a scoring engine from a model entry (config ``models.<name>``).
 
 The scoring job, the prompt search and ``mmcal score`` all load through here, so an entry's loading
-options (``path``, ``kind``, ``revision``, ``dtype``, ``batch_size``, ``chat_template``) mean the same in
-each of them.
+options (``path``, ``kind``, ``revision``, ``dtype``, ``batch_size``, ``chat_template``, ``trust_remote_code``,
+``image_processor_backend``, ``adapter``) mean the same in each of them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from typing import Iterable
 from mmcal.engine.chat import OWN, ChatFormat, missing_template, resolve_chat_format
 from mmcal.engine.loading import has_own_template, load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.qwen_vl import QwenVLEngine, load_qwen_vl
 from mmcal.engine.scoring import Engine
 from mmcal.errors import ConfigError
+
+# models.<name>.adapter: models that do not fit the Auto classes' interface (loader, engine class)
+ADAPTERS = {"qwen-vl-chat": (load_qwen_vl, QwenVLEngine)}
 
 
 def checkpoint_path(name: str, model_entry: dict, path: str | Path | None = None) -> str:
@@ -27,13 +31,23 @@ def checkpoint_path(name: str, model_entry: dict, path: str | Path | None = None
     return str(model_entry["path"])
 
 
+def image_backend(model_entry: dict) -> str:
+    """``models.<name>.image_processor_backend``: fixed default ``pil``, whatever else is installed."""
+    return str(model_entry.get("image_processor_backend", "pil"))
+
+
 def _fingerprint(checkpoint: str, model_entry: dict, chat_format: ChatFormat) -> str:
     """The checkpoint's fingerprint, and the prompt format's when one is configured (a model with its
-    own template keeps the checkpoint's fingerprint)."""
+    own template keeps the checkpoint's fingerprint); an MLLM's image-processor backend follows after
+    a slash (``<hash>/pil``), so records say which backend made their pixel values and shards of
+    another backend are never resumed."""
     base = model_fingerprint(checkpoint, model_entry.get("revision"))
-    if chat_format.template is None:
+    adapter = model_entry.get("adapter")
+    if chat_format.template is not None or adapter:
+        base = hashlib.sha256(f"{base}|{chat_format.identity()}|{adapter or ''}".encode()).hexdigest()[:16]
+    if model_entry.get("kind") == "llm" or adapter:  # no image processor (an adapter's model reads the image)
         return base
-    return hashlib.sha256(f"{base}|{chat_format.identity()}".encode()).hexdigest()[:16]
+    return f"{base}/{image_backend(model_entry)}"
 
 
 def engine_fingerprint(name: str, model_entry: dict, path: str | Path | None = None) -> str:
@@ -62,18 +76,27 @@ def build_engine(
     """
     checkpoint = checkpoint_path(name, model_entry, path)
     chat_format = resolve_chat_format(name, model_entry, checkpoint)
-    lm = load_model(
+    adapter = model_entry.get("adapter")
+    if adapter:
+        if adapter not in ADAPTERS:
+            raise ConfigError(f"models.{name}.adapter: {adapter!r} is not one of {', '.join(ADAPTERS)}")
+        load, engine_class = ADAPTERS[adapter]
+    else:
+        load, engine_class = load_model, Engine
+    lm = load(
         name,
         checkpoint,
         kind=model_entry.get("kind", "auto"),
         device=device,
         dtype=model_entry.get("dtype", dtype),
         revision=model_entry.get("revision"),
+        trust_remote_code=bool(model_entry.get("trust_remote_code", False)),
+        image_processor_backend=image_backend(model_entry),
     )
     if chat_format is OWN and not has_own_template(lm):  # a hub model whose files could not be read before
         raise missing_template(name, checkpoint)
     lm.fingerprint = _fingerprint(checkpoint, model_entry, chat_format)
-    return Engine(
+    return engine_class(
         lm,
         prompt,
         readouts=readouts,

@@ -173,6 +173,8 @@ def resolve_chat_format(model_name: str, model_entry: dict, path: str) -> ChatFo
     """The entry's format, checked without loading weights: a configured one, else the model's own,
     which must exist (ConfigError naming the key otherwise)."""
     value = model_entry.get("chat_template")
+    if not value and model_entry.get("adapter") == "qwen-vl-chat":
+        value = "raw"  # the reference study's prompt, the only one that adapter renders
     if value:
         return format_from_key(model_name, value)
     folder = Path(path)

@@ -11,12 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcal.errors import MmcalError
+from mmcal.errors import ConfigError, MmcalError
 
 # Families whose rotary positions depend on the image layout (3-D "mrope"): their position ids are
 # rebuilt from the whole sequence, so a prefix KV cache cannot be extended by a batch of different
 # size. They are scored with full sequences instead.
-NO_PREFIX_CACHE_TYPES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"}
+# Qwen-VL-Chat's remote code ("qwen") keeps its own legacy cache and takes no ``logits_to_keep``.
+NO_PREFIX_CACHE_TYPES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "qwen"}
 
 
 @dataclass
@@ -29,6 +30,7 @@ class LoadedModel:
     device: str
     fingerprint: str
     revision: str | None = None  # hub revision the weights were loaded at (None: default branch)
+    image_processor_backend: str | None = None  # "pil" | "torchvision"; None: no image processor
 
     @property
     def model_type(self) -> str:
@@ -60,26 +62,70 @@ def resolve_dtype(dtype: str, device: str):
         raise MmcalError(f"unknown dtype {dtype!r}") from None
 
 
-def model_fingerprint(path_or_id: str, revision: str | None = None) -> str:
-    """Cheap, stable identity of a checkpoint: config + weight file names, sizes and first MiB.
+# The small files of a hub repository that decide what a loaded model is, besides its weights (which the
+# resolved commit pins): configs, tokenizer and processor files, chat templates, remote code.
+HUB_IDENTITY_FILES = ["*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt", "*.py"]
 
-    Hashing every byte of a 7B model costs minutes; the first MiB of each shard plus its size
-    changes whenever the weights do in practice. A hub id is identified by its name and the
-    revision asked for (a local folder has no revision: its files are what it is).
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot folder (named by its resolved commit) holding a hub model's small files;
+    downloads them when allowed (offline: from the cache)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_IDENTITY_FILES))
+    except Exception as exc:
+        raise MmcalError(
+            f"cannot resolve hub model {repo_id!r} at revision {revision or 'main'!r} ({type(exc).__name__}: {exc}); "
+            "it must be reachable (offline: false) or already in the hub cache"
+        ) from None
+
+
+def model_fingerprint(path_or_id: str, revision: str | None = None) -> str:
+    """Identity of a checkpoint.
+
+    A local folder: the content hash of every file in it (cached by path, size and mtime in
+    :mod:`mmcal.hashing`, so weight shards are read once). A hub id: the commit its revision
+    resolves to (which pins the weights) plus the hashes of its config, tokenizer, processor,
+    template and remote-code files.
     """
+    from mmcal.hashing import file_sha256, tree_files, tree_sha256
+
     path = Path(path_or_id)
-    h = hashlib.sha256()
-    if not path.is_dir():
-        h.update(f"hub:{path_or_id}".encode() + (f"@{revision}".encode() if revision else b""))
-        return h.hexdigest()[:16]
-    for f in sorted(path.iterdir()):
-        if f.name == "config.json" or f.suffix in {".json", ".jinja"} and "config" in f.name:
-            h.update(f.name.encode() + f.read_bytes())
-        elif f.suffix in {".safetensors", ".bin"}:
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
+    if path.is_dir():
+        return tree_sha256(path)[:16]
+    snapshot = hub_snapshot(path_or_id, revision)
+    h = hashlib.sha256(f"hub:{path_or_id}@{snapshot.name}\n".encode())
+    for f in tree_files(snapshot):
+        h.update(f"{f.relative_to(snapshot).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+IMAGE_PROCESSOR_BACKENDS = ("pil", "torchvision")
+
+
+def check_backend(name: str, backend: str) -> None:
+    """``models.<name>.image_processor_backend`` must name a backend that works here: transformers would
+    otherwise fall back to the other one with a warning, and pixel values would depend on what is installed."""
+    if backend not in IMAGE_PROCESSOR_BACKENDS:
+        raise ConfigError(
+            f"models.{name}.image_processor_backend: {backend!r} is not one of {', '.join(IMAGE_PROCESSOR_BACKENDS)}"
+        )
+    if backend == "torchvision":
+        try:
+            import torchvision  # noqa: F401
+        except Exception as exc:  # installed beside a torch it does not match: fails on import
+            raise ConfigError(
+                f"models.{name}.image_processor_backend: torchvision requested but it cannot be imported here "
+                f"({type(exc).__name__}: {exc}); install the 'families' extra with a torchvision matching torch, "
+                "or set image_processor_backend: pil"
+            ) from None
+
+
+def loaded_backend(processor) -> str | None:
+    """The backend of a processor's image processor (None when it has none)."""
+    image_processor = getattr(processor, "image_processor", None)
+    return getattr(image_processor, "backend", None) if image_processor is not None else None
 
 
 def has_own_template(lm: "LoadedModel") -> bool:
@@ -98,8 +144,12 @@ def load_model(
     dtype: str = "auto",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    image_processor_backend: str = "pil",
 ) -> LoadedModel:
     """Load a model and its processor/tokenizer; ``kind`` is ``mllm``, ``llm`` or ``auto``.
+
+    ``trust_remote_code`` is passed to every ``from_pretrained``. An MLLM's image processor is loaded
+    with ``image_processor_backend`` and checked to be of that backend after loading (no silent fallback).
 
     Whether it can render prompts (its own chat template or a configured format) is checked before
     this, by :func:`mmcal.engine.chat.resolve_chat_format`."""
@@ -111,6 +161,7 @@ def load_model(
         AutoTokenizer,
     )
 
+    check_backend(name, image_processor_backend)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     local = Path(path).is_dir()
@@ -126,8 +177,14 @@ def load_model(
         ) from None
     multimodal = is_multimodal_config(config) if kind == "auto" else kind == "mllm"
     if multimodal:
-        processor = AutoProcessor.from_pretrained(path, **kw)
+        processor = AutoProcessor.from_pretrained(path, backend=image_processor_backend, **kw)
         tokenizer = processor.tokenizer
+        got = loaded_backend(processor)
+        if got is not None and got != image_processor_backend:
+            raise MmcalError(
+                f"model {name!r}: asked for the {image_processor_backend} image processor, transformers loaded "
+                f"{type(processor.image_processor).__name__} ({got})"
+            )
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, **kw)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path, **kw)
@@ -144,4 +201,5 @@ def load_model(
         device=device,
         fingerprint=model_fingerprint(path, revision),
         revision=revision,
+        image_processor_backend=loaded_backend(processor),
     )

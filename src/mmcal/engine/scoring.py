@@ -93,7 +93,7 @@ class Engine:
         opened = ""
         if chat_format.answer_separator:  # a probe prompt ending like every item's: the instruction
             probe = [{"role": "user", "content": [{"type": "text", "text": prompt.instruction or "?"}]}]
-            opened = render_prompt(lm.tokenizer, probe, multimodal=False, chat_format=chat_format)
+            opened = self._render(probe, multimodal=False)
         self.readout_set = ReadoutSet(lm.tokenizer, prompt, readouts, opened, chat_format.answer_separator)
         self.readouts = self.readout_set.readouts
         self.forward = Forward(lm)
@@ -157,8 +157,14 @@ class Engine:
                 return enc, None, None
         context = description_for(scenario, item, descriptions)
         messages = build_messages(item, self.prompt, with_image=with_image, context=context)
-        text = render_prompt(self.lm.processor, messages, multimodal=self.lm.multimodal, chat_format=self.chat_format)
+        text = self._render(messages, self.lm.multimodal, self.image_root / item.image if with_image else None)
         return enc, text, image
+
+    def _render(self, messages: list[dict], multimodal: bool, image_path: Path | None = None) -> str:
+        """The prompt text (an adapter whose model reads the image from a path in the text overrides this)."""
+        if not multimodal:
+            return render_prompt(self.lm.tokenizer, messages, multimodal=False, chat_format=self.chat_format)
+        return render_prompt(self.lm.processor, messages, multimodal=True, chat_format=self.chat_format)
 
     def _call_processor(self, texts: list[str], images: list | None, tensors: str | None):
         special = self._add_special(texts[0])

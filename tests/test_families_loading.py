@@ -1,0 +1,479 @@
+"""Loading options per model family (issue 13, points 3-5): trust_remote_code on every loading path,
+the Qwen-VL-Chat adapter (driven by a labelled stand-in of its documented remote interface), the
+image-processor backend chosen and recorded, and fingerprints from the files' contents."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from mmcal import hashing
+from mmcal.engine import build as build_mod
+from mmcal.engine import qwen_vl
+from mmcal.engine.build import build_engine, engine_fingerprint
+from mmcal.engine.job import score_to_records, shard_dir_for
+from mmcal.engine.loading import load_model, model_fingerprint
+from mmcal.engine.prompts import PromptVariant
+from mmcal.engine.scenarios import Scenario
+from mmcal.errors import ConfigError
+from mmcal.items import MCItem, write_items
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(tmp_path / "file_hashes.json"))
+
+
+def _image_items(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        Image.new("RGB", (16, 16), (40 * i, 200 - 30 * i, 90)).save(folder / f"im{i}.png")
+        items.append(
+            MCItem(
+                f"i{i}",
+                f"i{i}",
+                f"Which colour is {i}?",
+                ["red", "green", "blue"],
+                i % 3,
+                "test",
+                "toy",
+                image=f"im{i}.png",
+            )
+        )
+    write_items(items, folder / "items.jsonl")
+    return folder / "items.jsonl"
+
+
+def _score(entry, items, out, **kw):
+    return score_to_records(
+        "m",
+        entry,
+        "toy",
+        items,
+        out,
+        Scenario(),
+        PromptVariant(),
+        readouts=["letter_restricted", "letter_full_vocab"],
+        splits=["test"],
+        device="cpu",
+        dtype="float32",
+        batch_size=2,
+        progress=False,
+        **kw,
+    )
+
+
+# ---- hashing ------------------------------------------------------------------------------------------
+def test_file_hash_is_sha256_and_read_once_per_size_and_mtime(tmp_path, monkeypatch):
+    f = tmp_path / "shard.bin"
+    f.write_bytes(b"weights" * 1000)
+    assert hashing.file_sha256(f) == hashlib.sha256(b"weights" * 1000).hexdigest()
+    cached = json.loads(Path(os.environ[hashing.HASH_CACHE_ENV]).read_text())
+    assert cached[str(f.resolve())]["size"] == 7000
+
+    def no_read(path):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(hashing, "_sha256_of", no_read)
+    assert hashing.file_sha256(f) == hashlib.sha256(b"weights" * 1000).hexdigest()
+    monkeypatch.undo()
+    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(tmp_path / "file_hashes.json"))
+    f.write_bytes(b"other" * 1000)
+    assert hashing.file_sha256(f) == hashlib.sha256(b"other" * 1000).hexdigest()
+
+
+def test_tree_hash_covers_every_file_and_name(tmp_path):
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "x.json").write_text("{}")
+    (a / "sub" / "w.safetensors").write_bytes(b"\0" * 10)
+    expected = hashlib.sha256()
+    for rel, data in (("sub/w.safetensors", b"\0" * 10), ("x.json", b"{}")):
+        expected.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    assert hashing.tree_sha256(a) == expected.hexdigest()
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    assert hashing.tree_sha256(b) == hashing.tree_sha256(a)  # where the folder lives does not matter
+    (b / "sub" / "w.safetensors").write_bytes(b"\1" + b"\0" * 9)  # same size, other byte
+    assert hashing.tree_sha256(b) != hashing.tree_sha256(a)
+
+
+def test_hub_fingerprint_is_the_resolved_commit_and_the_small_files(tmp_path, monkeypatch):
+    """A hub cache laid out as huggingface_hub lays it out; offline resolution of refs/main."""
+    import huggingface_hub.constants as hc
+
+    def snapshot(commit: str, config: str) -> None:
+        repo = tmp_path / "hub" / "models--org--model"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / "config.json").write_text(config)
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    snapshot("a" * 40, '{"model_type": "llava"}')
+    first = model_fingerprint("org/model")
+    assert first == model_fingerprint("org/model", "a" * 40)
+    snapshot("b" * 40, '{"model_type": "llava"}')  # main moved to another commit: other weights
+    second = model_fingerprint("org/model")
+    assert second != first
+    (tmp_path / "hub" / "models--org--model" / "snapshots" / ("b" * 40) / "config.json").write_text("{}")
+    assert model_fingerprint("org/model") != second
+
+
+def test_resume_refuses_shards_of_a_changed_local_model(tiny_llava_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_llava_dir, ckpt)
+    items = _image_items(tmp_path / "data")
+    out = tmp_path / "r.parquet"
+    entry = {"path": str(ckpt)}
+    _score(entry, items, out)
+    before = pd.read_parquet(out)
+    shards = shard_dir_for(out)
+    shards.mkdir()
+    before.to_parquet(shards / "shard-00000.parquet")
+    (ckpt / "generation_config.json").write_text(json.dumps({"note": "changed"}))  # any file changes it
+    assert engine_fingerprint("m", entry) != before["model_fingerprint"].iloc[0]
+    stats = _score(entry, items, out)
+    assert stats["resumed"] == 0 and stats["scored_now"] == 3
+
+
+# ---- image-processor backend -------------------------------------------------------------------------
+def test_backend_is_explicit_checked_and_recorded(tiny_llava_dir, tmp_path):
+    lm = load_model("tiny", str(tiny_llava_dir), device="cpu", dtype="float32")
+    assert lm.image_processor_backend == "pil"
+    assert lm.processor.image_processor.backend == "pil"
+    with pytest.raises(ConfigError, match="image_processor_backend: torchvision requested but it cannot be imported"):
+        load_model("tiny", str(tiny_llava_dir), image_processor_backend="torchvision")
+    with pytest.raises(ConfigError, match="'fast' is not one of pil, torchvision"):
+        load_model("tiny", str(tiny_llava_dir), image_processor_backend="fast")
+    fp = engine_fingerprint("m", {"path": str(tiny_llava_dir)})
+    assert fp.endswith("/pil")
+    assert engine_fingerprint("m", {"path": str(tiny_llava_dir), "image_processor_backend": "torchvision"}) == (
+        fp[:-3] + "torchvision"
+    )
+    assert "/" not in engine_fingerprint("m", {"path": str(tiny_llava_dir), "kind": "llm"})
+
+
+def test_shards_of_another_backend_are_not_mixed(tiny_llava_dir, tmp_path):
+    items = _image_items(tmp_path / "data")
+    out = tmp_path / "r.parquet"
+    entry = {"path": str(tiny_llava_dir)}
+    _score(entry, items, out)
+    df = pd.read_parquet(out)
+    assert set(df["model_fingerprint"].str.split("/").str[1]) == {"pil"}  # records say which backend
+    shards = shard_dir_for(out)
+    shards.mkdir()
+    other = df.assign(model_fingerprint=df["model_fingerprint"].str.replace("/pil", "/torchvision"))
+    other.to_parquet(shards / "shard-00000.parquet")
+    stats = _score(entry, items, out)
+    assert stats["resumed"] == 0 and stats["scored_now"] == 3
+    pd.testing.assert_frame_equal(pd.read_parquet(out), df)
+
+
+# ---- trust_remote_code everywhere -------------------------------------------------------------------
+def test_trust_remote_code_reaches_every_from_pretrained(tiny_llava_dir, monkeypatch):
+    import transformers
+
+    seen = []
+    for cls in ("AutoConfig", "AutoProcessor", "AutoModelForImageTextToText"):
+        real = getattr(transformers, cls).from_pretrained
+
+        def spy(*a, _real=real, _cls=cls, **kw):
+            seen.append((_cls, kw.get("trust_remote_code"), kw.get("backend")))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(getattr(transformers, cls), "from_pretrained", spy)
+    load_model("tiny", str(tiny_llava_dir), trust_remote_code=True)
+    assert {c for c, _, _ in seen} == {"AutoConfig", "AutoProcessor", "AutoModelForImageTextToText"}
+    assert all(t is True for _, t, _ in seen)  # the processor's own nested config loads too
+    assert [b for c, _, b in seen if c == "AutoProcessor"] == ["pil"]
+
+
+@pytest.fixture
+def load_calls(monkeypatch):
+    """The keyword arguments every engine build loads with (the real loader still runs)."""
+    calls = []
+    real = build_mod.load_model
+
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(build_mod, "load_model", spy)
+    return calls
+
+
+def test_scoring_prompt_search_and_cli_pass_trust_remote_code(tiny_llava_dir, tmp_path, load_calls):
+    from mmcal.cli import main
+    from mmcal.promptopt.job import search_engine
+
+    items = _image_items(tmp_path / "data", n=2)
+    entry = {"path": str(tiny_llava_dir), "trust_remote_code": True}
+    _score(entry, items, tmp_path / "a.parquet")
+    search_engine("m", entry, device="cpu", dtype="float32", batch_size=1, image_root=tmp_path)
+    main(
+        [
+            "score",
+            "--model-path",
+            str(tiny_llava_dir),
+            "--items",
+            str(items),
+            "--out",
+            str(tmp_path / "c.parquet"),
+            "--splits",
+            "test",
+            "--readouts",
+            "letter_restricted",
+            "--device",
+            "cpu",
+            "--trust-remote-code",
+        ]
+    )
+    main(
+        [
+            "score",
+            "--model-path",
+            str(tiny_llava_dir),
+            "--items",
+            str(items),
+            "--out",
+            str(tmp_path / "d.parquet"),
+            "--splits",
+            "test",
+            "--readouts",
+            "letter_restricted",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert [c["trust_remote_code"] for c in load_calls] == [True, True, True, False]
+    assert {c["image_processor_backend"] for c in load_calls} == {"pil"}
+
+
+def test_describer_passes_its_loading_keys(monkeypatch, tmp_path):
+    import transformers
+
+    from mmcal.data import describe
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(path, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", spy)
+    cap = describe.CaptionDescriber("org/captioner", trust_remote_code=True, revision="abc")
+    with pytest.raises(Stop):
+        cap._load()
+    assert seen == {"backend": "pil", "revision": "abc", "trust_remote_code": True}
+    with pytest.raises(ConfigError, match="torchvision requested"):
+        describe.CaptionDescriber("org/captioner", image_processor_backend="torchvision")._load()
+
+
+# ---- Qwen-VL-Chat adapter -----------------------------------------------------------------------------
+# Stand-ins of the documented interface of Qwen-VL-Chat's remote code (tokenization_qwen.py and
+# modeling_qwen.py, read in x1ngzai/Qwen-VL-Chat-Int4@1cd721a2; not copied). NOT the real remote code.
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(f"<|extra_{i}|>" for i in range(205))]
+SPECIALS += ["<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<img>", "</img>", "<imgpad>"]
+QWEN_PAT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+N_RANKS = 151643
+
+
+def _real_ranks():
+    """Qwen-VL's own BPE (qwen.tiktoken from the replica cache, tests/replicas) through tiktoken, if both exist."""
+    tiktoken = pytest.importorskip("tiktoken")
+    root = Path(os.environ.get("MMCAL_REPLICA_CACHE") or Path.home() / ".cache" / "mmcal" / "replicas")
+    path = root / "qwen-vl-chat" / "qwen.tiktoken"
+    if not path.is_file():
+        pytest.skip(f"{path} not fetched (python tests/replicas/fetch.py qwen-vl-chat)")
+    ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in path.read_bytes().splitlines() if line)}
+    special = {s: N_RANKS + i for i, s in enumerate(SPECIALS)}
+    enc = tiktoken.Encoding("qwen-vl-standin", pat_str=QWEN_PAT, mergeable_ranks=ranks, special_tokens=special)
+    return lambda text: enc.encode(text, allowed_special="all")
+
+
+class StandInQwenTokenizer:
+    """Stand-in of QWenTokenizer's documented behaviour: specials numbered from 151643, ``<img>PATH</img>``
+    becoming <img>, the path's bytes as ids, <imgpad> up to 256, </img>. Plain text goes through
+    ``encode_text`` (the real ranks with tiktoken, else one id per byte, a stand-in vocabulary)."""
+
+    bos_token = None
+
+    def __init__(self, encode_text=None):
+        self.special = {s: N_RANKS + i for i, s in enumerate(SPECIALS)}
+        self.img_start_id, self.img_end_id, self.img_pad_id = (self.special[t] for t in ("<img>", "</img>", "<imgpad>"))
+        self.encode_text = encode_text or (lambda text: list(text.encode("utf-8")))
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for piece in re.split(r"(<img>.*?</img>)", text):
+            if piece.startswith("<img>") and piece.endswith("</img>"):
+                url = list(piece[5:-6].encode("utf-8"))
+                if len(url) > 256:
+                    raise ValueError("The content in <img>..</img> is too long")
+                ids += [self.img_start_id, *url, *[self.img_pad_id] * (256 - len(url)), self.img_end_id]
+            elif piece:
+                ids += self.encode_text(piece)
+        return ids
+
+    def __call__(self, text, add_special_tokens=True, return_tensors=None):
+        texts = [text] if isinstance(text, str) else text
+        ids = [self.encode(t) for t in texts]
+        if return_tensors == "pt":
+            ids = torch.tensor(ids)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        out = ids[0] if isinstance(text, str) else ids
+        return {"input_ids": out, "attention_mask": [[1] * len(i) for i in ids]}
+
+
+class StandInQwenVLModel(torch.nn.Module):
+    """Stand-in of QWenLMHeadModel's documented forward: reads each image path from input_ids between
+    <img> and the first <imgpad>, opens the file, puts its (here: 8-number) features on the 256
+    positions after <img>. Its forward takes no ``logits_to_keep`` and no cache objects, like the real one."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.config = SimpleNamespace(
+            model_type="qwen", visual={"image_start_id": 151857}, max_position_embeddings=8192
+        )
+        self.wte = torch.nn.Embedding(151936, 8)
+        self.visual = torch.nn.Linear(3, 8)
+        self.lm_head = torch.nn.Linear(8, 151936)
+        self.opened: list[str] = []
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+    def forward(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        use_cache=None,
+        return_dict=None,
+    ):
+        start = self.config.visual["image_start_id"]
+        emb = self.wte(input_ids)
+        for b, row in enumerate(input_ids.tolist()):
+            for a, e in qwen_vl.image_spans(row):
+                path = bytes(row[a + 1 : e][: row[a + 1 : e].index(start + 2)]).decode("utf-8")
+                self.opened.append(path)
+                with Image.open(path) as im:
+                    pixels = torch.tensor(np.asarray(im.convert("RGB")), dtype=torch.float32).mean((0, 1)) / 255
+                emb[b, a + 1 : e] = self.visual(pixels)
+        causal = emb.cumsum(1) / torch.arange(1, emb.shape[1] + 1)[None, :, None]
+        return SimpleNamespace(logits=self.lm_head(torch.tanh(causal)))
+
+
+def test_reference_prompt_is_from_list_format_then_the_text():
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?\n(A) x"}]}]
+    assert qwen_vl.reference_prompt(messages, ["/d/im.png"]) == "Picture 1:<img>/d/im.png</img>\nQ?\n(A) x"
+    system = [{"role": "system", "content": [{"type": "text", "text": "S."}]}] + messages
+    assert qwen_vl.reference_prompt(system, ["p"]) == "S.\nPicture 1:<img>p</img>\nQ?\n(A) x"
+
+
+def test_real_qwen_ranks_letters_and_prefix():
+    """With the real qwen.tiktoken ranks: letters A-E are single tokens after "Answer: (", and the
+    image span is 258 ids (<img>, 256 positions, </img>)."""
+    encode = _real_ranks()
+    tok = StandInQwenTokenizer(encode)
+    head = encode("Please provide the option letter directly.\nAnswer: (")
+    for k, letter in enumerate("ABCDE"):
+        full = encode("Please provide the option letter directly.\nAnswer: (" + letter)
+        assert full[: len(head)] == head and full[len(head) :] == [32 + k]  # byte-level ranks: "A" = 65 - 33
+    ids = tok.encode("Picture 1:<img>/tmp/a.png</img>\nQ")
+    s, e = qwen_vl.image_spans(ids)[0]
+    assert (ids[s], ids[e], e - s - 1) == (151857, 151858, 256)
+    assert qwen_vl.path_in_ids(ids, s, e) == "/tmp/a.png"
+
+
+@pytest.mark.parametrize("ranks", ["byte stand-in", "qwen.tiktoken"])
+def test_adapter_scores_through_the_engine_with_a_stand_in_model(tmp_path, monkeypatch, ranks):
+    import transformers
+
+    tok = StandInQwenTokenizer(_real_ranks() if ranks == "qwen.tiktoken" else None)
+    model = StandInQwenVLModel()
+    seen = []
+
+    def tokenizer_from(path, **kw):
+        seen.append(kw["trust_remote_code"])
+        return tok
+
+    def model_from(path, **kw):
+        seen.append(kw["trust_remote_code"])
+        return model
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer_from)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from)
+    ckpt = tmp_path / "qwen-vl-chat"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    items = _image_items(tmp_path / "data")
+    entry = {"path": str(ckpt), "adapter": "qwen-vl-chat"}
+    with pytest.raises(ConfigError, match="trust_remote_code: true"):
+        _score(entry, items, tmp_path / "x.parquet")
+    entry["trust_remote_code"] = True
+    stats = _score(entry, items, tmp_path / "r.parquet")
+    assert stats["ok"] == 3 and seen == [True, True]
+    df = pd.read_parquet(tmp_path / "r.parquet")
+    assert "/" not in df["model_fingerprint"].iloc[0]  # no image processor: the model reads the file
+    assert model.opened == [str((tmp_path / "data" / f"im{i}.png").resolve()) for i in range(3)]
+    # independent computation: the reference's whole text, tokenised at once, last-position letter logits
+    for i in range(3):
+        path = str((tmp_path / "data" / f"im{i}.png").resolve())
+        text = (
+            f"Picture 1:<img>{path}</img>\nWhich colour is {i}?\n(A) red\n(B) green\n(C) blue\n"
+            "Please provide the option letter directly.\nAnswer: ("
+        )
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tok.encode(text)])).logits[0, -1]
+        letters = [tok.encode("Answer: (" + c)[-1] for c in "ABC"]
+        expected = torch.log_softmax(logits[letters].double(), -1).tolist()
+        row = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_restricted")].iloc[0]
+        assert row["option_scores"] == pytest.approx(expected, abs=1e-5)
+        full = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_full_vocab")].iloc[0]
+        assert full["option_scores"] == pytest.approx(
+            torch.log_softmax(logits.double(), -1)[letters].tolist(), abs=1e-5
+        )
+
+
+def test_adapter_takes_only_the_reference_prompt(tmp_path):
+    with pytest.raises(ConfigError, match="raw prompt only"):
+        qwen_vl.QwenVLEngine(SimpleNamespace(name="q"), PromptVariant(), chat_format=None)
+    with pytest.raises(ConfigError, match="adapter: 'qwen-vl' is not one of qwen-vl-chat"):
+        build_engine(
+            "q",
+            {"path": str(tmp_path), "adapter": "qwen-vl", "chat_template": "raw"},
+            device="cpu",
+            dtype="float32",
+            prompt=PromptVariant(),
+            readouts=["letter_restricted"],
+            batch_size=1,
+            image_root=tmp_path,
+        )
