@@ -140,11 +140,26 @@ def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir
     assert all(abs(scored[i] - searched[i]) < 1e-5 for i in scored)
 
 
-def test_a_hub_revision_is_part_of_the_fingerprint():
-    plain = engine_fingerprint("m", {"path": "org/model"})
-    assert plain == model_fingerprint("org/model")
-    assert engine_fingerprint("m", {"path": "org/model", "revision": "abc123"}) != plain
-    assert engine_fingerprint("m", {"path": "org/model"}, path="org/other") == model_fingerprint("org/other")
+def test_a_hub_revision_is_part_of_the_fingerprint(tmp_path, monkeypatch):
+    """Hub ids resolve to a commit (here from a hub cache laid out as huggingface_hub lays it out)."""
+    import huggingface_hub.constants as hc
+
+    for repo, commits in (("model", ("a" * 40, "b" * 40)), ("other", ("c" * 40,))):
+        root = tmp_path / f"models--org--{repo}"
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text(commits[0])
+        for c in commits:
+            (root / "snapshots" / c).mkdir(parents=True)
+            (root / "snapshots" / c / "config.json").write_text("{}")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    plain = engine_fingerprint("m", {"path": "org/model", "kind": "llm", "chat_template": "raw"})
+    assert plain != model_fingerprint("org/model")  # the format is part of it
+    entry = {"path": "org/model", "kind": "llm", "chat_template": "raw", "revision": "b" * 40}
+    assert engine_fingerprint("m", entry) != plain
+    assert model_fingerprint("org/model", "a" * 40) == model_fingerprint("org/model")
+    assert model_fingerprint("org/model", "b" * 40) != model_fingerprint("org/model")
+    assert engine_fingerprint("m", {"path": "org/model", "kind": "llm", "chat_template": "raw"}, path="org/other") != plain
 
 
 def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path):
