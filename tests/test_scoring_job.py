@@ -159,7 +159,8 @@ def test_a_hub_revision_is_part_of_the_fingerprint(tmp_path, monkeypatch):
     assert engine_fingerprint("m", entry) != plain
     assert model_fingerprint("org/model", "a" * 40) == model_fingerprint("org/model")
     assert model_fingerprint("org/model", "b" * 40) != model_fingerprint("org/model")
-    assert engine_fingerprint("m", {"path": "org/model", "kind": "llm", "chat_template": "raw"}, path="org/other") != plain
+    raw = {"path": "org/model", "kind": "llm", "chat_template": "raw"}
+    assert engine_fingerprint("m", raw, path="org/other") != plain
 
 
 def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path):

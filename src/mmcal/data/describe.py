@@ -36,6 +36,7 @@ import numpy as np
 
 from mmcal.data.fashion_mnist import CLASSES
 from mmcal.errors import ConfigError, DataError, MmcalError
+from mmcal.image_backend import check_backend, loaded_backend
 from mmcal.items import MCItem
 
 MODES = ("consistent", "conflicting", "only")
@@ -422,8 +423,6 @@ class CaptionDescriber:
         if self._model is not None:
             return
         from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from mmcal.engine.loading import check_backend, loaded_backend
 
         check_backend("describer", self.image_processor_backend)
         kw = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}

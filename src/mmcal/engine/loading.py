@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcal.errors import ConfigError, MmcalError
+from mmcal.errors import MmcalError
+from mmcal.image_backend import check_backend, loaded_backend
 
 # Families whose rotary positions depend on the image layout (3-D "mrope"): their position ids are
 # rebuilt from the whole sequence, so a prefix KV cache cannot be extended by a batch of different
@@ -99,33 +100,6 @@ def model_fingerprint(path_or_id: str, revision: str | None = None) -> str:
     for f in tree_files(snapshot):
         h.update(f"{f.relative_to(snapshot).as_posix()}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
-
-
-IMAGE_PROCESSOR_BACKENDS = ("pil", "torchvision")
-
-
-def check_backend(name: str, backend: str) -> None:
-    """``models.<name>.image_processor_backend`` must name a backend that works here: transformers would
-    otherwise fall back to the other one with a warning, and pixel values would depend on what is installed."""
-    if backend not in IMAGE_PROCESSOR_BACKENDS:
-        raise ConfigError(
-            f"models.{name}.image_processor_backend: {backend!r} is not one of {', '.join(IMAGE_PROCESSOR_BACKENDS)}"
-        )
-    if backend == "torchvision":
-        try:
-            import torchvision  # noqa: F401
-        except Exception as exc:  # installed beside a torch it does not match: fails on import
-            raise ConfigError(
-                f"models.{name}.image_processor_backend: torchvision requested but it cannot be imported here "
-                f"({type(exc).__name__}: {exc}); install the 'families' extra with a torchvision matching torch, "
-                "or set image_processor_backend: pil"
-            ) from None
-
-
-def loaded_backend(processor) -> str | None:
-    """The backend of a processor's image processor (None when it has none)."""
-    image_processor = getattr(processor, "image_processor", None)
-    return getattr(image_processor, "backend", None) if image_processor is not None else None
 
 
 def has_own_template(lm: "LoadedModel") -> bool:
