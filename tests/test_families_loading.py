@@ -28,7 +28,7 @@ from mmcal.engine.loading import load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.errors import ConfigError
-from mmcal.items import MCItem, write_items
+from mmcal.items import MCItem, read_items, write_items
 
 
 @pytest.fixture(autouse=True)
@@ -461,6 +461,27 @@ def test_adapter_scores_through_the_engine_with_a_stand_in_model(tmp_path, monke
         assert full["option_scores"] == pytest.approx(
             torch.log_softmax(logits.double(), -1)[letters].tolist(), abs=1e-5
         )
+
+
+def test_adapter_records_an_image_path_too_long_for_the_model(tmp_path, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda p, **kw: StandInQwenTokenizer())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda p, **kw: StandInQwenVLModel())
+    items = _image_items(tmp_path / "data", n=1)
+    deep = tmp_path / "data" / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    shutil.copy(tmp_path / "data" / "im0.png", deep / "im0.png")
+    long_item = MCItem(
+        "long", "long", "Which?", ["a", "b"], 0, "test", "toy", image=str(deep.relative_to(items.parent) / "im0.png")
+    )
+    write_items([*read_items(items), long_item], items)
+    (tmp_path / "ckpt").mkdir()
+    entry = {"path": str(tmp_path / "ckpt"), "adapter": "qwen-vl-chat", "trust_remote_code": True}
+    stats = _score(entry, items, tmp_path / "r.parquet", max_unscorable=0.0)
+    assert (stats["ok"], stats["unscorable"]) == (1, 1)
+    df = pd.read_parquet(tmp_path / "r.parquet")
+    assert df[df["item_id"] == "long"]["status"].str.startswith("prompt too long: image path of").all()
 
 
 def test_adapter_takes_only_the_reference_prompt(tmp_path):

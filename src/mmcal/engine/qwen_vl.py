@@ -172,6 +172,15 @@ class QwenVLEngine(Engine):
             )
         super().__init__(lm, prompt, *args, chat_format=REFERENCE_FORMAT, **kwargs)
 
+    def _prepare(self, pos, item, scenario, descriptions=None):
+        enc, text, image = super()._prepare(pos, item, scenario, descriptions)
+        if enc.status == "ok" and image is not None:
+            n = len(str((self.image_root / item.image).resolve()).encode())
+            if n > MAX_PATH_BYTES:  # an input problem: the row is recorded, the job goes on
+                enc.status = f"prompt too long: image path of {n} bytes, Qwen-VL reads at most {MAX_PATH_BYTES}"
+                return enc, None, None
+        return enc, text, image
+
     def _render(self, messages: list[dict], multimodal: bool, image_path: Path | None = None) -> str:
         # absolute: the model opens the file itself, from wherever it runs
         return reference_prompt(messages, [] if image_path is None else [str(Path(image_path).resolve())]) + "\n"
@@ -185,8 +194,5 @@ class QwenVLEngine(Engine):
         for start, end in spans:
             if end - start - 1 != IMAGE_SPAN:
                 enc.status = f"processor failed: {end - start - 1} image positions, expected {IMAGE_SPAN}"
-                return
-            if IMG_PAD_ID not in ids[start + 1 : end]:
-                enc.status = f"prompt too long: image path over {MAX_PATH_BYTES} bytes"
                 return
         super()._set_encoding(enc, ids, extra)
