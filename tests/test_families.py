@@ -10,7 +10,7 @@ forward passes. The replicas' sources are fetched at set-up (envs/setup.sh); wit
 
 from __future__ import annotations
 
-import json
+import inspect
 import sys
 from pathlib import Path
 
@@ -262,8 +262,10 @@ def test_image_tokens_match_image_features(family, replicas, replica_image):
     assert enc.status == "ok"
     model = engine.lm.model
     n_tokens = sum(t == model.config.image_token_id for t in enc.prefix_ids)
+    # the image inputs the family's feature function takes (not e.g. PaliGemma's token_type_ids/labels)
+    takes = inspect.signature(model.model.get_image_features).parameters
     with torch.no_grad():
-        feats = model.model.get_image_features(**enc.extra).pooler_output
+        feats = model.model.get_image_features(**{k: v for k, v in enc.extra.items() if k in takes}).pooler_output
     n_features = sum(
         t.reshape(-1, t.shape[-1]).shape[0] for t in (feats if isinstance(feats, (list, tuple)) else [feats])
     )
@@ -391,4 +393,13 @@ def test_cli_score_on_replica(family, replicas, replica_items, tmp_path, request
     assert set(df["status"]) == {"ok"}
     entry = {"path": str(folder), **spec["entry"]}
     assert set(df["model_fingerprint"]) == {engine_fingerprint(family, entry)}
-    assert json.loads(json.dumps(sorted(set(df["readout"])))) == sorted(READOUTS)
+    assert sorted(set(df["readout"])) == sorted(READOUTS)
+
+
+def test_family_fingerprints_differ(replicas):
+    """Each replica's fingerprint (what records are stamped with) is its own."""
+    built = {f: p for f, p in replicas.items() if not isinstance(p, Exception)}
+    if not built:
+        pytest.skip("replica sources not fetched")
+    prints = {f: engine_fingerprint(f, {"path": str(p), **FAMILIES[f]["entry"]}) for f, p in built.items()}
+    assert len(set(prints.values())) == len(prints), prints
