@@ -403,3 +403,27 @@ def test_family_fingerprints_differ(replicas):
         pytest.skip("replica sources not fetched")
     prints = {f: engine_fingerprint(f, {"path": str(p), **FAMILIES[f]["entry"]}) for f, p in built.items()}
     assert len(set(prints.values())) == len(prints), prints
+
+
+def test_base_llm_without_template_is_a_config_error(replicas):
+    """Vicuna ships no chat template: without models.<name>.chat_template the engine refuses before loading."""
+    import time
+
+    from mmcal.errors import ConfigError
+
+    folder = replicas["vicuna-7b-v1.5"]
+    if isinstance(folder, Exception):
+        pytest.skip(f"replica sources not fetched: {folder}")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"models\.vicuna-7b-v1\.5\.chat_template"):
+        build_engine(
+            "vicuna-7b-v1.5",
+            {"path": str(folder), "kind": "llm"},
+            device="cpu",
+            dtype="float32",
+            prompt=PROMPT,
+            readouts=READOUTS,
+            batch_size=1,
+            image_root=".",
+        )
+    assert time.perf_counter() - start < 2
