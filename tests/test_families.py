@@ -48,12 +48,6 @@ VICUNA_SYSTEM = (
 # Llama-2 `▁Answer`=673 `:`=29901 `▁(`=313 `A`..`E`=29909,29933,29907,29928,29923; Qwen2 `Answer`=16141
 # `:`=25 `Ġ(`=320 `A`..`E`=32..36; SmolLM2 `Answer`=21350 `ĠAnswer`=19842 `:`=42 `Ġ(`=365 `A`..`E`=49..53.
 # The expected answer ids are also checked against the family's own template rendering an assistant answer.
-PALIGEMMA_FORWARD = (
-    "engine bug: PaliGemmaProcessor returns `labels` and `token_type_ids`; the engine passes `labels` to the "
-    "model (ForwardError: 'Expected input batch_size (1) to match target batch_size') and would extend "
-    "`token_type_ids` over the continuation with 0 = prefix (bidirectional attention over the answer tokens) "
-    "where PaliGemma's suffix is 1"
-)
 LLAMA_ANSWER = [673, 29901, 313]
 LLAMA_LETTERS = [29909, 29933, 29907, 29928, 29923]
 FAMILIES = {
@@ -102,11 +96,6 @@ FAMILIES = {
         answer=[19842, 42, 365],
         letters=[49, 50, 51, 52, 53],
         image_tokens=81,
-        xfail={
-            "answer": "engine bug: with the model's own template the answer prefix is glued to 'Assistant:' "
-            "('Assistant:Answer: (' -> `Answer`), while SmolVLM's own answers follow 'Assistant: ' (`ĠAnswer`); "
-            "the join must follow the family's answer format (issue 13)"
-        },
     ),
     "tiny-llava-smollm2": dict(
         entry={"kind": "mllm"},
@@ -118,20 +107,12 @@ FAMILIES = {
     # STAND-IN VOCABULARY (Llama-2's + <image> and PaliGemma's <locNNNN>/<segNNN>): no Gemma-1 tokenizer is
     # reachable offline, so ids are not PaliGemma's; the processor, layout, SigLIP geometry and model class are.
     "paligemma-standin-vocab": dict(
-        entry={"kind": "mllm", "chat_template": "raw"},  # PaliGemma ships no chat template
+        entry={"kind": "mllm", "chat_template": "paligemma"},  # PaliGemma ships no chat template
         # PaliGemmaProcessor makes "<image>"x256 + "<bos>" + prompt + "\n" from a text that starts "<image>"
         prompt="<image>" + USER_TEXT,
         answer=[22550, 29901, 313],  # `Answer` `:` `▁(` right after the processor's "\n", as its answers follow
         letters=LLAMA_LETTERS,
         image_tokens=256,
-        xfail={
-            "render": "format gap: the `raw` format puts '\\n' after the image token, so the processor's prompt "
-            "is <image>x256<bos>\\n{text}\\n, not PaliGemma's <image>x256<bos>{text}\\n",
-            "answer": "engine bug: the `raw` separator '\\n' goes before 'Answer: (' although PaliGemmaProcessor "
-            "already ends every prompt with '\\n': the model sees '...directly.\\n\\nAnswer: ('",
-            "readouts": PALIGEMMA_FORWARD,
-            "cli": PALIGEMMA_FORWARD,
-        },
     ),
 }
 
@@ -221,6 +202,8 @@ def _own_answer_ids(engine, family: str, text: str) -> list[int]:
     else:
         full = opened + engine.chat_format.answer_separator + text
     assert full.startswith(opened), (full, opened)
+    if engine.chat_format.separator_in_prompt:  # the processor ends the prompt with the separator itself
+        opened += engine.chat_format.answer_separator
     tok = engine.lm.tokenizer
     head, ids = encode_ids(tok, opened), encode_ids(tok, full)
     assert ids[: len(head)] == head

@@ -8,10 +8,11 @@ options (``path``, ``kind``, ``revision``, ``dtype``, ``batch_size``, ``chat_tem
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from mmcal.engine.chat import OWN, ChatFormat, missing_template, resolve_chat_format
+from mmcal.engine.chat import OWN, ChatFormat, missing_template, own_answer_separator, resolve_chat_format
 from mmcal.engine.loading import has_own_template, load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.qwen_vl import QwenVLEngine, load_qwen_vl
@@ -93,8 +94,11 @@ def build_engine(
         trust_remote_code=bool(model_entry.get("trust_remote_code", False)),
         image_processor_backend=image_backend(model_entry),
     )
-    if chat_format is OWN and not has_own_template(lm):  # a hub model whose files could not be read before
-        raise missing_template(name, checkpoint)
+    if chat_format is OWN:
+        if not has_own_template(lm):  # a hub model whose files could not be read before
+            raise missing_template(name, checkpoint)
+        # the answer prefix follows the opened turn as the family's own answers do ("Assistant: Answer")
+        chat_format = replace(chat_format, answer_separator=own_answer_separator(lm.processor, lm.multimodal))
     lm.fingerprint = _fingerprint(checkpoint, model_entry, chat_format)
     return engine_class(
         lm,

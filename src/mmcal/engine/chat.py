@@ -67,6 +67,14 @@ _VICUNA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
+_PALIGEMMA_TEMPLATE = (
+    "{% for message in messages if message['role'] == 'user' %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ image_token }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endfor %}"
+)
+
 # The user's text as is: no roles, no system prompt unless the prompt has one (then it comes first,
 # on its own line); an image is the processor's image token on its own line.
 _RAW_TEMPLATE = (
@@ -94,12 +102,17 @@ class ChatFormat:
     template: str | None = None
     answer_separator: str = ""
     variables: tuple[tuple[str, object], ...] = ()
+    # the processor itself ends every prompt with the separator (PaliGemma's "\n"): the answer prefix is
+    # tokenised as it follows the separator, which is not appended again
+    separator_in_prompt: bool = False
 
     def identity(self) -> str:
         """What changes the rendered text (for fingerprints); empty for the model's own template."""
         if self.template is None:
             return ""
-        blob = json.dumps([self.template, self.answer_separator, list(self.variables)])
+        blob = json.dumps(
+            [self.template, self.answer_separator, list(self.variables)] + [True] * self.separator_in_prompt
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -116,6 +129,9 @@ BUILTIN_FORMATS = {
     "chatml": ChatFormat("chatml", TINY_LLAVA_CHAT_TEMPLATE, ""),
     # the reference study's raw prompt: question, options, instruction and "Answer: (" on separate lines
     "raw": ChatFormat("raw", _RAW_TEMPLATE, "\n"),
+    # PaliGemma: the image token then the text; its processor expands the image token and adds <bos> before
+    # and "\n" after the text, the prefix/answer boundary of its training format
+    "paligemma": ChatFormat("paligemma", _PALIGEMMA_TEMPLATE, "\n", separator_in_prompt=True),
 }
 
 
@@ -185,6 +201,31 @@ def resolve_chat_format(model_name: str, model_entry: dict, path: str) -> ChatFo
     if found is False:
         raise missing_template(model_name, path)
     return OWN
+
+
+_PROBE_ANSWER = "Zq7"  # a marker no template contains
+
+
+def own_answer_separator(processor_or_tokenizer, multimodal: bool) -> str:
+    """The whitespace a model's own template puts between its opened assistant turn and the answer.
+
+    Rendered, not guessed: a one-turn chat opened for generation vs the same chat with an answer. LLaVA-hf
+    ("ASSISTANT:" then " answer") and SmolVLM ("Assistant:" then " answer") answer after a space; ChatML
+    models right after the newline. Anything other than whitespace (a template that adds thinking tags,
+    or cannot render an assistant turn) gives "": the answer prefix is then joined as before."""
+    user = {"role": "user", "content": [{"type": "text", "text": "?"}]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": _PROBE_ANSWER}]}
+    msgs = [user] if multimodal else flatten_for_text_model([user])
+    full_msgs = [user, answer] if multimodal else flatten_for_text_model([user, answer])
+    try:
+        opened = processor_or_tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = processor_or_tokenizer.apply_chat_template(full_msgs, tokenize=False)
+    except Exception:  # a template that rejects an assistant turn: keep the plain join
+        return ""
+    if not full.startswith(opened) or _PROBE_ANSWER not in full[len(opened) :]:
+        return ""
+    between = full[len(opened) : full.index(_PROBE_ANSWER, len(opened))]
+    return between if between.strip() == "" else ""
 
 
 def missing_template(model_name: str, path: str) -> ConfigError:

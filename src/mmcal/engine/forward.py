@@ -63,6 +63,11 @@ class RowOut:
     span_len: int
 
 
+# Token type of continuation tokens, where it is not 0 (= text): PaliGemma attends bidirectionally over its
+# prefix (type 0) and causally over the answer ("suffix", type 1).
+APPENDED_TOKEN_TYPE = {("paligemma", "token_type_ids"): 1}
+
+
 def _per_token(value, n_tokens: int) -> bool:
     """A processor output with one integer per prompt token (token types), not image data."""
     return value.dim() == 2 and value.shape[1] == n_tokens and not value.is_floating_point()
@@ -91,7 +96,8 @@ class Forward:
             for e in encs:
                 v = e.extra[k]
                 if appended and _per_token(v, len(e.prefix_ids)):
-                    v = torch.cat([v, v.new_zeros((v.shape[0], appended))], dim=1)
+                    fill = APPENDED_TOKEN_TYPE.get((self.lm.model_type, k), 0)
+                    v = torch.cat([v, v.new_full((v.shape[0], appended), fill)], dim=1)
                 parts.append(v)
             out[k] = torch.cat(parts, dim=0).to(self.lm.device)
             if out[k].is_floating_point():

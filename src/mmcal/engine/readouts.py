@@ -26,15 +26,16 @@ def encode_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def joined_ids(tokenizer, opened_turn: str, separator: str, text: str) -> list[int]:
+def joined_ids(tokenizer, opened_turn: str, separator: str, text: str, separator_in_prompt: bool = False) -> list[int]:
     """Token ids of ``text`` as it follows the opened assistant turn and ``separator`` ("ASSISTANT:" + " " +
-    "Answer: (" gives ``▁Answer`` on Llama, as in the family's own answers).
+    "Answer: (" gives ``▁Answer`` on Llama, as in the family's own answers). ``separator_in_prompt``: the
+    prompt's ids already end with the separator (the processor adds it), so only ``text``'s ids are returned.
 
     With no separator ``text`` is tokenised on its own, as it always was for models' own templates.
     """
     if not separator:
         return encode_ids(tokenizer, text)
-    head = encode_ids(tokenizer, opened_turn)
+    head = encode_ids(tokenizer, opened_turn + (separator if separator_in_prompt else ""))
     full = encode_ids(tokenizer, opened_turn + separator + text)
     if full[: len(head)] != head:
         raise MmcalError(
@@ -76,13 +77,20 @@ class ReadoutSet:
     """The readouts of one engine (one tokenizer, one prompt variant)."""
 
     def __init__(
-        self, tok, prompt: PromptVariant, readouts: Iterable[str], opened_turn: str = "", answer_separator: str = ""
+        self,
+        tok,
+        prompt: PromptVariant,
+        readouts: Iterable[str],
+        opened_turn: str = "",
+        answer_separator: str = "",
+        separator_in_prompt: bool = False,
     ):
         """``opened_turn``: a rendered prompt up to the opened assistant turn, which continuations follow
         after ``answer_separator`` (see :func:`joined_ids`)."""
         self.tok = tok
         self.opened_turn = opened_turn
         self.answer_separator = answer_separator
+        self.separator_in_prompt = separator_in_prompt
         self.prompt = prompt
         self.readouts = tuple(readouts)
         bad = set(self.readouts) - set(READOUTS)
@@ -96,7 +104,9 @@ class ReadoutSet:
     def joined(self, text: str) -> list[int]:
         """Token ids of a continuation (answer prefix, option prefix, candidate) after the opened turn."""
         if text not in self._joined_cache:
-            self._joined_cache[text] = joined_ids(self.tok, self.opened_turn, self.answer_separator, text)
+            self._joined_cache[text] = joined_ids(
+                self.tok, self.opened_turn, self.answer_separator, text, self.separator_in_prompt
+            )
         return self._joined_cache[text]
 
     def letters(self, answer_prefix: str, n: int) -> list[int]:

@@ -74,6 +74,10 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# processor outputs that are not model inputs at scoring (PaliGemma's processor also returns training `labels`)
+NOT_MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
+
+
 class Engine:
     """Scores items for one loaded model with one prompt variant."""
 
@@ -93,8 +97,10 @@ class Engine:
         opened = ""
         if chat_format.answer_separator:  # a probe prompt ending like every item's: the instruction
             probe = [{"role": "user", "content": [{"type": "text", "text": prompt.instruction or "?"}]}]
-            opened = self._render(probe, multimodal=False)
-        self.readout_set = ReadoutSet(lm.tokenizer, prompt, readouts, opened, chat_format.answer_separator)
+            opened = self._render(probe, multimodal=lm.multimodal)
+        self.readout_set = ReadoutSet(
+            lm.tokenizer, prompt, readouts, opened, chat_format.answer_separator, chat_format.separator_in_prompt
+        )
         self.readouts = self.readout_set.readouts
         self.forward = Forward(lm)
         self.batch_size = max(1, int(batch_size))
@@ -184,7 +190,7 @@ class Engine:
         self._set_encoding(
             enc,
             batch["input_ids"][0].tolist(),
-            {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask") and hasattr(v, "shape")},
+            {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS and hasattr(v, "shape")},
         )
 
     def _set_encoding(self, enc: Encoded, ids: list[int], extra: dict) -> None:
@@ -201,7 +207,7 @@ class Engine:
 
         out = [(list(batch["input_ids"][j]), {}) for j in range(n)]
         for k, v in batch.items():
-            if k in ("input_ids", "attention_mask"):
+            if k in NOT_MODEL_INPUTS:
                 continue
             if len(v) != n:
                 return None
