@@ -110,6 +110,22 @@ def is_multimodal_config(config) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
+def _processor_with_image_backend(path: str, backend: str, kw: dict):
+    """``AutoProcessor`` whose image processor has ``backend``. transformers hands ``backend=`` to every
+    sub-processor, and video processors exist for torchvision only (Qwen2-VL): then the processor loads at
+    its defaults and its image processor is loaded again, explicitly, with the asked backend."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, backend=backend, **kw)
+    except ImportError as exc:
+        if "video processor" not in str(exc).lower():
+            raise
+    processor = AutoProcessor.from_pretrained(path, **kw)
+    processor.image_processor = AutoImageProcessor.from_pretrained(path, backend=backend, **kw)
+    return processor
+
+
 def load_model(
     name: str,
     path: str,
@@ -151,7 +167,7 @@ def load_model(
         ) from None
     multimodal = is_multimodal_config(config) if kind == "auto" else kind == "mllm"
     if multimodal:
-        processor = AutoProcessor.from_pretrained(path, backend=image_processor_backend, **kw)
+        processor = _processor_with_image_backend(path, image_processor_backend, kw)
         tokenizer = processor.tokenizer
         got = loaded_backend(processor)
         if got is not None and got != image_processor_backend:
