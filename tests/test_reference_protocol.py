@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from mmcal import plan
+from mmcal.analysis import stats
 from mmcal.analysis.summary import compare, no_letter_summary, summarize
 from mmcal.engine.chat import BUILTIN_FORMATS
 from mmcal.engine.loading import load_model
@@ -16,6 +19,7 @@ from mmcal.engine.prompts import PromptVariant, prompt_from_config
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine, load_image
 from mmcal.errors import ConfigError, DataError
+from mmcal.paper.tables import protocol_table
 from mmcal.records import apply_no_letter, no_letter, to_frame
 
 REFERENCE = PromptVariant(name="reference", prompt_format="reference")
@@ -239,3 +243,64 @@ def test_no_letter_rows_survive_the_records_file(tmp_path):
     back = read_records(tmp_path / "r.parquet")
     assert back["generated"].tolist() == ["xyz"] * 4 and no_letter(back).sum() == 1
     assert "generated" not in to_frame(_rows("letter_restricted", [0], [0], [0.5])).columns
+
+
+def test_a_holm_family_of_its_own_leaves_the_study_p_values():
+    ours = _rows("letter_restricted", [0, 0, 1, 1], [0, 0, 1, 0], [0.7, 0.7, 0.7, 0.7], prompt="default")
+    full = [dict(r, readout="letter_full_vocab", confidence=0.6) for r in ours]
+    df = to_frame(ours + full + GREEDY)
+    main = {"name": "readouts", "a": {"readout": "letter_restricted"}, "b": {"readout": "letter_full_vocab"}}
+    main["where"] = {"prompt": "default"}
+    protocol = {
+        "name": "ours vs reference",
+        "a": {"prompt": "default", "readout": "letter_restricted"},
+        "b": {"prompt": "reference", "readout": "letter_greedy"},
+        "holm_family": "protocol",
+    }
+    metrics = ("accuracy", "ece_10")
+    alone = compare(df, [main], B=50, metrics=metrics)
+    both = compare(df, [main, protocol], B=50, metrics=metrics)
+    pd.testing.assert_frame_equal(both.iloc[:2].reset_index(drop=True), alone)
+    # within the protocol family: Holm over its own two rows
+    p = both.iloc[2:]["p_value"].to_numpy()
+    assert both.iloc[2:]["p_holm"].tolist() == pytest.approx(list(stats.holm(p)))
+
+
+def test_runs_carry_their_own_readouts():
+    config = {
+        "models": {"m": {"kind": "mllm"}},
+        "datasets": {"d": {}},
+        "scenarios": {"image": {"image": True}},
+        "prompts": {"default": {}, "reference": {"prompt_format": "reference"}},
+        "readouts": ["letter_restricted", "option_loglik"],
+        "runs": [
+            {"models": ["m"], "datasets": ["d"], "scenarios": ["image"], "prompts": ["default"]},
+            {"models": ["m"], "datasets": ["d"], "scenarios": ["image"], "prompts": ["reference"]}
+            | {"readouts": ["letter_greedy"], "splits": ["test"]},
+        ],
+    }
+    runs = plan.expand_runs(config)
+    assert [plan.run_readouts(config, r) for r in runs] == [["letter_restricted", "option_loglik"], ["letter_greedy"]]
+    config["runs"].append(dict(config["runs"][0], readouts=["letter_greedy"]))
+    with pytest.raises(ConfigError, match="other readouts"):
+        plan.expand_runs(config)
+
+
+def test_protocol_table():
+    cond = {"model": "m", "dataset": "d", "scenario": "image"}
+    metric_cols = {"accuracy": 0.75, "accuracy_lo": 0.5, "accuracy_hi": 1.0, "ece_10": 0.1, "ece_10_lo": 0.05}
+    summary = pd.DataFrame([{**cond, "prompt": "default", "readout": "letter_restricted", "n": 4, **metric_cols}])
+    summary["ece_10_hi"] = 0.2
+    table = no_letter_summary(to_frame(GREEDY).assign(model="m", dataset="d"), B=20)
+    part = {
+        **cond,
+        "ours": {"prompt": "default", "readout": "letter_restricted"},
+        "reference": {"prompt": "reference", "readout": "letter_greedy"},
+    }
+    tex = protocol_table(summary, table, part)
+    lines = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert lines[1].startswith("ours & default, letter\\_restricted & -- & 4 & 0 & 0.750 [0.500, 1.000] & 0.100")
+    assert lines[2].startswith("reference & reference, letter\\_greedy & kept, counted wrong & 4 & 1 & 0.500")
+    assert lines[3].startswith(" &  & dropped & 3 & 1 & 0.667")
+    with pytest.raises(ValueError, match="protocol table"):
+        protocol_table(summary, table.iloc[:1], part)

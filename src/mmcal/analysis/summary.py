@@ -56,7 +56,8 @@ COMPARE_COLUMNS = [
     "equivalent",
     "significant",
 ]
-_NOT_FILTERS = {"name", "a", "b", "where", "margin", "a_label", "b_label"}
+_NOT_FILTERS = {"name", "a", "b", "where", "margin", "a_label", "b_label", "holm_family"}
+MAIN_FAMILY = "main"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,22 +173,29 @@ def compare(
     value that is a list means "one of".
     Each side must select at most one scorable row per item; items are matched by ``item_id``
     (inner join, ``n_paired``). ``diff`` = B - A with the tests of ``stats.paired_difference``;
-    ``p_holm`` is Holm's adjustment over every row of the returned table; ``significant`` =
+    ``p_holm`` is Holm's adjustment over every row of the comparison's ``holm_family`` (optional key;
+    default: one family, ``main``; a methods check such as ours-vs-reference protocol is a family of its
+    own, so adding it leaves the study's p-values as they were); ``significant`` =
     p_holm < alpha and ``equivalent`` = TOST p < alpha, alpha = 1 - level. Without a margin
     ``tost_p``/``margin`` are NaN and ``equivalent`` is False.
 
-    Resolution: a bootstrap p-value is at least 2 / (B + 1), so with m rows the smallest
+    Resolution: a bootstrap p-value is at least 2 / (B + 1), so with m rows in a family the smallest
     possible ``p_holm`` is 2 m / (B + 1); a warning says when that is not below alpha (choose
     B > 2 m / alpha, e.g. B = 3000 for 70 rows at alpha = 0.05).
     """
     frame = apply_no_letter(scorable(in_split(records, split)), no_letter)
-    rows = []
+    rows, families = [], []
     for comparison in comparisons:
-        rows += _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))
+        new = _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))
+        rows += new
+        families += [comparison.get("holm_family", MAIN_FAMILY)] * len(new)
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     alpha = 1 - level
-    _warn_if_holm_cannot_reach_alpha(len(table), B, alpha)
-    table["p_holm"] = stats.holm(table["p_value"].to_numpy(dtype=float))
+    families = np.array(families, dtype=object)
+    for family in dict.fromkeys(families):
+        members = families == family
+        _warn_if_holm_cannot_reach_alpha(int(members.sum()), B, alpha)
+        table.loc[members, "p_holm"] = stats.holm(table.loc[members, "p_value"].to_numpy(dtype=float))
     table["significant"] = (table["p_holm"] < alpha).astype(bool)
     table["equivalent"] = table["equivalent"].astype(bool)
     return table
