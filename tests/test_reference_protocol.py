@@ -304,3 +304,55 @@ def test_protocol_table():
     assert lines[3].startswith(" &  & dropped & 3 & 1 & 0.667")
     with pytest.raises(ValueError, match="protocol table"):
         protocol_table(summary, table.iloc[:1], part)
+    paired = pd.DataFrame(
+        [
+            {
+                "metric": k,
+                "n_paired": 4,
+                "a_label": "ours",
+                "b_label": "ref",
+                "diff": d,
+                "diff_lo": -0.5,
+                "diff_hi": 0.1,
+            }
+            | {"p_holm": 0.25}
+            for k, d in (("accuracy", -0.25), ("ece_10", 0.05), ("nll", 1.0))
+        ]
+    )
+    note = protocol_table(summary, table, part, paired).split("Paired over ")[1]
+    assert note.startswith(r"4 items, ref $-$ ours: Acc. $-$0.250")
+    assert r"$-$0.250 [$-$0.500, 0.100], $p_{\mathrm{Holm}}$ 0.250" in note and "NLL" not in note
+
+
+def test_tables_show_the_protocol_with_its_paired_test(tmp_path):
+    from mmcal.paper.build import make_tables
+
+    ours = _rows("letter_restricted", [0, 0, 1, 1], [0, 0, 1, 0], [0.7, 0.7, 0.7, 0.7], prompt="default")
+    full = [dict(r, readout="letter_full_vocab", confidence=0.6) for r in ours]
+    df = to_frame(ours + full + GREEDY)
+    specs = [
+        {"name": "readouts", "a": {"readout": "letter_restricted"}, "b": {"readout": "letter_full_vocab"}}
+        | {"where": {"prompt": "default"}},
+        {
+            "name": "ours vs reference",
+            "a": {"prompt": "default", "readout": "letter_restricted"},
+            "b": {"prompt": "reference", "readout": "letter_greedy"},
+            "holm_family": "protocol",
+        },
+    ]
+    inputs = {"summary": tmp_path / "s.csv", "comparisons": tmp_path / "c.csv", "no_letter": tmp_path / "n.csv"}
+    summarize(df, B=20, smece_test=False).to_csv(inputs["summary"], index=False)
+    compare(df, specs, B=50).to_csv(inputs["comparisons"], index=False)
+    no_letter_summary(df, B=20).to_csv(inputs["no_letter"], index=False)
+    part = {
+        "model": "m",
+        "dataset": "d",
+        "scenario": "image",
+        "ours": {"prompt": "default", "readout": "letter_restricted"},
+        "reference": {"prompt": "reference", "readout": "letter_greedy"},
+        "comparison": "ours vs reference",
+    }
+    parts = {"main": {"dataset": "d", "scenario": "image", "prompt": "default"}, "protocol": part}
+    written = {p.stem: p.read_text() for p in make_tables(inputs, tmp_path / "tables", parts, level=0.95)}
+    assert "Paired over 4 items" in written["protocol"]
+    assert "readouts" in written["comparisons"] and "ours vs reference" not in written["comparisons"]

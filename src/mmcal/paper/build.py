@@ -125,11 +125,15 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float) -> list[
                 summary, oo["scenarios"], where={"dataset": oo["dataset"], "model": oo["model"], "prompt": oo["prompt"]}
             ),
         )
+    comparisons = _read_csv(inputs["comparisons"])
     pr = parts.get("protocol")
     no_letter = _read_csv(inputs["no_letter"]) if inputs.get("no_letter") else pd.DataFrame()
     if pr and not no_letter.empty:
-        put("protocol", T.protocol_table(summary, no_letter, pr, level=float(level)))
-    comparisons = _read_csv(inputs["comparisons"])
+        # the protocol's paired test is shown with its table, not among the study's comparisons
+        mine = comparisons["comparison"] == pr.get("comparison") if not comparisons.empty else None
+        paired = comparisons[mine] if mine is not None else None
+        put("protocol", T.protocol_table(summary, no_letter, pr, paired, level=float(level)))
+        comparisons = comparisons[~mine] if mine is not None else comparisons
     if not comparisons.empty:
         put("comparisons", T.comparison_table(comparisons))
     if inputs.get("idk"):

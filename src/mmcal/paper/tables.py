@@ -671,13 +671,15 @@ def protocol_table(
     summary: pd.DataFrame,
     no_letter: pd.DataFrame,
     part: dict,
+    paired: pd.DataFrame | None = None,
     metrics: Sequence[str] = ("accuracy", "ece_10"),
     decimals: int = 3,
     level: float = 0.95,
 ) -> str:
     """Our protocol vs the reference study's, on one model and condition (``parts.protocol``: model,
     dataset, scenario, ``ours`` and ``reference`` as {prompt, readout}): our row from the summary, the
-    reference's under both no-letter policies (keep: counted wrong; drop: left out) from no_letter.csv."""
+    reference's under both no-letter policies (keep: counted wrong; drop: left out) from no_letter.csv.
+    ``paired``: the comparisons.csv rows of their paired test (``parts.protocol.comparison``), in a note."""
     cond = {k: part[k] for k in RUN_KEYS if k in part}  # model, dataset, scenario
     ours = _where(summary, {**cond, **part["ours"]})
     ref = _where(no_letter, {**cond, **part["reference"]})
@@ -703,6 +705,17 @@ def protocol_table(
         f"All rows: model {latex_escape(part['model'])}, dataset {latex_escape(part['dataset'])}, "
         f"scenario {latex_escape(part['scenario'])}.",
     ]
+    if paired is not None and not paired.empty:
+        tests = [
+            f"{METRIC_TEX.get(r['metric'], latex_escape(r['metric']))} "
+            + format_ci(r["diff"], r["diff_lo"], r["diff_hi"], decimals)
+            + rf", $p_{{\mathrm{{Holm}}}}$ {format_p(r['p_holm'])}"
+            for _, r in paired[paired["metric"].isin(list(metrics))].iterrows()
+        ]
+        notes.append(
+            f"Paired over {int(paired['n_paired'].iloc[0])} items, {latex_escape(paired['b_label'].iloc[0])} "
+            f"$-$ {latex_escape(paired['a_label'].iloc[0])}: " + "; ".join(tests) + "."
+        )
     return booktabs_table(
         header,
         rows,
