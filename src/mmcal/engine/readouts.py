@@ -116,12 +116,11 @@ class ReadoutSet:
         """Per option letter, every token id whose text, decoded on its own and stripped, is the letter."""
         if self._spellings is None:
             texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
-            self._spellings = {}
+            self._spellings = {letter: [] for letter in LETTERS}  # whole letters, not substrings of LETTERS
             for i, t in enumerate(texts):
-                t = t.strip()
-                if t in set(LETTERS):  # one letter, not a substring of LETTERS
-                    self._spellings.setdefault(t, []).append(i)
-        return [self._spellings.get(letter, []) for letter in LETTERS[:n]]
+                if t.strip() in self._spellings:
+                    self._spellings[t.strip()].append(i)
+        return [self._spellings[letter] for letter in LETTERS[:n]]
 
     def greedy_row(self, item: MCItem, generated: list[int], logits) -> dict:
         """The ``letter_greedy`` row from the generated ids and the raw logits of each step."""
