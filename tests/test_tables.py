@@ -416,6 +416,7 @@ def test_main_tex_is_balanced_and_includes_everything(tmp_path):
         "Option order",
         "Recalibration",
         "Prompt search",
+        "Reference protocol",
         "Additional results",
     }
     assert r"\input{tables/recalibration.tex}" not in tex  # missing file left out, not \input

@@ -83,6 +83,22 @@ def test_study_outputs_and_provenance(study):
         assert abs(np.mean(correct) - row.accuracy) < 1e-9
 
 
+def test_reference_protocol_beside_ours(study):
+    """The reference protocol's run, its no-letter table (both policies), comparison and LaTeX table."""
+    rec = pd.read_parquet(study / "data/records/tiny-llava-stage2/fmnist/image/reference.parquet")
+    assert set(rec.readout) == {"letter_greedy"} and rec["generated"].notna().all()
+    no_letter = pd.read_csv(study / "data/metrics/no_letter.csv")
+    assert no_letter["no_letter_policy"].tolist() == ["keep", "drop"]
+    keep, drop = no_letter.iloc[0], no_letter.iloc[1]
+    assert keep["n"] == len(rec) and drop["n"] == len(rec) - keep["n_no_letter"]
+    comparisons = pd.read_csv(study / "data/metrics/comparisons.csv")
+    assert (comparisons["comparison"] == "ours vs reference protocol").any()
+    protocol = (study / "paper/tables/protocol.tex").read_text()
+    assert "Paired over" in protocol
+    assert "ours vs reference protocol" not in (study / "paper/tables/comparisons.tex").read_text()
+    assert r"\input{tables/protocol.tex}" in (study / "paper/main.tex").read_text()
+
+
 def test_figures_are_captioned_in_their_sections(study):
     tex = (study / "paper/main.tex").read_text()
     idk = tex.split(r"\section{IDK}")[1].split(r"\section{")[0]

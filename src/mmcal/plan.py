@@ -31,6 +31,7 @@ def expand_runs(config: dict, key: str = "runs") -> list[dict]:
             _check_names(config, section, run[section], where)
         splits = list(run.get("splits") or ["calib", "test"])
         limit = run.get("limit")
+        readouts = run.get("readouts")  # None: the top-level `readouts`
         for m, d, s, p in product(run["models"], run["datasets"], run["scenarios"], run["prompts"]):
             mcfg = config["models"][m]
             scfg = config["scenarios"][s] or {}
@@ -41,10 +42,27 @@ def expand_runs(config: dict, key: str = "runs") -> list[dict]:
                 prev = next(r for r in out if (r["model"], r["dataset"], r["scenario"], r["prompt"]) == combo)
                 prev["splits"] = sorted(set(prev["splits"]) | set(splits))
                 prev["limit"] = None if prev["limit"] is None or limit is None else max(prev["limit"], limit)
+                if prev["readouts"] != readouts:
+                    raise ConfigError(f"{where}: {'/'.join(combo)} is also scored by another run with other readouts")
                 continue
             seen.add(combo)
-            out.append({"model": m, "dataset": d, "scenario": s, "prompt": p, "splits": splits, "limit": limit})
+            out.append(
+                {
+                    "model": m,
+                    "dataset": d,
+                    "scenario": s,
+                    "prompt": p,
+                    "splits": splits,
+                    "limit": limit,
+                    "readouts": readouts,
+                }
+            )
     return out
+
+
+def run_readouts(config: dict, run: dict) -> list[str]:
+    """The readouts a run's scoring job computes: its own, else the top-level ``readouts``."""
+    return list(run.get("readouts") or config["readouts"])
 
 
 def run_for(config: dict, model: str, dataset: str, scenario: str, prompt: str) -> dict:

@@ -5,7 +5,8 @@ re-runs a model. Columns:
 
 - ``item_id, cluster_id, split``: from the item (cluster = items sharing an image/source).
 - ``model, dataset, scenario, prompt, prompt_hash, model_fingerprint``: provenance.
-- ``readout``: ``letter_restricted`` | ``letter_full_vocab`` | ``option_loglik``.
+- ``readout``: ``letter_restricted`` | ``letter_full_vocab`` | ``option_loglik`` | ``letter_greedy``
+  (the reference study's greedy loop: see below).
 - ``gold`` (int option index; -1 when unknown), ``pred`` (argmax option), ``correct`` (bool).
 - ``option_scores``: list of per-option log-probabilities under the readout's own normalisation:
   log-softmax over option letters (letter_restricted), log p(letter) under the full-vocabulary
@@ -21,6 +22,23 @@ re-runs a model. Columns:
   of the letter probabilities renormalised over the options).
 - ``n_options``, ``meta`` (JSON of item metadata), ``status`` ("ok" or why the item could not be
   scored; unscorable rows carry NaN scores and ``pred = -1``).
+
+``letter_greedy`` (the reference study's released code): greedy decoding of at most
+``GREEDY_MAX_TOKENS`` tokens after the answer prefix; each generated token is decoded on its own and
+the first whose stripped text is an option letter is the answer. Its row: ``pred`` that letter,
+``confidence`` the full-vocabulary softmax probability (raw logits) of that token at that step,
+``option_scores`` per letter the full-vocabulary log-probability, at that step, of the most likely
+token that decodes to the letter (so ``pred`` is their argmax and ``confidence`` its probability),
+``option_logits`` those tokens' logits, ``option_mass`` the sum of those probabilities, and an extra
+column ``generated``: all generated text (only record files with letter_greedy rows have it).
+*No letter* in ``GREEDY_MAX_TOKENS`` tokens (or before end-of-sequence): the row is kept with status
+"ok", ``pred = -1``, ``correct = False``, scores taken at the first generated step, and
+``confidence`` = the largest full-vocabulary letter probability at that step (the
+``letter_full_vocab`` confidence of the item): a non-answer counts as a wrong answer with the
+confidence the model put on its best option when asked for the letter (confidence 0 would reward
+not answering with perfect calibration). :func:`no_letter` finds these rows; the analysis option
+``metrics.no_letter`` (``keep``, ours, or ``drop``, the released code's) is applied by
+:func:`apply_no_letter`.
 """
 
 from __future__ import annotations
@@ -34,7 +52,11 @@ import pandas as pd
 
 from mmcal.errors import DataError
 
-READOUTS = ("letter_restricted", "letter_full_vocab", "option_loglik")
+READOUTS = ("letter_restricted", "letter_full_vocab", "option_loglik")  # one forward pass per item
+GREEDY_READOUT = "letter_greedy"  # a generation loop of its own
+ALL_READOUTS = (*READOUTS, GREEDY_READOUT)
+GREEDY_MAX_TOKENS = 20
+NO_LETTER_POLICIES = ("keep", "drop")
 # What one scoring job is (one records file) and what one analysed group is (a readout of it).
 RUN_KEYS = ("model", "dataset", "scenario", "prompt")
 GROUP_KEYS = (*RUN_KEYS, "readout")
@@ -62,6 +84,7 @@ COLUMNS = [
     "meta",
     "status",
 ]
+OPTIONAL_COLUMNS = ["generated"]  # written only by runs that have letter_greedy rows
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -85,9 +108,9 @@ def readout_row(
     """Turn raw per-option scores into the readout's columns (pred, confidence, entropy, ...)."""
     option_logits = np.asarray(option_logits, dtype=np.float64)
     restricted = log_softmax(option_logits)
-    if readout == "letter_full_vocab":
+    if readout in ("letter_full_vocab", GREEDY_READOUT):
         if full_vocab_logprobs is None:
-            raise ValueError("letter_full_vocab needs the full-vocabulary log-probs")
+            raise ValueError(f"{readout} needs the full-vocabulary log-probs")
         scores = np.asarray(full_vocab_logprobs, dtype=np.float64)
         pred = int(np.argmax(scores))
         confidence = float(math.exp(scores[pred]))
@@ -133,7 +156,7 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = None
-    return df[COLUMNS]
+    return df[COLUMNS + [c for c in OPTIONAL_COLUMNS if c in df.columns]]
 
 
 def write_records(df: pd.DataFrame, path: str | Path) -> None:
@@ -224,6 +247,21 @@ def option_probs(df: pd.DataFrame, renormalise: bool = False) -> np.ndarray:
         totals = out.sum(axis=1, keepdims=True)
         out = np.divide(out, totals, out=out.copy(), where=totals > 0)
     return out
+
+
+def no_letter(df: pd.DataFrame) -> np.ndarray:
+    """Mask of the letter_greedy rows whose generated text held no option letter."""
+    if df.empty:
+        return np.zeros(0, dtype=bool)
+    return ((df["readout"] == GREEDY_READOUT) & (df["status"] == "ok") & (df["pred"] == -1)).to_numpy()
+
+
+def apply_no_letter(df: pd.DataFrame, policy: str = "keep") -> pd.DataFrame:
+    """The rows an analysis uses under ``metrics.no_letter``: ``keep`` all (no-letter rows count as wrong,
+    see the module doc) or ``drop`` the no-letter rows (the reference study's released code)."""
+    if policy not in NO_LETTER_POLICIES:
+        raise DataError(f"metrics.no_letter: {policy!r} is not one of {', '.join(NO_LETTER_POLICIES)}")
+    return df if policy == "keep" else df[~no_letter(df)]
 
 
 def metric_arrays(df: pd.DataFrame) -> dict:

@@ -47,6 +47,24 @@ rule compare:
         "../scripts/compare.py"
 
 
+rule no_letter:
+    input:
+        records=plan.all_records(config),
+    output:
+        "data/metrics/no_letter.csv",
+    log:
+        "logs/metrics/no_letter.log",
+    benchmark:
+        "benchmarks/metrics/no_letter.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        metrics=config["metrics"],
+        seed=config["seed"],
+    script:
+        "../scripts/no_letter.py"
+
+
 rule idk_metrics:
     input:
         records=idk_records(),

@@ -26,7 +26,7 @@ def score_params(wildcards):
         "prompt_cfg": config["prompts"][wildcards.prompt] or {},
         "scenario_cfg": config["scenarios"][wildcards.scenario] or {},
         "splits": run["splits"],
-        "readouts": config["readouts"],
+        "readouts": plan.run_readouts(config, run),
         "device": config["device"],
         "dtype": mcfg.get("dtype", config["dtype"]),
         "batch_size": mcfg.get("batch_size", config["scoring"]["batch_size"]),

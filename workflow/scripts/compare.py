@@ -20,6 +20,7 @@ table = compare(
     level=float(m["level"]),
     margin_default=float(m["margin"]),
     split=m["split"],
+    no_letter=m["no_letter"],
 )
 table.to_csv(sm.output[0], index=False)
 log.info("comparisons: %d rows", len(table))

@@ -17,6 +17,7 @@ table = summarize(
     seed=int(sm.params.seed),
     level=float(m["level"]),
     split=m["split"],
+    no_letter=m["no_letter"],
 )
 table.to_csv(sm.output.csv, index=False)
 table.to_parquet(sm.output.parquet, index=False)

@@ -7,6 +7,12 @@ item by item and tests the differences, with Holm's correction over the whole ta
 Rows with ``status != "ok"`` are counted (``n_unscorable``) and left out of every metric; a
 comparison uses the items scorable on both sides. Option probabilities are exp(option_scores);
 a group whose rows have different numbers of options is padded with probability 0.
+
+``letter_greedy`` rows without a letter (:func:`mmcal.records.no_letter`) follow ``no_letter``
+(config ``metrics.no_letter``): ``keep`` (default: counted as wrong, with the confidence
+:mod:`mmcal.records` defines) or ``drop`` (left out, as the reference study's released code did; in a
+comparison the item then leaves both sides, since items are paired). :func:`no_letter_summary` gives
+every letter_greedy group under both policies, so one run yields both numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +24,18 @@ import pandas as pd
 
 from mmcal.analysis import metrics as m
 from mmcal.analysis import stats
-from mmcal.records import ALL_SPLITS, GROUP_KEYS, in_split, metric_arrays, scorable, select
+from mmcal.records import (
+    ALL_SPLITS,
+    GREEDY_READOUT,
+    GROUP_KEYS,
+    NO_LETTER_POLICIES,
+    apply_no_letter,
+    in_split,
+    metric_arrays,
+    no_letter,
+    scorable,
+    select,
+)
 
 DEFAULT_COMPARE_METRICS = ("accuracy", "ece_10", "ece_debiased", "smece", "brier", "nll", "auroc")
 COMPARE_COLUMNS = [
@@ -39,7 +56,8 @@ COMPARE_COLUMNS = [
     "equivalent",
     "significant",
 ]
-_NOT_FILTERS = {"name", "a", "b", "where", "margin", "a_label", "b_label"}
+_NOT_FILTERS = {"name", "a", "b", "where", "margin", "a_label", "b_label", "holm_family"}
+MAIN_FAMILY = "main"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,12 +85,14 @@ def summarize(
     level: float = 0.95,
     split: str | None = "test",
     smece_test: bool = True,
+    no_letter: str = "keep",
 ) -> pd.DataFrame:
     """One row per (model, dataset, scenario, prompt, readout) of the records in ``split``.
 
     Columns: the group keys, ``split`` (the split the row was computed on: ``split``, or
     ``"all"`` when ``split`` is None or "all" and every row counts), ``n`` (rows with status
-    ok), ``n_unscorable`` (other rows), every metric of ``compute_all`` with
+    ok, less no-letter rows under ``no_letter="drop"``), ``n_unscorable`` (other rows), every metric of
+    ``compute_all`` with
     ``<metric>_lo``/``<metric>_hi`` (cluster-bootstrap percentile interval at ``level``; see
     ``mmcal.analysis.stats``), and, with ``smece_test``, ``smece_p_calibrated``
     (consistency-resampling p-value of perfect calibration). Each group's bootstrap seed is
@@ -82,12 +102,13 @@ def summarize(
     frame = in_split(records, split)
     rows = []
     for key, group in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
-        ok = scorable(group)
+        scored = scorable(group)
+        ok = apply_no_letter(scored, no_letter)
         data, clusters = group_arrays(ok)
         group_seed = stats.derive_seed(seed, *key)
         row = dict(zip(GROUP_KEYS, key))
         row["split"] = ALL_SPLITS if split is None else split
-        row["n_unscorable"] = int(len(group) - len(ok))
+        row["n_unscorable"] = int(len(group) - len(scored))
         row.update(stats.metric_cis(**data, cluster_ids=clusters, B=B, seed=group_seed, level=level))
         if smece_test:
             test = stats.smece_calibration_test(data["confidence"], data["correct"], B, group_seed)
@@ -96,6 +117,31 @@ def summarize(
     columns = [*GROUP_KEYS, "split", "n", "n_unscorable", *_metric_columns()]
     if smece_test:
         columns.append("smece_p_calibrated")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def no_letter_summary(
+    records: pd.DataFrame, B: int = 1000, seed: int = 0, level: float = 0.95, split: str | None = "test"
+) -> pd.DataFrame:
+    """Every letter_greedy group under both no-letter policies: the group keys, ``split``,
+    ``no_letter_policy`` (keep | drop), ``n`` (rows the metrics use), ``n_no_letter`` (rows without a
+    letter, in both policies' rows) and the metrics with intervals, as in :func:`summarize` (same
+    bootstrap seed per group, so the ``keep`` row equals the summary's row under ``keep``)."""
+    frame = in_split(records, split)
+    frame = frame[frame["readout"] == GREEDY_READOUT] if len(frame) else frame
+    rows = []
+    for key, group in frame.groupby(list(GROUP_KEYS), sort=True, dropna=False):
+        scored = scorable(group)
+        for policy in NO_LETTER_POLICIES:
+            data, clusters = group_arrays(apply_no_letter(scored, policy))
+            row = dict(zip(GROUP_KEYS, key))
+            row.update(split=ALL_SPLITS if split is None else split, no_letter_policy=policy)
+            row["n_no_letter"] = int(no_letter(scored).sum())
+            row.update(
+                stats.metric_cis(**data, cluster_ids=clusters, B=B, seed=stats.derive_seed(seed, *key), level=level)
+            )
+            rows.append(row)
+    columns = [*GROUP_KEYS, "split", "no_letter_policy", "n", "n_no_letter", *_metric_columns()]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -116,6 +162,7 @@ def compare(
     margin_default: float | dict | None = None,
     metrics=DEFAULT_COMPARE_METRICS,
     split: str | None = "test",
+    no_letter: str = "keep",
 ) -> pd.DataFrame:
     """Paired comparisons of groups, one row per (comparison, metric); columns COMPARE_COLUMNS.
 
@@ -126,22 +173,29 @@ def compare(
     value that is a list means "one of".
     Each side must select at most one scorable row per item; items are matched by ``item_id``
     (inner join, ``n_paired``). ``diff`` = B - A with the tests of ``stats.paired_difference``;
-    ``p_holm`` is Holm's adjustment over every row of the returned table; ``significant`` =
+    ``p_holm`` is Holm's adjustment over every row of the comparison's ``holm_family`` (optional key;
+    default: one family, ``main``; a methods check such as ours-vs-reference protocol is a family of its
+    own, so adding it leaves the study's p-values as they were); ``significant`` =
     p_holm < alpha and ``equivalent`` = TOST p < alpha, alpha = 1 - level. Without a margin
     ``tost_p``/``margin`` are NaN and ``equivalent`` is False.
 
-    Resolution: a bootstrap p-value is at least 2 / (B + 1), so with m rows the smallest
+    Resolution: a bootstrap p-value is at least 2 / (B + 1), so with m rows in a family the smallest
     possible ``p_holm`` is 2 m / (B + 1); a warning says when that is not below alpha (choose
     B > 2 m / alpha, e.g. B = 3000 for 70 rows at alpha = 0.05).
     """
-    frame = scorable(in_split(records, split))
-    rows = []
+    frame = apply_no_letter(scorable(in_split(records, split)), no_letter)
+    rows, families = [], []
     for comparison in comparisons:
-        rows += _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))
+        new = _compare_one(frame, comparison, B, seed, level, margin_default, list(metrics))
+        rows += new
+        families += [comparison.get("holm_family", MAIN_FAMILY)] * len(new)
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     alpha = 1 - level
-    _warn_if_holm_cannot_reach_alpha(len(table), B, alpha)
-    table["p_holm"] = stats.holm(table["p_value"].to_numpy(dtype=float))
+    families = np.array(families, dtype=object)
+    for family in dict.fromkeys(families):
+        members = families == family
+        _warn_if_holm_cannot_reach_alpha(int(members.sum()), B, alpha)
+        table.loc[members, "p_holm"] = stats.holm(table.loc[members, "p_value"].to_numpy(dtype=float))
     table["significant"] = (table["p_holm"] < alpha).astype(bool)
     table["equivalent"] = table["equivalent"].astype(bool)
     return table

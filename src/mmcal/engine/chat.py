@@ -102,17 +102,18 @@ class ChatFormat:
     template: str | None = None
     answer_separator: str = ""
     variables: tuple[tuple[str, object], ...] = ()
-    # the processor itself ends every prompt with the separator (PaliGemma's "\n"): the answer prefix is
-    # tokenised as it follows the separator, which is not appended again
+    # the separator ends the prompt's ids and the answer prefix is tokenised as it follows it: the engine
+    # appends it to the rendered text, or the processor does (PaliGemma's "\n"). Needed where the separator
+    # would merge with the prompt's last token (Qwen's ".\n" is one token).
     separator_in_prompt: bool = False
+    processor_adds_separator: bool = False
 
     def identity(self) -> str:
         """What changes the rendered text (for fingerprints); empty for the model's own template."""
         if self.template is None:
             return ""
-        blob = json.dumps(
-            [self.template, self.answer_separator, list(self.variables)] + [True] * self.separator_in_prompt
-        )
+        flags = [flag for flag in ("separator_in_prompt", "processor_adds_separator") if getattr(self, flag)]
+        blob = json.dumps([self.template, self.answer_separator, list(self.variables)] + flags)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -128,10 +129,12 @@ BUILTIN_FORMATS = {
     # the opened turn ends with a newline: the answer starts right after it
     "chatml": ChatFormat("chatml", TINY_LLAVA_CHAT_TEMPLATE, ""),
     # the reference study's raw prompt: question, options, instruction and "Answer: (" on separate lines
-    "raw": ChatFormat("raw", _RAW_TEMPLATE, "\n"),
+    "raw": ChatFormat("raw", _RAW_TEMPLATE, "\n", separator_in_prompt=True),
     # PaliGemma: the image token then the text; its processor expands the image token and adds <bos> before
     # and "\n" after the text, the prefix/answer boundary of its training format
-    "paligemma": ChatFormat("paligemma", _PALIGEMMA_TEMPLATE, "\n", separator_in_prompt=True),
+    "paligemma": ChatFormat(
+        "paligemma", _PALIGEMMA_TEMPLATE, "\n", separator_in_prompt=True, processor_adds_separator=True
+    ),
 }
 
 

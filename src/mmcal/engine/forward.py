@@ -116,6 +116,58 @@ class Forward:
                 return self._run_cached(encs, rows)
             return self._run_full(encs, rows)
 
+    def greedy(self, encs: list[Encoded], answer_ids: list[int], max_new_tokens: int) -> list[tuple[list[int], object]]:
+        """Greedy decoding after prefix + ``answer_ids`` (same-length prefixes, so no padding).
+
+        Per item: the generated token ids up to (not including) the first end-of-sequence token, and
+        the raw logits [steps, V] (float32, CPU) that chose them. ``generate`` keeps every family's
+        cache and position handling; it runs with a generation config of its own (no sampling, no
+        logits processors from the checkpoint's defaults), and each chosen token is checked to be the
+        argmax of its raw logits.
+        """
+        import torch
+        from transformers import GenerationConfig
+
+        model = self.lm.model
+        defaults = getattr(model, "generation_config", None)
+        eos = getattr(defaults, "eos_token_id", None)
+        if eos is None:
+            eos = self.lm.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        pad = getattr(defaults, "pad_token_id", None)
+        if pad is None:
+            pad = (
+                self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+            )
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(eos_ids) or None,
+            pad_token_id=pad,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        ids = torch.tensor([e.prefix_ids + answer_ids for e in encs], device=self.lm.device)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=config,
+                **self._extra_for(encs, appended=len(answer_ids)),
+            )
+        new = out.sequences[:, ids.shape[1] :].cpu().tolist()
+        logits = torch.stack(out.logits, 1).float().cpu()  # [B, steps, V]
+        results = []
+        for b, seq in enumerate(new):
+            stop = next((t for t, tok in enumerate(seq) if tok in eos_ids), len(seq))
+            decided = min(stop + 1, len(seq))  # steps after end-of-sequence only pad
+            chosen = logits[b, :decided].argmax(-1).tolist()
+            if chosen != seq[:decided]:
+                raise ForwardError(f"generate did not pick the argmax of the raw logits ({chosen} vs {seq})")
+            results.append((seq[:stop], logits[b, : max(stop, 1)]))
+        return results
+
     def _span_sums(self, first_logits, cont_logits, rows) -> tuple[list[float], list[int]]:
         """Per row: sum and count of log p(ids[j]) for span_from <= j < len(ids), on the device.
 

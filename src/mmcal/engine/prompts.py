@@ -9,6 +9,11 @@ The text is split in two parts on purpose:
 - the *answer prefix*: text appended inside the assistant turn.
 Readouts and the prompt search only change the answer prefix, so the prefix can be computed once
 per item and its KV cache reused.
+
+``prompt_format``: ``chat`` (the model's own or configured chat format) or ``reference``: the reference
+study's released code, whatever the model's chat format: no template and no system prompt, the
+processor's image token on its own line, the user's text, then "\n" + the answer prefix (the built-in
+``raw`` format of :mod:`mmcal.engine.chat`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import json
 from dataclasses import asdict, dataclass
 
 from mmcal import LETTERS
+from mmcal.errors import ConfigError
 from mmcal.items import MCItem
 
 DEFAULT_INSTRUCTION = "Please provide the option letter directly."
+PROMPT_FORMATS = ("chat", "reference")
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,15 @@ class PromptVariant:
     option_format: str = "({letter}) {text}"
     preamble: str = ""  # text placed before the question (e.g. an IDK hint)
     system: str | None = None
+    prompt_format: str = "chat"
 
     def prompt_hash(self) -> str:
-        blob = json.dumps({k: v for k, v in asdict(self).items() if k != "name"}, sort_keys=True).encode()
+        """Hash of what changes the rendered text. The default ``chat`` format is left out so that the
+        hashes (and records) of chat prompts are those written before the key existed."""
+        fields = {k: v for k, v in asdict(self).items() if k != "name"}
+        if fields["prompt_format"] == "chat":
+            del fields["prompt_format"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -44,9 +57,12 @@ def prompt_from_config(name: str, cfg: dict | None) -> PromptVariant:
     cfg.pop("description", None)
     unknown = set(cfg) - set(PromptVariant.__dataclass_fields__)
     if unknown:
-        from mmcal.errors import ConfigError
-
         raise ConfigError(f"prompt {name!r}: unknown keys {sorted(unknown)}")
+    fmt = cfg.get("prompt_format", "chat")
+    if fmt not in PROMPT_FORMATS:
+        raise ConfigError(f"prompts.{name}.prompt_format: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
+    if fmt == "reference" and cfg.get("system"):
+        raise ConfigError(f"prompts.{name}: the reference format has no system prompt; remove 'system'")
     return PromptVariant(name=name, **cfg)
 
 

@@ -172,6 +172,9 @@ class QwenVLEngine(Engine):
             )
         super().__init__(lm, prompt, *args, chat_format=REFERENCE_FORMAT, **kwargs)
 
+    def reference_format(self) -> ChatFormat:
+        return REFERENCE_FORMAT
+
     def _prepare(self, pos, item, scenario, descriptions=None):
         enc, text, image = super()._prepare(pos, item, scenario, descriptions)
         if enc.status == "ok" and image is not None:

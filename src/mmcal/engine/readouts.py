@@ -5,7 +5,9 @@
   study's full-vocabulary probability of each letter, and the letters' total mass);
 - ``option_loglik``: option_prefix + " " + option text — the length-normalised log-likelihood of
   each option's tokens;
-- the prompt search: the ``letter_restricted`` row after each candidate answer prefix.
+- the prompt search: the ``letter_restricted`` row after each candidate answer prefix;
+- ``letter_greedy``: greedy decoding after the answer prefix (the reference study's loop; its row is
+  defined in :mod:`mmcal.records`), run apart from the passes above so neither pays for the other.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mmcal.engine.forward import Encoded, Row, RowOut
 from mmcal.engine.prompts import PromptVariant
 from mmcal.errors import MmcalError
 from mmcal.items import MCItem
-from mmcal.records import READOUTS, readout_row
+from mmcal.records import ALL_READOUTS, GREEDY_READOUT, readout_row
 
 
 def encode_ids(tokenizer, text: str) -> list[int]:
@@ -93,13 +95,14 @@ class ReadoutSet:
         self.separator_in_prompt = separator_in_prompt
         self.prompt = prompt
         self.readouts = tuple(readouts)
-        bad = set(self.readouts) - set(READOUTS)
+        bad = set(self.readouts) - set(ALL_READOUTS)
         if bad:
-            raise MmcalError(f"unknown readouts {sorted(bad)}; known: {READOUTS}")
+            raise MmcalError(f"unknown readouts {sorted(bad)}; known: {ALL_READOUTS}")
         if "option_loglik" in self.readouts and not prompt.option_prefix:
             raise MmcalError(f"prompt {prompt.name!r}: option_loglik needs a non-empty option_prefix")
         self._letter_cache: dict[tuple[str, int], list[int]] = {}
         self._joined_cache: dict[str, list[int]] = {}
+        self._spellings: dict[str, list[int]] | None = None
 
     def joined(self, text: str) -> list[int]:
         """Token ids of a continuation (answer prefix, option prefix, candidate) after the opened turn."""
@@ -114,6 +117,45 @@ class ReadoutSet:
         if key not in self._letter_cache:
             self._letter_cache[key] = letter_token_ids(self.tok, answer_prefix, n)
         return self._letter_cache[key]
+
+    @property
+    def greedy(self) -> bool:
+        return GREEDY_READOUT in self.readouts
+
+    def letter_spellings(self, n: int) -> list[list[int]]:
+        """Per option letter, every token id whose text, decoded on its own and stripped, is the letter."""
+        if self._spellings is None:
+            texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
+            self._spellings = {letter: [] for letter in LETTERS}  # whole letters, not substrings of LETTERS
+            for i, t in enumerate(texts):
+                if t.strip() in self._spellings:
+                    self._spellings[t.strip()].append(i)
+        return [self._spellings[letter] for letter in LETTERS[:n]]
+
+    def greedy_row(self, item: MCItem, generated: list[int], logits) -> dict:
+        """The ``letter_greedy`` row from the generated ids and the raw logits of each step."""
+        import torch
+
+        n = len(item.options)
+        letters = list(LETTERS[:n])
+        step = next((t for t, tok in enumerate(generated) if self.tok.decode([tok]).strip() in letters), None)
+        at = logits[0 if step is None else step]
+        full = torch.log_softmax(at.double(), -1)
+        best = []
+        for ids in self.letter_spellings(n):
+            if not ids:
+                raise MmcalError(f"option letter of {item.item_id!r} is no token of this tokenizer")
+            best.append(ids[int(full[ids].argmax())])
+        full_lp = full[best].numpy()
+        row = readout_row(GREEDY_READOUT, at[best].double().numpy(), item.gold, float(np.exp(full_lp).sum()), full_lp)
+        if step is None:  # no letter: wrong, with the best letter's probability at the first step
+            row.update(pred=-1, correct=False)
+        else:  # the decoded letter and its token's probability (the argmax of option_scores, barring ties)
+            pred = letters.index(self.tok.decode([generated[step]]).strip())
+            row.update(pred=pred, correct=bool(item.gold >= 0 and pred == item.gold))
+            row["confidence"] = float(full[generated[step]].exp())
+        row["generated"] = self.tok.decode(generated)
+        return row
 
     def continuations(self, enc: Encoded, enc_index: int) -> list[Row]:
         """Continuations needed for this item's readouts: first the answer prefix, then options."""
@@ -132,8 +174,9 @@ class ReadoutSet:
                 rows.append(Row(enc_index, ids, len(head)))
         return rows
 
-    def rows(self, enc: Encoded, outs: list[RowOut]) -> list[dict]:
-        """The item's record rows, one per readout, from the outputs of its ``continuations``."""
+    def rows(self, enc: Encoded, outs: list[RowOut], greedy: tuple | None = None) -> list[dict]:
+        """The item's record rows, one per readout, from the outputs of its ``continuations`` and, for
+        ``letter_greedy``, its (generated ids, logits) from :meth:`Forward.greedy`."""
         import torch
 
         n = len(enc.item.options)
@@ -155,6 +198,8 @@ class ReadoutSet:
                 opt_outs = outs[k : k + n]
                 scores = np.array([o.span_logprob / max(o.span_len, 1) for o in opt_outs])
                 res.append(readout_row(readout, scores, gold, option_mass))
+            elif readout == GREEDY_READOUT:
+                res.append(self.greedy_row(enc.item, *greedy))
             else:
                 res.append(readout_row(readout, letter_logits, gold, option_mass, full_lp))
         return res

@@ -18,14 +18,14 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mmcal import LETTERS
-from mmcal.engine.chat import OWN, ChatFormat, render_prompt
+from mmcal.engine.chat import BUILTIN_FORMATS, OWN, ChatFormat, render_prompt
 from mmcal.engine.forward import Encoded, Forward, ForwardError, is_out_of_memory
 from mmcal.engine.loading import LoadedModel
 from mmcal.engine.prompts import PromptVariant, build_messages
 from mmcal.engine.readouts import ReadoutSet
 from mmcal.engine.scenarios import Scenario, description_for, shift_options
 from mmcal.items import MCItem
-from mmcal.records import READOUTS, meta_json, unscorable_rows
+from mmcal.records import GREEDY_MAX_TOKENS, READOUTS, meta_json, unscorable_rows
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ class Engine:
     ):
         self.lm = lm
         self.prompt = prompt
-        self.chat_format = chat_format
+        self.chat_format = self.reference_format() if prompt.prompt_format == "reference" else chat_format
+        chat_format = self.chat_format
         opened = ""
         if chat_format.answer_separator:  # a probe prompt ending like every item's: the instruction
             probe = [{"role": "user", "content": [{"type": "text", "text": prompt.instruction or "?"}]}]
@@ -110,6 +111,10 @@ class Engine:
         self.tok = lm.tokenizer
         self._batch_encode_ok: bool | None = None  # decided on the first item encoded in bulk
         self._fitting_size = self.batch_size  # lowered when a batch runs out of memory
+
+    def reference_format(self) -> ChatFormat:
+        """The reference study's format: the same raw text for every model (an adapter may have its own)."""
+        return BUILTIN_FORMATS["raw"]
 
     # ---- encoding -----------------------------------------------------------------------
     def _add_special(self, text: str) -> bool:
@@ -164,6 +169,9 @@ class Engine:
         context = description_for(scenario, item, descriptions)
         messages = build_messages(item, self.prompt, with_image=with_image, context=context)
         text = self._render(messages, self.lm.multimodal, self.image_root / item.image if with_image else None)
+        cf = self.chat_format
+        if cf.separator_in_prompt and not cf.processor_adds_separator:
+            text += cf.answer_separator
         return enc, text, image
 
     def _render(self, messages: list[dict], multimodal: bool, image_path: Path | None = None) -> str:
@@ -171,6 +179,16 @@ class Engine:
         if not multimodal:
             return render_prompt(self.lm.tokenizer, messages, multimodal=False, chat_format=self.chat_format)
         return render_prompt(self.lm.processor, messages, multimodal=True, chat_format=self.chat_format)
+
+    def render(self, item: MCItem, scenario: Scenario, descriptions=None) -> str:
+        """The exact text the model is shown up to its answer: the rendered prompt, the format's answer
+        separator and the answer prefix (the answer prefix is tokenised as it follows the prompt)."""
+        enc, text, _ = self._prepare(0, item, scenario, descriptions)
+        if enc.status != "ok":
+            raise ValueError(f"item {item.item_id!r} cannot be rendered: {enc.status}")
+        cf = self.chat_format
+        separator_left = not cf.separator_in_prompt or cf.processor_adds_separator
+        return text + (cf.answer_separator if separator_left else "") + self.prompt.answer_prefix
 
     def _call_processor(self, texts: list[str], images: list | None, tensors: str | None):
         special = self._add_special(texts[0])
@@ -273,7 +291,7 @@ class Engine:
         for batch in self._batches([e for e in encs if e.status == "ok"]):
             for part, outs in self._run_batch(batch, scenario):
                 for j, e in enumerate(part):
-                    rows_by_pos[e.pos] = self._finish(e, self.readout_set.rows(e, outs[j]))
+                    rows_by_pos[e.pos] = self._finish(e, self.readout_set.rows(e, *outs[j]))
             if progress:
                 progress(len(batch))
         return [r for pos in range(len(items)) for r in rows_by_pos[pos]]
@@ -302,10 +320,15 @@ class Engine:
                 log.warning("out of memory on %d items: retrying in batches of %d", len(batch), size)
                 _free_device_memory()
 
-    def _run_part(self, part: list[Encoded]) -> list[list]:
+    def _run_part(self, part: list[Encoded]) -> list[tuple[list, tuple | None]]:
+        """Per item: outputs of its continuations, and its greedy decoding when letter_greedy is asked for."""
         rows = [r for j, e in enumerate(part) for r in self.readout_set.continuations(e, j)]
-        outs = self.forward.run_rows(part, rows)
-        return [[o for r, o in zip(rows, outs) if r.enc_index == j] for j in range(len(part))]
+        outs = self.forward.run_rows(part, rows) if rows else []
+        greedy = [None] * len(part)
+        if self.readout_set.greedy:
+            answer = self.readout_set.joined(self.prompt.answer_prefix)
+            greedy = self.forward.greedy(part, answer, GREEDY_MAX_TOKENS)
+        return [([o for r, o in zip(rows, outs) if r.enc_index == j], greedy[j]) for j in range(len(part))]
 
     def _finish(self, enc: Encoded, rows: list[dict]) -> list[dict]:
         it = enc.item

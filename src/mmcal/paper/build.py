@@ -17,7 +17,7 @@ from mmcal.paper.main_tex import PARTS
 
 # The ``parts`` entries make_tables reads: the tables job's params, so editing another part
 # (idk, recalibration) never re-writes the tables.
-TABLE_PARTS = ("main", "visual_finetuning", "base_vs_mllm", "text_vs_image", "option_order")
+TABLE_PARTS = ("main", "visual_finetuning", "base_vs_mllm", "text_vs_image", "option_order", "protocol")
 
 # Table (file stem under paper/tables/) → the part of main.tex that shows it.
 TABLE_SECTIONS = {
@@ -30,13 +30,19 @@ TABLE_SECTIONS = {
     "recalibration": "recalibration",
     "comparisons": "recalibration",
     "best_prompts": "appendix",
+    "protocol": "protocol",
 }
 
 
 def table_inputs(figures: dict) -> dict[str, str]:
-    """The metric files the tables read: always the summary and comparisons; the IDK, recalibration
-    and prompt-search results when the study draws their figures (``figure_plan``'s names)."""
-    inputs = {"summary": "data/metrics/summary.csv", "comparisons": "data/metrics/comparisons.csv"}
+    """The metric files the tables read: always the summary, comparisons and no-letter policies (empty
+    without letter_greedy runs); the IDK, recalibration and prompt-search results when the study draws
+    their figures (``figure_plan``'s names)."""
+    inputs = {
+        "summary": "data/metrics/summary.csv",
+        "comparisons": "data/metrics/comparisons.csv",
+        "no_letter": "data/metrics/no_letter.csv",
+    }
     if "idk_tradeoff" in figures:
         inputs["idk"] = "data/metrics/idk.csv"
     if "recalibration_ece" in figures:
@@ -107,16 +113,27 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float) -> list[
         )
     tv = parts.get("text_vs_image")
     if tv and summary["scenario"].isin(tv["scenarios"][1:]).any():
-        put("text_vs_image", T.scenario_table(summary[summary["dataset"] == tv["dataset"]], tv["scenarios"]))
+        put(
+            "text_vs_image",
+            T.scenario_table(summary, tv["scenarios"], where={"dataset": tv["dataset"], "prompt": tv["prompt"]}),
+        )
     oo = parts.get("option_order")
     if oo and summary["scenario"].isin(oo["scenarios"][1:]).any():
         put(
             "option_order",
             T.scenario_table(
-                summary[(summary["dataset"] == oo["dataset"]) & (summary["model"] == oo["model"])], oo["scenarios"]
+                summary, oo["scenarios"], where={"dataset": oo["dataset"], "model": oo["model"], "prompt": oo["prompt"]}
             ),
         )
     comparisons = _read_csv(inputs["comparisons"])
+    pr = parts.get("protocol")
+    no_letter = _read_csv(inputs["no_letter"]) if inputs.get("no_letter") else pd.DataFrame()
+    if pr and not no_letter.empty:
+        # the protocol's paired test is shown with its table, not among the study's comparisons
+        mine = comparisons["comparison"] == pr.get("comparison") if not comparisons.empty else None
+        paired = comparisons[mine] if mine is not None else None
+        put("protocol", T.protocol_table(summary, no_letter, pr, paired, level=float(level)))
+        comparisons = comparisons[~mine] if mine is not None else comparisons
     if not comparisons.empty:
         put("comparisons", T.comparison_table(comparisons))
     if inputs.get("idk"):

@@ -68,6 +68,13 @@ PARTS = (
         "Iterative prompt optimisation: paraphrased answer prompts scored by ECE within accuracy "
         "bands, the best few surviving each round.",
     ),
+    (
+        "protocol",
+        "Reference protocol",
+        "The same model and items under the reference study's released protocol (raw prompt, greedy "
+        "decoding, items without a letter dropped or counted wrong) beside ours (chat template, the "
+        "letters' probabilities after the answer prefix).",
+    ),
     ("appendix", "Additional results", "Further tables and figures, and the prompts the search found."),
 )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmcal.records import GROUP_KEYS, select
+from mmcal.records import GROUP_KEYS, RUN_KEYS, select
 
 MAIN_METRICS = ("accuracy", "ece_10", "brier", "nll", "auroc", "aurc")
 SCENARIO_METRICS = ("accuracy", "mean_confidence", "ece_10", "mean_entropy")
@@ -664,6 +664,65 @@ def best_prompts_table(
         label=label,
         notes=notes,
         resize=True,
+    )
+
+
+def protocol_table(
+    summary: pd.DataFrame,
+    no_letter: pd.DataFrame,
+    part: dict,
+    paired: pd.DataFrame | None = None,
+    metrics: Sequence[str] = ("accuracy", "ece_10"),
+    decimals: int = 3,
+    level: float = 0.95,
+) -> str:
+    """Our protocol vs the reference study's, on one model and condition (``parts.protocol``: model,
+    dataset, scenario, ``ours`` and ``reference`` as {prompt, readout}): our row from the summary, the
+    reference's under both no-letter policies (keep: counted wrong; drop: left out) from no_letter.csv.
+    ``paired``: the comparisons.csv rows of their paired test (``parts.protocol.comparison``), in a note."""
+    cond = {k: part[k] for k in RUN_KEYS if k in part}  # model, dataset, scenario
+    ours = _where(summary, {**cond, **part["ours"]})
+    ref = _where(no_letter, {**cond, **part["reference"]})
+    if len(ours) != 1 or len(ref) != 2:
+        raise ValueError(f"protocol table: expected 1 summary row and 2 no-letter rows for {part}")
+    policy = {"keep": "kept, counted wrong", "drop": "dropped"}
+    lines = [("ours", f"{part['ours']['prompt']}, {part['ours']['readout']}", "--", ours.iloc[0], 0)]
+    for _, row in ref.sort_values("no_letter_policy", key=lambda c: c.map({"keep": 0, "drop": 1})).iterrows():
+        name = f"{part['reference']['prompt']}, {part['reference']['readout']}"
+        lines.append(("reference", name, policy[row["no_letter_policy"]], row, int(row["n_no_letter"])))
+    rows = [
+        [latex_escape(who), latex_escape(name), latex_escape(pol), str(int(r["n"])), str(n_no)]
+        + [format_ci(r[m], r.get(f"{m}_lo"), r.get(f"{m}_hi"), decimals) for m in metrics]
+        for who, name, pol, r, n_no in lines
+    ]
+    header = ["Protocol", "Prompt, readout", "No-letter items", "$n$", "No letter"] + [
+        metric_header(m) for m in metrics
+    ]
+    notes = [
+        ci_note(level),
+        "Reference: the released code's raw prompt (no chat template) and greedy loop (at most 20 tokens, "
+        "full-vocabulary probability of the first decoded option letter).",
+        f"All rows: model {latex_escape(part['model'])}, dataset {latex_escape(part['dataset'])}, "
+        f"scenario {latex_escape(part['scenario'])}.",
+    ]
+    if paired is not None and not paired.empty:
+        tests = [
+            f"{METRIC_TEX.get(r['metric'], latex_escape(r['metric']))} "
+            + format_ci(r["diff"], r["diff_lo"], r["diff_hi"], decimals)
+            + rf", $p_{{\mathrm{{Holm}}}}$ {format_p(r['p_holm'])}"
+            for _, r in paired[paired["metric"].isin(list(metrics))].iterrows()
+        ]
+        notes.append(
+            f"Paired over {int(paired['n_paired'].iloc[0])} items, {latex_escape(paired['b_label'].iloc[0])} "
+            f"$-$ {latex_escape(paired['a_label'].iloc[0])}: " + "; ".join(tests) + "."
+        )
+    return booktabs_table(
+        header,
+        rows,
+        n_id_cols=3,
+        caption="Our protocol vs the reference study's on the same model and items.",
+        label="tab:protocol",
+        notes=notes,
     )
 
 
