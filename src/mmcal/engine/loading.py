@@ -147,7 +147,6 @@ def load_model(
         AutoConfig,
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
-        AutoProcessor,
         AutoTokenizer,
     )
 
