@@ -37,6 +37,8 @@ def test_file_and_tree_hashes_and_the_stat_cache(tmp_path):
     assert hashing.file_sha256(a) == ha
     tree = hashlib.sha256(f"a.bin\0{ha}\nsub/b.txt\0{hb}\n".encode()).hexdigest()
     assert hashing.tree_sha256(tmp_path / "tree") == tree
+    (tmp_path / "tree" / ".snakemake_timestamp").touch()  # Snakemake's marker is not content
+    assert hashing.tree_sha256(tmp_path / "tree") == tree
     cache = json.loads(Path(os.environ["MMCAL_HASH_CACHE"]).read_text())
     assert cache[str(a.resolve())] == [a.stat().st_size, a.stat().st_mtime_ns, ha]
 
@@ -93,6 +95,7 @@ def _records_frame() -> pd.DataFrame:
             "scenario": ["image", "image"],
             "prompt": ["default", "default"],
             "item_id": ["a", "b"],
+            "readout": ["option_loglik", "option_loglik"],
             "confidence": [0.25, 0.75],
         }
     )

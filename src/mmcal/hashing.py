@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 _CHUNK = 1 << 20
+# Snakemake's marker in every directory output, written after the job: not part of the content.
+IGNORED = {".snakemake_timestamp"}
 _cache: dict | None = None
 _cache_file: Path | None = None
 _dirty = False
@@ -78,11 +80,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def tree_sha256(folder: str | Path) -> str:
-    """Hex SHA-256 over a folder's sorted relative file paths and their file hashes."""
+    """Hex SHA-256 over a folder's sorted relative file paths and their file hashes
+    (Snakemake's ``.snakemake_timestamp`` marker left out)."""
     folder = Path(folder)
     cache = _load()
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in IGNORED):
         rel = path.relative_to(folder).as_posix()
         h.update(f"{rel}\0{_file_sha256(path, cache)}\n".encode())
     _save()

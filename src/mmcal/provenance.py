@@ -111,11 +111,17 @@ def _cpu() -> dict:
 
 
 def _packages() -> dict[str, str]:
-    pkgs = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
-        if name:
-            pkgs[name.lower().replace("_", "-")] = dist.version
+    """Name → version of every installed distribution, from the ``<name>-<version>.dist-info`` folder
+    names on ``sys.path`` (the first one found wins, as for imports): parsing each METADATA file
+    instead costs ~0.5 s a job."""
+    pkgs: dict[str, str] = {}
+    for entry in sys.path:
+        folder = Path(entry or ".")
+        if not folder.is_dir():
+            continue
+        for info in folder.glob("*.dist-info"):
+            name, _, version = info.name.removesuffix(".dist-info").partition("-")
+            pkgs.setdefault(name.lower().replace("_", "-").replace(".", "-"), version)
     return dict(sorted(pkgs.items()))
 
 
@@ -252,7 +258,7 @@ def _is_records_file(path: Path) -> bool:
 
     from mmcal.records import RUN_KEYS
 
-    return set(RUN_KEYS) <= set(pq.read_schema(path).names)
+    return {*RUN_KEYS, "item_id", "readout"} <= set(pq.read_schema(path).names)
 
 
 def _file_list(namedlist) -> list[str]:
