@@ -112,8 +112,7 @@ def cmd_audit(args) -> int:
     if args.verify:
         from mmcal.audit.verify import format_report, verify
 
-        configfiles = [args.configfile] if args.configfile else []
-        result = verify(args.root, args.path, configfiles, check_params=not args.no_params)
+        result = verify(args.root, args.path)
         print(json.dumps(result, indent=2) if args.json else format_report(result))
         return 0 if result["ok"] else 1
     if not args.path:
@@ -158,8 +157,7 @@ def main(argv=None) -> int:
     a.add_argument("--root", default=".", help="the workflow's working directory (default: .)")
     a.add_argument("--json", action="store_true", help="JSON instead of text")
     a.add_argument("--verify", action="store_true", help="re-hash and report what no longer matches (exit 1)")
-    a.add_argument("--configfile", help="the config the run used (for --verify's params check and --rescore)")
-    a.add_argument("--no-params", action="store_true", help="--verify without asking Snakemake about params")
+    a.add_argument("--configfile", help="with --rescore: the config the run used")
     a.add_argument("--export", metavar="DIR", help="write the run as a Workflow Run RO-Crate into DIR")
     a.add_argument("--cell", metavar="ROW,COL", help="recompute one cell of a paper table from its records")
     a.add_argument("--rescore", metavar="K", type=int, help="re-score K random items of a records file")

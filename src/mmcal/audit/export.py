@@ -102,7 +102,8 @@ def export_crate(out_dir: str | Path, root: str | Path = ".") -> Path:
             "conformsTo": [{"@id": p} for p in PROFILES],
             "mainEntity": workflow,
             "mentions": [run],
-            "hasPart": [workflow],
+            # RO-Crate 1.1: every data entity is reachable from the root through hasPart.
+            "hasPart": [workflow] + [{"@id": i} for i, e in graph.items() if e["@type"] in ("File", "Dataset")],
         }
     )
     add(

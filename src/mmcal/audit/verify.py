@@ -3,8 +3,6 @@ would build it now, and everything downstream of those."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from mmcal import provenance
@@ -67,19 +65,6 @@ def own_problems(rec: dict, root: Path, env: dict, code_root: Path, scripts_dir:
     return problems
 
 
-def params_changed(root: Path, configfiles: list[str]) -> set[str]:
-    """Outputs whose rule params differ from what the current config gives (Snakemake's own record)."""
-    if not (root / "Snakefile").exists():
-        return set()
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--list-changes", "params", "--quiet", "all"]
-    if configfiles:
-        cmd += ["--configfile", *configfiles]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"snakemake --list-changes params failed in {root}:\n{proc.stderr[-2000:]}")
-    return {line.strip() for line in proc.stdout.splitlines() if line.strip() and not line.startswith(" ")}
-
-
 def _producer(path: str, records: dict[str, dict]) -> str | None:
     """The artifact a path is or lies inside (a file in a model folder, a table in paper/tables)."""
     p = Path(path)
@@ -89,9 +74,7 @@ def _producer(path: str, records: dict[str, dict]) -> str | None:
     return None
 
 
-def verify(
-    root: str | Path = ".", target: str | None = None, configfiles: list[str] | None = None, check_params: bool = True
-) -> dict:
+def verify(root: str | Path = ".", target: str | None = None) -> dict:
     """``{"ok": bool, "checked": n, "problems": {artifact: [reasons]}}``; with ``target``: that
     artifact and everything upstream of it only."""
     root = Path(root)
@@ -110,9 +93,6 @@ def verify(
     env = provenance.environment()
     code_root, scripts_dir = _code_root(root), root / "workflow" / "scripts"
     problems = {a: own_problems(r, root, env, code_root, scripts_dir) for a, r in records.items()}
-    if check_params:
-        for a in params_changed(root, configfiles or []) & set(records):
-            problems[a].append("params differ from the current config")
     # Everything downstream of a bad artifact is bad too (fixed point over the input graph).
     upstream = {
         a: {u for i in r["inputs"] if (u := _producer(i["path"], records)) and u != a} for a, r in records.items()
