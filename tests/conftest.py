@@ -4,6 +4,8 @@ real Fashion-MNIST items. Everything is built locally; the hub is never contacte
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +62,35 @@ def fmnist_items(tmp_path_factory):
     root = tmp_path_factory.mktemp("fmnist")
     items = build_fashion_mnist_items(FMNIST_ROOT, root / "images", "images", {"calib": 4, "test": 4}, seed=1)
     return root, items
+
+
+# --- the workflow end to end (tests/test_workflow.py, tests/test_audit_verify.py) -----------------
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+COPY = ["Snakefile", "workflow", "config", "profiles", "envs", "src", "pyproject.toml"]
+
+
+def workflow_copy(tmp: Path) -> Path:
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, tmp / name)
+    return tmp
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    """The tiny study (config/test.yaml) run once per session; tests inspect what it left, and
+    tests/test_audit_verify.py tampers with a hard-linked copy of it."""
+    wd = workflow_copy(tmp_path_factory.mktemp("study"))
+    run_snakemake(wd, "--cores", "2", "--configfile", "config/test.yaml")
+    return wd

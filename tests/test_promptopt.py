@@ -369,9 +369,10 @@ def _dead_url() -> str:
     return f"http://127.0.0.1:{port}/v1"  # nothing listens there any more
 
 
-def test_openai_paraphraser_and_cached_replay(chat_server, tmp_path):
+def test_openai_paraphraser_and_cached_replay(chat_server, tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{chat_server.server_port}/v1"
-    para = OpenAIParaphraser(model="test-model", base_url=url, api_key="sk-test-123", retries=0)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
+    para = OpenAIParaphraser(model="test-model", base_url=url, retries=0)
     assert "sk-test-123" not in repr(para)
     first = run_search(SEEDS, para, SyntheticScorer(), rounds=2, m=2, k=2, seed=7, cache=tmp_path)
 
@@ -390,7 +391,7 @@ def test_openai_paraphraser_and_cached_replay(chat_server, tmp_path):
     assert not any("?" in c.text for c in first.trajectory)
 
     n_before = len(received)
-    offline = OpenAIParaphraser(model="test-model", base_url=_dead_url(), api_key="sk-test-123", retries=0)
+    offline = OpenAIParaphraser(model="test-model", base_url=_dead_url(), retries=0)
     second = run_search(SEEDS, offline, SyntheticScorer(), rounds=2, m=2, k=2, seed=7, cache=tmp_path)
     assert second.to_json() == first.to_json()
     assert offline.requests == 0 and len(chat_server.received) == n_before

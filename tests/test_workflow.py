@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,35 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import run_snakemake as _run
+from conftest import workflow_copy as _workdir
+
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-COPY = ["Snakefile", "workflow", "config", "profiles", "envs", "src", "pyproject.toml"]
-
-
-def _workdir(tmp: Path) -> Path:
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, tmp / name)
-    return tmp
-
-
-def _run(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([SNAKEMAKE, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The tiny study run once; tests below inspect what it left."""
-    wd = _workdir(tmp_path_factory.mktemp("study"))
-    _run(wd, "--cores", "2", "--configfile", "config/test.yaml")
-    return wd
 
 
 def _independent_ece10(conf, correct):

@@ -94,6 +94,38 @@ def cmd_records(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    """The chain behind an artifact, ``--verify`` against the disk, ``--export`` as an RO-Crate;
+    ``--cell`` and ``--rescore`` go down to one number (mmcal.audit.cells, mmcal.audit.rescore)."""
+    if args.cell:
+        from mmcal.audit.cells import audit_cell
+
+        row, _, col = args.cell.partition(",")
+        return audit_cell(args.path, row, col, args.json)
+    if args.rescore is not None:
+        from mmcal.audit.rescore import rescore
+
+        return rescore(args.path, args.rescore, args.configfile, args.json)
+    if args.export:
+        from mmcal.audit.export import export_crate
+
+        print(export_crate(args.export, args.root))
+        return 0
+    if args.verify:
+        from mmcal.audit.verify import format_report, verify
+
+        result = verify(args.root, args.path)
+        print(json.dumps(result, indent=2) if args.json else format_report(result))
+        return 0 if result["ok"] else 1
+    if not args.path:
+        raise ConfigError("mmcal audit: give an artifact PATH, or --verify / --export DIR")
+    from mmcal.audit.chain import chain, format_chain
+
+    tree = chain(args.path, args.root)
+    print(json.dumps(tree, indent=2) if args.json else format_chain(tree))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mmcal", description=__doc__)
     p.add_argument(
@@ -128,6 +160,16 @@ def main(argv=None) -> int:
     r = sub.add_parser("records", help="summarise a records Parquet file")
     r.add_argument("path")
     r.set_defaults(func=cmd_records)
+    a = sub.add_parser("audit", help="provenance of an artifact: its chain to the sources, --verify, --export")
+    a.add_argument("path", nargs="?", help="an artifact (a file or folder the workflow wrote)")
+    a.add_argument("--root", default=".", help="the workflow's working directory (default: .)")
+    a.add_argument("--json", action="store_true", help="JSON instead of text")
+    a.add_argument("--verify", action="store_true", help="re-hash and report what no longer matches (exit 1)")
+    a.add_argument("--configfile", help="with --rescore: the config the run used")
+    a.add_argument("--export", metavar="DIR", help="write the run as a Workflow Run RO-Crate into DIR")
+    a.add_argument("--cell", metavar="ROW,COL", help="recompute one cell of a paper table from its records")
+    a.add_argument("--rescore", metavar="K", type=int, help="re-score K random items of a records file")
+    a.set_defaults(func=cmd_audit)
     args = p.parse_args(argv)
     set_hub_offline(not args.online)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

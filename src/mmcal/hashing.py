@@ -79,7 +79,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def tree_files(folder: str | Path) -> list[Path]:
-    """Every file under ``folder`` (following no hidden folders such as ``.cache``/``.git``), sorted."""
+    """Every file under ``folder``, sorted; hidden files and folders (``.cache``, ``.git``, Snakemake's
+    ``.snakemake_timestamp`` marker written into folder outputs after the job) are not content."""
     folder = Path(folder)
     return sorted(
         p
@@ -100,3 +101,8 @@ def tree_sha256(folder: str | Path) -> str:
     for f, digest in zip(files, _cached_hashes(files)):
         h.update(f"{f.relative_to(folder).as_posix()}\0{digest}\n".encode())
     return h.hexdigest()
+
+
+def path_sha256(path: str | Path) -> str:
+    """:func:`file_sha256` for a file, :func:`tree_sha256` for a folder."""
+    return tree_sha256(path) if Path(path).is_dir() else file_sha256(path)

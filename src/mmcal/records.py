@@ -159,11 +159,19 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return df[COLUMNS + [c for c in OPTIONAL_COLUMNS if c in df.columns]]
 
 
-def write_records(df: pd.DataFrame, path: str | Path) -> None:
+def write_records(df: pd.DataFrame, path: str | Path, metadata: dict[bytes, str] | None = None) -> None:
+    """``metadata``: extra Parquet schema metadata (the job's provenance, mmcal.provenance)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.parquet")
-    df.to_parquet(tmp, index=False)
+    if metadata:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **metadata}), tmp)
+    else:
+        df.to_parquet(tmp, index=False)
     tmp.replace(path)  # atomic: a killed job never leaves a half-written record file
 
 

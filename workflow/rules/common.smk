@@ -1,4 +1,8 @@
 # Helpers shared by the workflow: config lookups, the figure plan and the list of final targets.
+from mmcal.promptopt.openai_paraphraser import check_no_key
+
+# A prompt-search API key comes from the environment only: params (and so provenance) never hold it.
+check_no_key(config["promptopt"].get("paraphraser"))
 
 
 def dataset_cfg(name):

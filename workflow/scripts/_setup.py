@@ -1,4 +1,5 @@
-"""Shared start of every workflow script: import path, logging to the rule's log.
+"""Shared start and finish of every workflow script: import path, logging to the rule's log, and
+the job's provenance records (written by ``finish`` once the script's work succeeded).
 
 Network access (``HF_HUB_OFFLINE`` and co.) is not set here: every job inherits it from the
 Snakefile, which sets it from the config's ``offline`` key.
@@ -7,11 +8,13 @@ Snakefile, which sets it from the config's ``offline`` key.
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+_started: float | None = None
 
 
 def start(snakemake, spin_wait: bool = False) -> logging.Logger:
@@ -22,6 +25,8 @@ def start(snakemake, spin_wait: bool = False) -> logging.Logger:
     small parallel regions, measured on 2 cores: vision tower 1.9x, stage 1 1.3x faster, same
     weights. Must happen before torch loads its OpenMP runtime.
     """
+    global _started
+    _started = time.time()
     if spin_wait:
         if "torch" in sys.modules:
             raise RuntimeError("start(spin_wait=True) must run before torch is imported")
@@ -58,3 +63,23 @@ def _report_user_errors_plainly(rule: str) -> None:
             previous(kind, exc, tb)
 
     sys.excepthook = hook
+
+
+def finish(snakemake) -> None:
+    """Write the provenance record of every output (mmcal.provenance); the last call of every script,
+    so a failed job leaves none. Logs the seconds it took, for the overhead budget."""
+    from mmcal.provenance import write_job
+
+    if _started is None:
+        raise RuntimeError("finish(snakemake) without start(snakemake)")
+    seconds = write_job(snakemake, _started, script=_script_file(snakemake))
+    logging.getLogger("mmcal").info("provenance: %.3f s for %d outputs", seconds, len(snakemake.output))
+
+
+def _script_file(snakemake) -> Path | None:
+    """The workflow script this job runs: Snakemake executes a copy named ``tmpXXXX.<script>.py``."""
+    main = Path(getattr(sys.modules["__main__"], "__file__", "") or "")
+    for name in (main.name, main.name.partition(".")[2]):
+        if name and (Path(snakemake.scriptdir) / name).is_file():
+            return Path(snakemake.scriptdir) / name
+    return None

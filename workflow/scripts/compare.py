@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.analysis.summary import compare  # noqa: E402
@@ -24,3 +24,4 @@ table = compare(
 )
 table.to_csv(sm.output[0], index=False)
 log.info("comparisons: %d rows", len(table))
+finish(snakemake)  # noqa: F821

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.data.describe import build_descriptions, measured_error_rate, write_descriptions  # noqa: E402
@@ -22,3 +22,4 @@ descriptions = build_descriptions(
 )
 write_descriptions(descriptions, sm.output[0])
 log.info("described %d items; measured error rate %.3f", len(descriptions), measured_error_rate(descriptions))
+finish(snakemake)  # noqa: F821

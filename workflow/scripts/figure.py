@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.figures.registry import render_figure  # noqa: E402
@@ -15,3 +15,4 @@ inputs = {
 }
 paths = render_figure(inputs, sm.params.spec, Path(sm.output.pdf).with_suffix(""))
 log.info("wrote %s", [str(p) for p in paths])
+finish(snakemake)  # noqa: F821

@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 import pandas as pd  # noqa: E402
@@ -36,3 +36,4 @@ if sm.input.records:
 table.to_csv(sm.output.table, index=False)
 comparisons.to_csv(sm.output.comparisons, index=False)
 log.info("idk metrics: %d groups", len(table))
+finish(snakemake)  # noqa: F821

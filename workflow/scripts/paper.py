@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.paper.build import paper_sections  # noqa: E402
@@ -22,3 +22,4 @@ write_main_tex(
     date=today(),
 )
 log.info("paper with %d tables and %d figures", len(tables), len(sm.params.figures))
+finish(snakemake)  # noqa: F821

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.promptopt.job import run_prompt_search, search_engine  # noqa: E402
@@ -23,3 +23,4 @@ cfg = {k: v for k, v in dict(sm.params.cfg).items() if k not in ("enabled", "mod
 cfg["cache_dir"] = sm.params.cache_dir
 best = run_prompt_search(engine, sm.input.item_file, Path(sm.output.best).parent, cfg, seed=int(sm.params.seed))
 log.info("best prompt %r: %s", best["text"], best["test"])
+finish(snakemake)  # noqa: F821

@@ -4,7 +4,7 @@ import json
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.calibration.study import recalibration_study, split_robustness  # noqa: E402
@@ -29,3 +29,4 @@ with open(sm.output.params, "w") as fh:
     json.dump(params, fh, indent=2)
 write_records(recalibrated, sm.output.records)
 log.info("recalibrated %d groups", len(params))
+finish(snakemake)  # noqa: F821

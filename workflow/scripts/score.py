@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.engine.job import score_to_records  # noqa: E402
@@ -31,3 +31,4 @@ score_to_records(
     descriptions_path=sm.input.get("descriptions"),
     max_unscorable=p["max_unscorable"],
 )
+finish(snakemake)  # noqa: F821

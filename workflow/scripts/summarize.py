@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.analysis.summary import summarize  # noqa: E402
@@ -22,3 +22,4 @@ table = summarize(
 table.to_csv(sm.output.csv, index=False)
 table.to_parquet(sm.output.parquet, index=False)
 log.info("summary: %d groups", len(table))
+finish(snakemake)  # noqa: F821

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.paper.build import make_tables  # noqa: E402
@@ -16,3 +16,4 @@ out_dir = Path(sm.output.tables)
 written = make_tables(inputs, out_dir, sm.params.parts, sm.params.level)
 (out_dir / "manifest.json").write_text(json.dumps({"tables": [str(p) for p in written], "inputs": inputs}, indent=2))
 log.info("wrote %d tables", len(written))
+finish(snakemake)  # noqa: F821

@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake, spin_wait=True)  # noqa: F821
 from mmcal.tinyllava.stage1 import train_stage1  # noqa: E402
@@ -16,3 +16,4 @@ summary = train_stage1(
     threads=snakemake.threads,  # noqa: F821
 )
 log.info("stage 1: %s", summary)
+finish(snakemake)  # noqa: F821

@@ -5,7 +5,7 @@ variant). With stage2.idk_train_classes in params.cfg it builds the IDK variant.
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake, spin_wait=True)  # noqa: F821
 from mmcal.tinyllava.stage2 import train_stage2  # noqa: E402
@@ -17,3 +17,4 @@ summary = train_stage2(
     threads=snakemake.threads,  # noqa: F821
 )
 log.info("stage 2: %s", summary)
+finish(snakemake)  # noqa: F821

@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake, spin_wait=True)  # noqa: F821
 from mmcal.tinyllava.vision import train_vision  # noqa: E402
@@ -14,3 +14,4 @@ summary = train_vision(
     threads=snakemake.threads,  # noqa: F821
 )
 log.info("vision tower: %s", summary)
+finish(snakemake)  # noqa: F821

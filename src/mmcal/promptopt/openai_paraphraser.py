@@ -2,7 +2,9 @@
 
 One request per sample (``n: 1`` plus a per-sample ``seed``), because many compatible servers
 ignore ``n`` and the per-sample seed keeps each candidate reproducible where the server honours it.
-The API key is read from the config or the environment and never appears in messages or reprs.
+The API key is read from the environment only (``api_key_env``, default ``OPENAI_API_KEY``): a key in
+the config would travel into the job's params and from there into provenance records, so
+:func:`check_no_key` rejects it, and it never appears in messages or reprs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ from mmcal.promptopt.base import Paraphraser, ParaphraserError, instruction_sett
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+
+
+def check_no_key(cfg: dict | None) -> None:
+    """A paraphraser config must not hold the key itself (ConfigError naming the variable to use)."""
+    cfg = cfg or {}
+    if cfg.get("api_key") is not None:
+        env = cfg.get("api_key_env") or "OPENAI_API_KEY"
+        raise ConfigError(
+            f"paraphraser: 'api_key' in the config is not accepted (it would be recorded with the job's params); "
+            f"set the environment variable {env} instead"
+        )
 
 
 class OpenAIParaphraser(Paraphraser):
@@ -36,11 +49,11 @@ class OpenAIParaphraser(Paraphraser):
         retry_wait_s: float = 2.0,
         max_attempts: int = 3,
     ):
+        check_no_key({"api_key": api_key, "api_key_env": api_key_env})
         if not model:
             raise ConfigError("openai paraphraser: 'model' is required (the served model's name)")
         self.model = model
         self.base_url = base_url
-        self._api_key = api_key
         self.api_key_env = api_key_env
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
@@ -69,7 +82,7 @@ class OpenAIParaphraser(Paraphraser):
         return base.rstrip("/") + "/chat/completions"
 
     def _api_key_value(self) -> str | None:
-        return self._api_key or os.environ.get(self.api_key_env) or None
+        return os.environ.get(self.api_key_env) or None
 
     def _redact(self, text: str) -> str:
         key = self._api_key_value()
