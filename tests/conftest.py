@@ -60,3 +60,14 @@ def fmnist_items(tmp_path_factory):
     root = tmp_path_factory.mktemp("fmnist")
     items = build_fashion_mnist_items(FMNIST_ROOT, root / "images", "images", {"calib": 4, "test": 4}, seed=1)
     return root, items
+
+
+@pytest.fixture(scope="session")
+def test_study(tmp_path_factory) -> Path:
+    """The tiny study (config/test.yaml) run once per session through real Snakemake, in a copy of
+    the project; shared by the workflow tests and the audit tests so that CI runs it once."""
+    from test_workflow import _run, _workdir
+
+    wd = _workdir(tmp_path_factory.mktemp("study"))
+    _run(wd, "--cores", "2", "--configfile", "config/test.yaml")
+    return wd

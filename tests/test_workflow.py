@@ -39,11 +39,9 @@ def _run(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> 
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The tiny study run once; tests below inspect what it left."""
-    wd = _workdir(tmp_path_factory.mktemp("study"))
-    _run(wd, "--cores", "2", "--configfile", "config/test.yaml")
-    return wd
+def study(test_study):
+    """The tiny study run once (conftest.py, shared with the audit tests); tests below inspect what it left."""
+    return test_study
 
 
 def _independent_ece10(conf, correct):

@@ -45,7 +45,7 @@ def load_cell_map(table_path) -> dict:
 
 def project_root(table_path) -> Path:
     """The directory the workflow ran in: tables live in ``<root>/paper/tables/``."""
-    return Path(table_path).resolve().parents[2]
+    return Path(table_path).absolute().parents[2]
 
 
 def _norm(text) -> str:
@@ -124,25 +124,30 @@ def _source_frame(root: Path, cmap: dict) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recomputation, one metric-file row at a time (cached: a table's cells share their rows)
+# Recomputation, one metric-file row at a time (cached: a table's cells share their rows; the
+# cache key holds each records file's size and mtime, so a changed file is read again)
+
+
+def _stamp(*paths) -> tuple:
+    return tuple((str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths)
 
 
 @functools.lru_cache(maxsize=64)
-def _summary_rows(path: str, B: int, seed: int, level: float, split: str) -> pd.DataFrame:
+def _summary_rows(path: str, stamp: tuple, B: int, seed: int, level: float, split: str) -> pd.DataFrame:
     from mmcal.analysis.summary import summarize
 
     return summarize(read_records(path), B=B, seed=seed, level=level, split=split, smece_test=False)
 
 
 @functools.lru_cache(maxsize=64)
-def _idk_rows(path: str, B: int, seed: int, level: float, split: str, thresholds: tuple) -> pd.DataFrame:
+def _idk_rows(path: str, stamp: tuple, B: int, seed: int, level: float, split: str, thresholds: tuple) -> pd.DataFrame:
     from mmcal.analysis.idk import idk_table
 
     return idk_table(read_records(path), split=split, B=B, seed=seed, level=level, thresholds=thresholds)
 
 
 @functools.lru_cache(maxsize=64)
-def _recal_rows(path: str, readout: str, methods: tuple, B: int, seed: int, level: float) -> pd.DataFrame:
+def _recal_rows(path: str, stamp: tuple, readout: str, methods: tuple, B: int, seed: int, level: float) -> pd.DataFrame:
     from mmcal.calibration.study import recalibrate_group
 
     rows, _, _ = recalibrate_group(read_records(path), readout, list(methods), B, seed, level)
@@ -150,7 +155,9 @@ def _recal_rows(path: str, readout: str, methods: tuple, B: int, seed: int, leve
 
 
 @functools.lru_cache(maxsize=16)
-def _comparison_rows(paths: tuple, spec_json: str, B: int, seed: int, level: float, margin, split) -> pd.DataFrame:
+def _comparison_rows(
+    paths: tuple, stamp: tuple, spec_json: str, B: int, seed: int, level: float, margin, split
+) -> pd.DataFrame:
     from mmcal.analysis.summary import compare
 
     return compare(
@@ -202,7 +209,7 @@ def recompute(root: Path, cmap: dict, cell: dict) -> dict:
     filters = {"split": split, "status": "ok (scorable)"}
     if kind == "summary":
         path = _records_path(root, keys)
-        got = select(_summary_rows(str(path), B, seed, level, split), readout=keys["readout"]).iloc[0]
+        got = select(_summary_rows(str(path), _stamp(path), B, seed, level, split), readout=keys["readout"]).iloc[0]
         filters["readout"] = keys["readout"]
         return {
             "values": [got[c] for c in cell["columns"]],
@@ -213,7 +220,10 @@ def recompute(root: Path, cmap: dict, cell: dict) -> dict:
         }
     if kind == "idk":
         path = _records_path(root, keys)
-        got = select(_idk_rows(str(path), B, seed, level, split, tuple(method["thresholds"])), readout=keys["readout"])
+        got = select(
+            _idk_rows(str(path), _stamp(path), B, seed, level, split, tuple(method["thresholds"])),
+            readout=keys["readout"],
+        )
         got = got.iloc[0]
         filters["readout"] = keys["readout"]
         return {
@@ -228,7 +238,8 @@ def recompute(root: Path, cmap: dict, cell: dict) -> dict:
         group = select(source, **{k: keys[k] for k in (*RUN_KEYS, "readout")})
         methods = tuple(m for m in dict.fromkeys(group["recalibrator"]) if m != "none")
         got = select(
-            _recal_rows(str(path), keys["readout"], methods, B, seed, level), recalibrator=keys["recalibrator"]
+            _recal_rows(str(path), _stamp(path), keys["readout"], methods, B, seed, level),
+            recalibrator=keys["recalibrator"],
         )
         got = got.iloc[0].copy()
         if "p_ece_10" in got and not T._is_missing(got["p_ece_10"]):
@@ -246,7 +257,9 @@ def recompute(root: Path, cmap: dict, cell: dict) -> dict:
     if kind == "comparisons":
         spec = next(c for c in method["comparisons"] if c["name"] == row["comparison"])
         paths = tuple(str(p) for p in _comparison_files(root, spec))
-        table = _comparison_rows(paths, json.dumps(spec, sort_keys=True), B, seed, level, method.get("margin"), split)
+        table = _comparison_rows(
+            paths, _stamp(*paths), json.dumps(spec, sort_keys=True), B, seed, level, method.get("margin"), split
+        )
         got = select(table, metric=row["metric"]).iloc[0].copy()
         got["p_holm"] = _holm_with(source["p_value"], cell["source_row"], float(got["p_value"]))
         filters.update(spec)

@@ -42,7 +42,7 @@ TOLERANCE = {
 
 def project_root(records_path) -> Path:
     """The directory the workflow ran in: records live in ``<root>/data/records/<m>/<d>/<s>/<p>.parquet``."""
-    return Path(records_path).resolve().parents[5]
+    return Path(records_path).absolute().parents[5]
 
 
 def _merge(base: dict, over: dict) -> dict:
