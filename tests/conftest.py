@@ -94,3 +94,9 @@ def study(tmp_path_factory):
     wd = workflow_copy(tmp_path_factory.mktemp("study"))
     run_snakemake(wd, "--cores", "2", "--configfile", "config/test.yaml")
     return wd
+
+
+@pytest.fixture(scope="session")
+def test_study(study):
+    """The same study under the name the audit tests use."""
+    return study

@@ -1,5 +1,7 @@
 # LaTeX tables and paper/main.tex, with provenance.
 
+from mmcal.paper.build import table_methods
+
 
 rule tables:
     input:
@@ -7,6 +9,7 @@ rule tables:
     output:
         tables=report(
             directory("paper/tables"),
+            # beside each {name}.tex: {name}.cells.json, each cell's source row and method
             patterns=["{name}.tex"],
             caption="../report/table.rst",
             category="Tables",
@@ -21,6 +24,9 @@ rule tables:
     params:
         parts=table_parts(config["parts"]),
         level=config["metrics"]["level"],
+        # How each metric file was computed, written into the cell maps (<table>.cells.json) that
+        # `mmcal audit TABLE --cell ROW,COL` recomputes a printed number with.
+        methods=table_methods(config),
     script:
         "../scripts/tables.py"
 

@@ -1,4 +1,5 @@
-"""Rule tables: every booktabs table of the study under paper/tables/, plus manifest.json."""
+"""Rule tables: every booktabs table of the study under paper/tables/ with its cell map
+(<table>.cells.json), plus manifest.json."""
 
 import json
 import sys
@@ -13,7 +14,12 @@ from mmcal.paper.build import make_tables  # noqa: E402
 sm = snakemake  # noqa: F821
 inputs = {name: sm.input[name] for name in sm.input.keys()}
 out_dir = Path(sm.output.tables)
-written = make_tables(inputs, out_dir, sm.params.parts, sm.params.level)
-(out_dir / "manifest.json").write_text(json.dumps({"tables": [str(p) for p in written], "inputs": inputs}, indent=2))
+written = make_tables(inputs, out_dir, sm.params.parts, sm.params.level, dict(sm.params.methods))
+manifest = {
+    "tables": [str(p) for p in written],
+    "cell_maps": [str(p.with_suffix(".cells.json")) for p in written],
+    "inputs": inputs,
+}
+(out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 log.info("wrote %d tables", len(written))
 finish(snakemake)  # noqa: F821

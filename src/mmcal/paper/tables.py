@@ -667,6 +667,28 @@ def best_prompts_table(
     )
 
 
+_POLICY_TEXT = {"keep": "kept, counted wrong", "drop": "dropped"}
+
+
+def protocol_rows(summary: pd.DataFrame, no_letter: pd.DataFrame, part: dict) -> pd.DataFrame:
+    """The protocol table's rows (``parts.protocol``: model, dataset, scenario, ``ours`` and ``reference`` as
+    {prompt, readout}): our row from the summary, the reference's under both no-letter policies (keep:
+    counted wrong; drop: left out) from no_letter.csv; each row names its file (``from``) and row there."""
+    cond = {k: part[k] for k in RUN_KEYS if k in part}  # model, dataset, scenario
+    ours = _where(summary, {**cond, **part["ours"]})
+    ref = _where(no_letter, {**cond, **part["reference"]})
+    if len(ours) != 1 or len(ref) != 2:
+        raise ValueError(f"protocol table: expected 1 summary row and 2 no-letter rows for {part}")
+    ref = ref.sort_values("no_letter_policy", key=lambda c: c.map({"keep": 0, "drop": 1}))
+    ours = ours.assign(protocol="ours", no_letter_items="--", no_letter_policy="", n_no_letter=0, **{"from": "summary"})
+    ref = ref.assign(
+        protocol="reference", no_letter_items=ref["no_letter_policy"].map(_POLICY_TEXT), **{"from": "no_letter"}
+    )
+    rows = pd.concat([ours, ref]).rename_axis("from_row").reset_index()
+    rows["prompt_readout"] = rows["prompt"] + ", " + rows["readout"]
+    return rows
+
+
 def protocol_table(
     summary: pd.DataFrame,
     no_letter: pd.DataFrame,
@@ -676,24 +698,13 @@ def protocol_table(
     decimals: int = 3,
     level: float = 0.95,
 ) -> str:
-    """Our protocol vs the reference study's, on one model and condition (``parts.protocol``: model,
-    dataset, scenario, ``ours`` and ``reference`` as {prompt, readout}): our row from the summary, the
-    reference's under both no-letter policies (keep: counted wrong; drop: left out) from no_letter.csv.
+    """Our protocol vs the reference study's, on one model and condition (rows: :func:`protocol_rows`).
     ``paired``: the comparisons.csv rows of their paired test (``parts.protocol.comparison``), in a note."""
-    cond = {k: part[k] for k in RUN_KEYS if k in part}  # model, dataset, scenario
-    ours = _where(summary, {**cond, **part["ours"]})
-    ref = _where(no_letter, {**cond, **part["reference"]})
-    if len(ours) != 1 or len(ref) != 2:
-        raise ValueError(f"protocol table: expected 1 summary row and 2 no-letter rows for {part}")
-    policy = {"keep": "kept, counted wrong", "drop": "dropped"}
-    lines = [("ours", f"{part['ours']['prompt']}, {part['ours']['readout']}", "--", ours.iloc[0], 0)]
-    for _, row in ref.sort_values("no_letter_policy", key=lambda c: c.map({"keep": 0, "drop": 1})).iterrows():
-        name = f"{part['reference']['prompt']}, {part['reference']['readout']}"
-        lines.append(("reference", name, policy[row["no_letter_policy"]], row, int(row["n_no_letter"])))
     rows = [
-        [latex_escape(who), latex_escape(name), latex_escape(pol), str(int(r["n"])), str(n_no)]
+        [latex_escape(r["protocol"]), latex_escape(r["prompt_readout"]), latex_escape(r["no_letter_items"])]
+        + [str(int(r["n"])), str(int(r["n_no_letter"]))]
         + [format_ci(r[m], r.get(f"{m}_lo"), r.get(f"{m}_hi"), decimals) for m in metrics]
-        for who, name, pol, r, n_no in lines
+        for _, r in protocol_rows(summary, no_letter, part).iterrows()
     ]
     header = ["Protocol", "Prompt, readout", "No-letter items", "$n$", "No letter"] + [
         metric_header(m) for m in metrics
