@@ -91,6 +91,9 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 def study(tmp_path_factory):
     """The tiny study (config/test.yaml) run once per session; tests inspect what it left, and
     tests/test_audit_verify.py tampers with a hard-linked copy of it."""
+    reuse = os.environ.get("MMCAL_TEST_STUDY")  # a finished test study to reuse while developing
+    if reuse:
+        return Path(reuse)
     wd = workflow_copy(tmp_path_factory.mktemp("study"))
     run_snakemake(wd, "--cores", "2", "--configfile", "config/test.yaml")
     return wd

@@ -25,7 +25,7 @@ import pandas as pd
 
 from mmcal.errors import DataError
 from mmcal.paper import tables as T
-from mmcal.records import RUN_KEYS, read_records, select
+from mmcal.records import RUN_KEYS, in_split, no_letter, read_records, select
 
 RECORDS_PATTERN = "data/records/{model}/{dataset}/{scenario}/{prompt}.parquet"
 # Recomputed values equal the metric file's to this (relative) tolerance; the printed text must match exactly.
@@ -237,7 +237,10 @@ def recompute(root: Path, cmap: dict, cell: dict) -> dict:
     if kind in ("summary", "protocol"):  # a protocol table's own row is a summary row
         path = _records_path(root, keys)
         rows = _summary_rows(str(path), _stamp(path), B, seed, level, split, method.get("no_letter", "keep"))
-        got = select(rows, readout=keys["readout"]).iloc[0]
+        got = select(rows, readout=keys["readout"]).iloc[0].copy()
+        if kind == "protocol":  # the table also prints how many of the row's items had no letter
+            group = in_split(select(read_records(path), readout=keys["readout"]), split)
+            got["n_no_letter"] = int(no_letter(group).sum())
         filters["readout"] = keys["readout"]
         return {
             "values": [got[c] for c in cell["columns"]],

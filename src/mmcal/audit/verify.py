@@ -53,7 +53,8 @@ def own_problems(rec: dict, root: Path, env: dict, code_root: Path, scripts_dir:
         if cur != inp["sha256"]:
             problems.append(f"input {inp['path']} changed since built")
     for src in rec.get("sources", []):
-        if "sha256" in src and _current_hash(Path(src["path"])) != src["sha256"]:
+        # relative: inside the run folder (e.g. the prompt-search cache); absolute: outside it
+        if "sha256" in src and _current_hash(root / src["path"]) != src["sha256"]:
             problems.append(f"source {src['path']} changed or missing")
     for rel, sha in rec["code"]["modules"].items():
         if _current_hash(code_root / rel) != sha:
