@@ -172,7 +172,7 @@ class QwenVLEngine(Engine):
             )
         super().__init__(lm, prompt, *args, chat_format=REFERENCE_FORMAT, **kwargs)
 
-    def reference_format(self) -> ChatFormat:
+    def reference_format(self, chat_format: ChatFormat) -> ChatFormat:
         return REFERENCE_FORMAT
 
     def _prepare(self, pos, item, scenario, descriptions=None):

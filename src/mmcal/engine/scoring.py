@@ -93,7 +93,7 @@ class Engine:
     ):
         self.lm = lm
         self.prompt = prompt
-        self.chat_format = self.reference_format() if prompt.prompt_format == "reference" else chat_format
+        self.chat_format = self.reference_format(chat_format) if prompt.prompt_format == "reference" else chat_format
         chat_format = self.chat_format
         opened = ""
         if chat_format.answer_separator:  # a probe prompt ending like every item's: the instruction
@@ -112,9 +112,11 @@ class Engine:
         self._batch_encode_ok: bool | None = None  # decided on the first item encoded in bulk
         self._fitting_size = self.batch_size  # lowered when a batch runs out of memory
 
-    def reference_format(self) -> ChatFormat:
-        """The reference study's format: the same raw text for every model (an adapter may have its own)."""
-        return BUILTIN_FORMATS["raw"]
+    def reference_format(self, chat_format: ChatFormat) -> ChatFormat:
+        """The reference study's format: the same raw text for every model (an adapter may have its own).
+        A family whose processor itself ends the prompt (PaliGemma: "\n", then the answer) keeps its format,
+        which is that raw text already."""
+        return chat_format if chat_format.processor_adds_separator else BUILTIN_FORMATS["raw"]
 
     # ---- encoding -----------------------------------------------------------------------
     def _add_special(self, text: str) -> bool:
