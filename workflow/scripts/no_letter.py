@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
-from _setup import start  # noqa: E402
+from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
 from mmcal.analysis.summary import no_letter_summary  # noqa: E402
@@ -20,3 +20,4 @@ table = no_letter_summary(
 )
 table.to_csv(sm.output[0], index=False)
 log.info("no-letter policies: %d rows", len(table))
+finish(snakemake)  # noqa: F821
