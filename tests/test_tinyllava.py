@@ -64,9 +64,9 @@ def tiny_build(tmp_path_factory, smollm2_dir):
     root = tmp_path_factory.mktemp("tiny-llava")
     dirs = {k: root / k for k in ("vision", "stage1", "stage2")}
     out = {"dirs": dirs, "lm": smollm2_dir}
-    out["vision"] = train_vision(TINY_TEST_CONFIG, dirs["vision"], threads=2)
-    out["stage1"] = train_stage1(TINY_TEST_CONFIG, dirs["vision"], smollm2_dir, dirs["stage1"], threads=2)
-    out["stage2"] = train_stage2(TINY_TEST_CONFIG, dirs["stage1"], dirs["stage2"], threads=2)
+    out["vision"] = train_vision(TINY_TEST_CONFIG, dirs["vision"])
+    out["stage1"] = train_stage1(TINY_TEST_CONFIG, dirs["vision"], smollm2_dir, dirs["stage1"])
+    out["stage2"] = train_stage2(TINY_TEST_CONFIG, dirs["stage1"], dirs["stage2"])
     return out
 
 
@@ -283,7 +283,7 @@ def test_vision_pretraining_is_deterministic(tmp_path):
     from mmcal.tinyllava.vision import train_vision
 
     cfg = {**TINY_TEST_CONFIG, "vision": {**TINY_TEST_CONFIG["vision"], "n_train": 128}}
-    runs = [train_vision(cfg, tmp_path / f"run{i}", threads=2) for i in range(2)]
+    runs = [train_vision(cfg, tmp_path / f"run{i}") for i in range(2)]
     assert runs[0]["val_accuracy"] == runs[1]["val_accuracy"]
     w = [load_file(tmp_path / f"run{i}" / "model.safetensors") for i in range(2)]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])

@@ -106,7 +106,26 @@ def _cpu() -> dict:
         "model": model,
         "flags_sha256": _sha256_text(" ".join(names)),
         "n_flags": len(names),
+        # the instruction sets that choose torch/MKL/oneDNN kernels, hence the bits of trained weights
+        "isa": [f for f in names if f.startswith(ISA_FLAG_PREFIXES)],
         "cores": os.cpu_count(),
+    }
+
+
+ISA_FLAG_PREFIXES = ("sse4", "avx", "fma", "amx")
+# Environment variables that change which CPU kernels run (and so the bits of what is computed).
+KERNEL_ENV_VARS = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _numerics() -> dict | None:
+    """The job's kernel settings, when it used torch: thread count, ATen's CPU capability, env overrides."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": {k: os.environ[k] for k in KERNEL_ENV_VARS if k in os.environ},
     }
 
 
@@ -143,6 +162,7 @@ def environment() -> dict:
         "cpu": _cpu(),
         "cuda": getattr(getattr(torch, "version", None), "cuda", None) if torch else None,
         "gpu": _gpu(),
+        "numerics": _numerics(),
         "versions": {name: packages.get(name) for name in KEY_PACKAGES},
         "packages_sha256": _sha256_text(json.dumps(packages, sort_keys=True)),
         "packages": packages,

@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import finish, start  # noqa: E402
 
-log = start(snakemake, spin_wait=True)  # noqa: F821
+log = start(snakemake, training=True)  # noqa: F821
 from mmcal.tinyllava.stage1 import train_stage1  # noqa: E402
 
 summary = train_stage1(
@@ -13,7 +13,6 @@ summary = train_stage1(
     vision_dir=snakemake.input.vision,  # noqa: F821
     lm_dir=snakemake.input.lm,  # noqa: F821
     out_dir=snakemake.output.model_dir,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
 )
 log.info("stage 1: %s", summary)
 finish(snakemake)  # noqa: F821

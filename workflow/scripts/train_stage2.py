@@ -7,14 +7,13 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import finish, start  # noqa: E402
 
-log = start(snakemake, spin_wait=True)  # noqa: F821
+log = start(snakemake, training=True)  # noqa: F821
 from mmcal.tinyllava.stage2 import train_stage2  # noqa: E402
 
 summary = train_stage2(
     snakemake.params.cfg,  # noqa: F821
     stage1_dir=snakemake.input.start,  # noqa: F821
     out_dir=snakemake.output.model_dir,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
 )
 log.info("stage 2: %s", summary)
 finish(snakemake)  # noqa: F821

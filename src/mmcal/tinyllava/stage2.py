@@ -87,20 +87,20 @@ def plan_instructions(cfg: dict, data, rng: np.random.Generator):
     return image_idx, items
 
 
-def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path, threads: int = 2) -> dict:
+def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict:
     """Instruction-tune the stage-1 model; save it (+ card, curve, manifest).
 
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage2`` section:
     steps=300, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
     warm-up, then cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
-    idk_text="I don't know", bf16=True.
+    idk_text="I don't know", bf16=False; the config's ``threads`` (2) fixes the thread count.
     """
     t_start = time.time()
     cfg = resolve_config(cfg)
     s2 = cfg["stage2"]
     seed = int(s2["seed"])
-    rng = seed_everything(seed, threads)
+    rng = seed_everything(seed, cfg["threads"])
     parent = check_parent_classes(stage1_dir, cfg["train_classes"], "the stage-1 model")
     data = load_train_file(cfg)
     model, processor = load_tiny_llava(stage1_dir)

@@ -158,7 +158,7 @@ def _accuracy(tower, head, pixels, targets, batch_size: int = 1024) -> float:
     return correct / max(1, len(pixels))
 
 
-def train_vision(cfg: dict, out_dir: str | Path, threads: int = 2) -> dict:
+def train_vision(cfg: dict, out_dir: str | Path) -> dict:
     """Pretrain the vision tower; save it + image processor + card + curve + manifest.
 
     ``cfg`` is the whole tiny-LLaVA config (see ``tinyllava_config``); its ``vision`` section:
@@ -175,7 +175,7 @@ def train_vision(cfg: dict, out_dir: str | Path, threads: int = 2) -> dict:
     t_start = time.time()
     cfg = resolve_config(cfg)
     vcfg = cfg["vision"]
-    rng = seed_everything(int(vcfg["seed"]), threads)
+    rng = seed_everything(int(vcfg["seed"]), cfg["threads"])
     data = load_train_file(cfg)
     classes = cfg["train_classes"]
     to_target = {c: i for i, c in enumerate(classes)}
