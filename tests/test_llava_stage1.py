@@ -82,6 +82,7 @@ def assembled(tmp_path_factory):
         "lm": lm_dir,
         "vision": vision,
         "processor": processor_dir,
+        "sources": sources,
     }
 
 
@@ -178,3 +179,29 @@ def test_reloads_and_image_tokens_match_features(assembled, reloaded):
         logits = model(**inputs).logits
     assert n_image_tokens == feats.shape[0] == 576
     assert logits.shape == (1, inputs["input_ids"].shape[1], 32064) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow  # two Snakemake jobs: ~25 s on 2 busy cores
+def test_rules_download_then_assemble(assembled, tmp_path):
+    """The two rules through Snakemake (local mode: offline, local source folders): same tensors as above."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from conftest import run_snakemake, workflow_copy
+
+    wd = workflow_copy(tmp_path)
+    cfg = {
+        "models": {
+            MODEL: {"path": "data/models/llava-1.5-7b-stage1", "build": "llava_stage1", "sources": assembled["sources"]}
+        },
+        "runs": [{"models": [MODEL], "datasets": ["fmnist"], "scenarios": ["image"], "prompts": ["default"]}],
+    }
+    (wd / "config/stage1.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(wd, "--cores", "1", "--configfile", "config/stage1.yaml", "--", "data/models/llava-1.5-7b-stage1")
+    resolved = json.loads((wd / "data/downloads/resolved.json").read_text())
+    assert {r["mode"] for r in resolved.values()} == {"local"} and len(resolved) == 4
+    record = json.loads((wd / "data/models/llava-1.5-7b-stage1/sources.json").read_text())
+    assert record == assembled["record"]
+    built = load_file(wd / "data/models/llava-1.5-7b-stage1/model.safetensors")
+    ref = load_file(assembled["out"] / "model.safetensors")
+    assert built.keys() == ref.keys() and all(torch.equal(built[k], ref[k]) for k in ref)

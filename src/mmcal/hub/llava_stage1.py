@@ -11,9 +11,10 @@ and vocabulary it takes: llava-hf's tokenizer adds ``<image>`` (32000) and ``<pa
 New rows: llava-hf's conversion (transformers' convert_llava_weights_to_hf.py) draws every row past the
 original vocabulary, in both the input embedding and the lm_head, from N(mu, 1e-5 * Sigma), mu and Sigma
 being the mean and covariance of the original input-embedding rows; the same rule here, with a seeded
-generator so the build is reproducible. No text the study scores contains those tokens outside the
-image placeholder (whose embedding rows are replaced by image features), so only their lm_head rows
-matter, as extra logits of tiny norm in the full-vocabulary readout.
+generator so the build is reproducible (llava-hf's draw was not seeded: its rows cannot be reproduced).
+No text the study scores contains those tokens outside the image placeholder (whose embedding rows are
+replaced by image features), so only their lm_head rows matter, as extra logits of tiny norm in the
+full-vocabulary readout.
 
 Dtype: every tensor is stored in the language model's dtype (Vicuna's float16, as llava-hf publishes).
 """
@@ -55,19 +56,25 @@ def source_folders(sources: dict, resolved: dict, model: str) -> dict[str, Path]
 
 
 def new_rows(embeddings, n: int, seed: int):
-    """``n`` rows drawn from N(mu, 1e-5 Sigma) of ``embeddings`` (float32, as llava-hf's conversion)."""
+    """``n`` rows drawn from N(mu, 1e-5 Sigma) of ``embeddings``, in float64 on one thread: the job's
+    thread count changes a parallel reduction's rounding, and with it the rows (measured: 3e-11)."""
     import torch
 
-    e = embeddings.detach().float()
-    mu = e.mean(0)
-    centred = e - mu
-    sigma = centred.T @ centred / e.shape[0]
-    chol, info = torch.linalg.cholesky_ex(NEW_ROW_SCALE * sigma)
-    if info:
-        raise DataError("the language model's embedding rows have a singular covariance: cannot draw new rows")
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, e.shape[1], generator=g)
-    return mu + z @ chol.T
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        e = embeddings.detach().double()
+        mu = e.mean(0)
+        centred = e - mu
+        sigma = centred.T @ centred / e.shape[0]
+        chol, info = torch.linalg.cholesky_ex(NEW_ROW_SCALE * sigma)
+        if info:
+            raise DataError("the language model's embedding rows have a singular covariance: cannot draw new rows")
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, e.shape[1], generator=g, dtype=torch.float64)
+        return (mu + z @ chol.T).float()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _load_projector(folder: Path) -> dict:
