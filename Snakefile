@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from mmcal import plan, provenance  # noqa: E402
 from mmcal.cli import set_hub_offline  # noqa: E402
 from mmcal.figures.registry import figure_plan  # noqa: E402
+from mmcal.hub import download as hub_download  # noqa: E402
 from mmcal.paper.build import table_inputs, table_parts  # noqa: E402
 from mmcal.paper.main_tex import PARTS  # noqa: E402
 
@@ -51,6 +52,7 @@ wildcard_constraints:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/tinyllava.smk"
+include: "workflow/rules/hub.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/calibration.smk"

@@ -87,7 +87,10 @@ BUILD_PATHS = {
     "stage1": "data/models/tiny-llava-stage1",
     "stage2": "data/models/tiny-llava-stage2",
     "stage2_idk": "data/models/tiny-llava-stage2-idk",
+    "llava_stage1": "data/models/llava-1.5-7b-stage1",
 }
+# Builds assembled from hub sources (their `sources:`), which the download rule fetches first.
+HUB_BUILDS = ("llava_stage1",)
 
 
 def model_dir(config: dict, model: str) -> str | None:

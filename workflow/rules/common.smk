@@ -10,11 +10,14 @@ def dataset_cfg(name):
 
 
 def score_inputs(wildcards):
-    """Items, the model folder when the DAG builds it, descriptions when the scenario needs them."""
+    """Items, the model folder when the DAG builds it (else the download rule's record of the model's
+    source), descriptions when the scenario needs them."""
     inputs = {"item_file": f"data/datasets/{wildcards.dataset}/items.jsonl"}
     local = plan.model_dir(config, wildcards.model)
     if local:
         inputs["model"] = local
+    else:
+        inputs["downloads"] = hub_download.RESOLVED
     if plan.scenario_needs_descriptions(config, wildcards.scenario):
         inputs["descriptions"] = f"data/datasets/{wildcards.dataset}/descriptions.json"
     return inputs

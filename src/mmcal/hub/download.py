@@ -1,0 +1,177 @@
+"""Which hub models and data sets a study reads, and fetching them once, before any job that needs them.
+
+The ``download`` rule runs on a machine with the network (a ``localrules:`` rule: the login node of a
+cluster) and writes :data:`RESOLVED`; every job that reads a hub source takes that file as input, so
+compute nodes then run offline (``offline:`` in the config) from the HF cache.
+
+A source is a model (``models.<name>.path`` not built by the DAG, a ``build:`` model's ``sources``, the
+captioner describer's model) or a data set (``datasets.<name>.hub``) that a job of the study reads. Each
+is resolved in one of two ways:
+
+- hub: ``huggingface_hub.snapshot_download`` at the pinned ``revision`` (models) or
+  ``datasets.load_dataset`` (data sets), recording the resolved commit and the files;
+- local mode (the source is a local folder, or the config says ``offline: true``): nothing goes to the
+  network; the record holds the folder's content hash (:mod:`mmcal.hashing`), which is what the replica
+  study runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from mmcal import hashing, plan
+from mmcal.errors import ConfigError, DataError
+
+RESOLVED = "data/downloads/resolved.json"
+# owner/name: anything else (a relative or absolute path) is a local folder
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# weight formats no loader of the study reads: a repo shipping TF/Flax/ONNX copies would triple the download
+IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "onnx/*", "openvino/*", "coreml/*"]
+
+
+def is_local(path: str) -> bool:
+    """A path names a local folder unless it has the hub's ``owner/name`` shape and no such folder exists."""
+    return Path(path).exists() or not _HUB_ID.match(path)
+
+
+def _model_source(key: str, entry: dict) -> dict:
+    if not entry.get("path"):
+        raise ConfigError(f"{key}: needs a 'path' (hub id or local folder)")
+    return {"key": key, "type": "model", "path": entry["path"], "revision": entry.get("revision")}
+
+
+def sources(config: dict) -> list[dict]:
+    """Every hub model and data set the study's jobs read, in a stable order, without duplicates."""
+    out: dict[str, dict] = {}
+    runs = plan.expand_runs(config)
+    for name in dict.fromkeys(r["model"] for r in runs):
+        mcfg = config["models"][name]
+        if mcfg.get("build") in plan.HUB_BUILDS:
+            for role, entry in (mcfg.get("sources") or {}).items():
+                key = f"models.{name}.sources.{role}"
+                out[key] = _model_source(key, entry)
+        elif not mcfg.get("build"):
+            out[f"models.{name}"] = _model_source(f"models.{name}", mcfg)
+    describer = config.get("describer") or {}
+    if describer.get("kind") == "captioner" and any(
+        plan.scenario_needs_descriptions(config, r["scenario"]) for r in runs
+    ):
+        out["describer"] = _model_source("describer", {"path": describer.get("model"), **describer})
+    for name in dict.fromkeys(r["dataset"] for r in runs):
+        hub = config["datasets"][name].get("hub")
+        if hub:
+            key = f"datasets.{name}"
+            out[key] = {
+                "key": key,
+                "type": "dataset",
+                "path": hub["path"],
+                "name": hub.get("name"),
+                "split": hub.get("split", "test"),
+                "revision": hub.get("revision"),
+            }
+    return list(out.values())
+
+
+def _local_record(source: dict, folder: Path) -> dict:
+    return {
+        **source,
+        "mode": "local",
+        "folder": str(folder),
+        "commit": folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None,
+        "sha256": hashing.tree_sha256(folder),
+        "files": [f.relative_to(folder).as_posix() for f in hashing.tree_files(folder)],
+    }
+
+
+def _snapshot(source: dict, local_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo_type = "dataset" if source["type"] == "dataset" else "model"
+    try:
+        return Path(
+            snapshot_download(
+                source["path"],
+                repo_type=repo_type,
+                revision=source["revision"],
+                local_files_only=local_only,
+                ignore_patterns=IGNORE_PATTERNS,
+            )
+        )
+    except Exception as exc:  # huggingface_hub raises several types (offline, missing revision, gated repo)
+        where = (
+            "in the HF cache (offline: run the download rule where the hub is reachable)"
+            if local_only
+            else "on the hub"
+        )
+        raise DataError(
+            f"{source['key']}: {source['path']}@{source['revision'] or 'main'} not found {where}: {exc}"
+        ) from exc
+
+
+def _dataset_record(source: dict, offline: bool) -> dict:
+    """Prepare the data set in the ``datasets`` cache exactly as its builder will load it (same path,
+    name, split, revision), so the build job then finds it offline."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source["path"], source["name"], split=source["split"], revision=source["revision"])
+    except Exception as exc:  # the datasets library raises many types for a missing repo/config/split/cache
+        raise DataError(
+            f"{source['key']}: cannot load {source['path']} ({source['name']}, {source['split']}): {exc}"
+        ) from exc
+    cache_files = [Path(f["filename"]) for f in ds.cache_files]
+    record = {**source, "mode": "local" if offline else "hub", "rows": len(ds), "files": [f.name for f in cache_files]}
+    if offline:
+        h = hashlib.sha256()
+        for f in cache_files:
+            h.update(f"{f.name}\0{hashing.file_sha256(f)}\n".encode())
+        record.update(commit=None, sha256=h.hexdigest())
+    else:
+        from huggingface_hub import HfApi
+
+        record["commit"] = HfApi().dataset_info(source["path"], revision=source["revision"]).sha
+    return record
+
+
+def resolve(source: dict, offline: bool) -> dict:
+    """Fetch one source (or find it locally) and describe what was found."""
+    if is_local(source["path"]):
+        folder = Path(source["path"])
+        if not folder.is_dir():
+            raise DataError(f"{source['key']}: local folder {folder} does not exist")
+        return _local_record(source, folder)
+    if source["type"] == "dataset":
+        return _dataset_record(source, offline)
+    folder = _snapshot(source, local_only=offline)
+    if offline:
+        return _local_record(source, folder)
+    return {
+        **source,
+        "mode": "hub",
+        "folder": str(folder),
+        "commit": folder.name,  # snapshot folders are named by the commit they hold
+        "files": [f.relative_to(folder).as_posix() for f in hashing.tree_files(folder)],
+    }
+
+
+def download_all(study_sources: list[dict], offline: bool, out_path: str | Path) -> dict:
+    """Resolve every source (:func:`sources`) and write ``out_path`` (JSON: key → record)."""
+    resolved = {s["key"]: resolve(s, offline) for s in study_sources}
+    for rec in resolved.values():
+        rev = rec.get("revision")
+        if rec.get("commit") and rev and re.fullmatch(r"[0-9a-f]{40}", rev) and rec["commit"] != rev:
+            raise DataError(f"{rec['key']}: pinned revision {rev} resolved to commit {rec['commit']}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    return resolved
+
+
+def read_resolved(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the download rule's record: {exc}") from exc
