@@ -39,7 +39,8 @@ set_hub_offline(config["offline"])
 RUNS = plan.expand_runs(config)
 
 
-container: "docker://ghcr.io/mmcal/mmcal:0.1.0"
+# Image for `--sdm apptainer` (config key `container`, docs/setup.md: built from envs/Dockerfile).
+container: config["container"]
 
 
 wildcard_constraints:
