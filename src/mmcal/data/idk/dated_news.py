@@ -35,6 +35,7 @@ from mmcal.data.idk.common import (
     check_n_options,
     check_unique_ids,
     is_idk_text,
+    missing_image_report,
     norm_text,
     place_options,
     plan_positions,
@@ -65,6 +66,8 @@ class NewsRecord:
     distractors: list[str] | None
     cluster: str
     extra: dict = field(default_factory=dict)
+    index: int = 0
+    image_missing: str | None = None  # the path looked for, when the image file is absent
 
 
 def parse_date(value, what: str) -> date:
@@ -142,10 +145,9 @@ def _news_fields(rec, rid, index: int, where: str, image_root, field_map: dict, 
     if raw_date is None or raw_date == "":
         raise DataError(f"{where}: field {field_map.get('date', 'date')!r} is missing or empty")
     published = parse_date(raw_date, where)
-    if check_images:
-        path = Path(image) if image_root is None else Path(image_root) / image
-        if not path.is_file():
-            raise DataError(f"{where}: image file {path} does not exist")
+    path = Path(image) if image_root is None else Path(image_root) / image
+    # a named image that is not there: the item stays, unscorable (scoring's "image missing")
+    missing = str(path) if check_images and not path.is_file() else None
     question = _text_field(rec, "question", field_map, where, required=False)
     distractors = _distractor_list(_field(rec, "distractors", field_map), where)
     cluster = _text_field(rec, "cluster", field_map, where, required=False) or image
@@ -160,6 +162,8 @@ def _news_fields(rec, rid, index: int, where: str, image_root, field_map: dict, 
         distractors=distractors,
         cluster=str(cluster),
         extra=extra,
+        index=index,
+        image_missing=missing,
     )
 
 
@@ -244,6 +248,12 @@ def build_dated_news_idk(
         max_rejected=max_rejected,
     )
     check_unique_ids([r.record_id for r in parsed], "news records")
+    screened.update(
+        missing_image_report(
+            [{"index": r.index, "id": r.record_id, "image_missing": r.image_missing} for r in parsed],
+            f"data set {dataset!r}: news records",
+        )
+    )
     kept = [r for r in parsed if r.published > cutoff_date]
     excluded = [r for r in parsed if r.published <= cutoff_date]
     # Answers of all records (also those before the cutoff) are fair distractors.
@@ -278,6 +288,7 @@ def build_dated_news_idk(
                     "record_id": rec.record_id,
                     "headline": rec.answer,
                     "extra": rec.extra,
+                    **({"unscorable": f"image missing: {rec.image_missing}"} if rec.image_missing else {}),
                 },
             )
         )
@@ -404,5 +415,5 @@ def build_dated_news(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         max_rejected=float(cfg.get("max_rejected", MAX_REJECTED)),
     )
     if gold == "idk":
-        require_unknowable(items, name, "dated_news")
+        require_unknowable(items, name, "dated_news", path)
     return items, report
