@@ -718,3 +718,37 @@ def test_idk_ece_is_the_metrics_ece_and_row_order_changes_nothing():
     assert m["answered_ece_10"] == metrics.ece(answered["confidence"], answered["correct"], n_bins=10)
     shuffled = df.sample(frac=1.0, random_state=5).reset_index(drop=True)
     assert idk_metrics_with_ci(shuffled, B=300, seed=2) == m
+
+
+def test_dated_news_per_model_cutoffs(tmp_path):
+    """``cutoff: per_model``: one items file; each model's scoring job keeps the news published
+    strictly after its own ``models.<name>.cutoff`` (the fixture's 2024 dates: n5 05-10, n4 07-31,
+    n1 08-02, n2 08-15, n6 08-20, n3 09-01, n7 10-05)."""
+    from mmcal.data.idk.dated_news import items_for_model
+    from mmcal.engine.job import JobSpec, select_items
+
+    cfg = {"builder": "dated_news", "path": str(FIXTURES / "news.jsonl"), "cutoff": "per_model", "n_options": 3}
+    items, report = build_items("news", cfg, tmp_path, CONTEXT)
+    assert report["cutoff"] == "per_model" and report["n_excluded_not_after_cutoff"] == 0
+    assert len(items) == report["n_kept"] == 7
+    expect = {
+        "2024-05-09": ["n1", "n2", "n3", "n4", "n5", "n6", "n7"],
+        "2024-07-31": ["n1", "n2", "n3", "n6", "n7"],  # n4 is on the cutoff: not after it
+        "2024-08-16": ["n3", "n6", "n7"],
+    }
+    path = tmp_path / "items.jsonl"
+    write_items(items, path)
+    for cutoff, ids in expect.items():
+        got = select_items(JobSpec("m", "news", "image", "p", str(path), str(tmp_path / "r"), cutoff=cutoff))
+        assert sorted(it.metadata["record_id"] for it in got) == ids
+        assert {it.metadata["cutoff"] for it in got} == {cutoff}
+        assert all(it.metadata["answerable"] is False and it.gold == it.metadata["idk_index"] for it in got)
+    # the same records under a fixed cutoff give the same items as the per-model set for that model
+    fixed, _ = build_items("news", {**cfg, "cutoff": "2024-07-31"}, tmp_path, CONTEXT)
+    assert {it.metadata["record_id"] for it in fixed} == set(expect["2024-07-31"])
+    with pytest.raises(DataError, match=r"model 'm'.*models.m.cutoff is not set"):
+        items_for_model(items, "m", None)
+    with pytest.raises(DataError, match=r"model 'late'.*none of the 7 news items is dated after its cutoff 2030-01-01"):
+        items_for_model(items, "late", "2030-01-01")
+    # items of any other set are left alone, whatever the model's cutoff
+    assert items_for_model(fixed, "m", None) is fixed
