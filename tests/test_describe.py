@@ -14,6 +14,8 @@ from mmcal.data.describe import (
     classify_option_caption,
     conflicting_donor,
     describe_item,
+    describer_gpus,
+    describer_settings,
     description_summary,
     measured_error_rate,
     read_descriptions,
@@ -270,3 +272,18 @@ def test_captioner_device_and_dtype(tiny_llava_dir):
     if not torch.cuda.is_available():
         with pytest.raises(MmcalError, match="CUDA is not available"):
             CaptionDescriber(str(tiny_llava_dir), device="cuda")
+
+
+def test_describer_settings_and_gpu_resource():
+    """What the describe_images rule passes: a captioner inherits the study's device and dtype and
+    holds a GPU on CUDA; the template describer's block is passed as it is (its job never changes)."""
+    template = {"kind": "template", "error_rate": 0.1}
+    assert describer_settings({"describer": template, "device": "cuda", "dtype": "auto"}) == template
+    captioner = {"kind": "captioner", "model": "m"}
+    on_gpu = describer_settings({"describer": captioner, "device": "cuda", "dtype": "bfloat16"})
+    assert on_gpu == {"kind": "captioner", "model": "m", "device": "cuda", "dtype": "bfloat16"}
+    assert describer_gpus(on_gpu) == 1
+    assert describer_gpus(describer_settings({"describer": captioner, "device": "cuda:1", "dtype": "auto"})) == 1
+    own = describer_settings({"describer": {**captioner, "device": "cpu"}, "device": "cuda", "dtype": "auto"})
+    assert own["device"] == "cpu" and describer_gpus(own) == 0
+    assert describer_gpus(describer_settings({"describer": template, "device": "cuda", "dtype": "auto"})) == 0

@@ -20,7 +20,7 @@ from mmcal.data.idk.common import idk_manifest
 from mmcal.data.idk.dated_news import build_dated_news_idk, hf_rows_to_records, load_news_records
 from mmcal.data.idk.fmnist import build_fmnist_idk_items
 from mmcal.data.idk.llava_json import parse_mc_prompt, read_llava_conversation_json
-from mmcal.data.registry import BuildContext, build_dataset, build_items
+from mmcal.data.registry import BuildContext, build_dataset, build_items, release_inputs
 from mmcal.errors import ConfigError, DataError
 from mmcal.items import read_items, write_items
 from mmcal.records import read_records, write_records
@@ -752,3 +752,14 @@ def test_dated_news_per_model_cutoffs(tmp_path):
         items_for_model(items, "late", "2030-01-01")
     # items of any other set are left alone, whatever the model's cutoff
     assert items_for_model(fixed, "m", None) is fixed
+
+
+def test_released_files_are_build_inputs():
+    """The llava_json / dated_news release is an input of its build job (planning shows it missing)."""
+    assert release_inputs({"builder": "llava_json", "path": "data/downloads/idk/q.json"}) == {
+        "release": "data/downloads/idk/q.json"
+    }
+    assert release_inputs({"builder": "dated_news", "path": "news.jsonl"}) == {"release": "news.jsonl"}
+    assert release_inputs({"builder": "dated_news", "path": "hf:org/news"}) == {}  # read through `datasets`
+    assert release_inputs({"builder": "hub_mcq", "hub": {"path": "lmms-lab/ScienceQA"}}) == {}
+    assert release_inputs({"builder": "fashion_mnist"}) == {}

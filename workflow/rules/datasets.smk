@@ -1,34 +1,13 @@
 # Data sets: every builder writes items in the common schema plus a manifest.
 
 
-def dataset_inputs(wildcards):
-    """A released file read by a builder is a job input (its download rule, or the user, makes it)."""
-    cfg = dataset_cfg(wildcards.dataset)
-    path = str(cfg.get("path", ""))
-    if cfg.get("builder") in ("llava_json", "dated_news") and not path.startswith(
-        "hf:"
-    ):
-        return {"release": path}
-    return {}
-
-
-def describer_cfg():
-    """The describer block; a captioner runs on the study's device and dtype unless it names its own."""
-    cfg = dict(config["describer"])
-    if cfg.get("kind") == "captioner":
-        cfg = {"device": config["device"], "dtype": config["dtype"], **cfg}
-    return cfg
-
-
-def describer_gpus(wildcards):
-    # a captioner on CUDA holds a GPU like a scoring job; the template describer needs none
-    cfg = describer_cfg()
-    return int(str(cfg.get("device", "cpu")).startswith("cuda"))
+from mmcal.data.describe import describer_gpus, describer_settings
+from mmcal.data.registry import release_inputs
 
 
 rule build_dataset:
     input:
-        unpack(dataset_inputs),
+        unpack(lambda wildcards: release_inputs(dataset_cfg(wildcards.dataset))),
     output:
         item_file="data/datasets/{dataset}/items.jsonl",
         manifest="data/datasets/{dataset}/manifest.json",
@@ -59,9 +38,9 @@ rule describe_images:
     conda:
         "../../envs/data.yaml"
     resources:
-        gpu=describer_gpus,
+        gpu=describer_gpus(describer_settings(config)),
     params:
-        describer=describer_cfg(),
+        describer=describer_settings(config),
         seed=config["seed"],
     script:
         "../scripts/describe_images.py"

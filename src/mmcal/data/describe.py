@@ -316,6 +316,20 @@ def build_descriptions(
     raise ConfigError(f"describer kind must be 'template' or 'captioner', not {kind!r}")
 
 
+def describer_settings(config: dict) -> dict:
+    """The study's ``describer`` block; a captioner runs on the study's ``device`` and ``dtype``
+    unless the block names its own (the template describer takes neither)."""
+    cfg = dict(config["describer"])
+    if cfg.get("kind") == "captioner":
+        cfg = {"device": config.get("device", "auto"), "dtype": config.get("dtype", "auto"), **cfg}
+    return cfg
+
+
+def describer_gpus(cfg: dict) -> int:
+    """GPUs the describe job holds: one for a captioner on CUDA, like a scoring job."""
+    return int(str(cfg.get("device", "cpu")).startswith("cuda"))
+
+
 def measured_error_rate(descriptions: dict[str, dict]) -> float:
     """The realised share of consistent descriptions that do not describe the true class."""
     if not descriptions:
