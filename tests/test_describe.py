@@ -8,9 +8,14 @@ import pytest
 
 from mmcal.data.describe import (
     CLASS_ATTRIBUTES,
+    CaptionDescriber,
     build_descriptions,
     classify_caption,
+    classify_option_caption,
+    conflicting_donor,
     describe_item,
+    describer_gpus,
+    describer_settings,
     description_summary,
     measured_error_rate,
     read_descriptions,
@@ -18,7 +23,7 @@ from mmcal.data.describe import (
     write_descriptions,
 )
 from mmcal.data.fashion_mnist import CLASSES, make_options
-from mmcal.errors import ConfigError, DataError
+from mmcal.errors import ConfigError, DataError, MmcalError
 from mmcal.items import MCItem
 
 
@@ -212,3 +217,73 @@ def test_captioner_path_with_a_tiny_random_llava(tmp_path, tiny_llava_dir):
     )
     with pytest.raises(DataError, match="no-img"):
         build_descriptions([no_image], describer=cfg)
+
+
+def test_option_caption_judge():
+    options = ["mole", "sloth", "duck"]
+    assert classify_option_caption("A mole digging in the soil.", options) == 0
+    assert classify_option_caption("A DUCK on a pond", options) == 2
+    assert classify_option_caption("a mole and a duck", options) is None  # two options named
+    assert classify_option_caption("molecules in a flask", options) is None  # whole words only
+    assert classify_option_caption("a blurry picture", options) is None
+
+
+def test_captioner_on_a_data_set_without_labels(tmp_path, tiny_llava_dir):
+    """ScienceQA-like items (no metadata['label']): consistent = the item's own caption, conflicting =
+    the caption of another item (another image, another gold answer), the same on every run."""
+    from PIL import Image
+
+    golds = ["mole", "Maine", "rock", "mole"]
+    items = []
+    for k, gold in enumerate(golds):
+        pixels = np.random.default_rng(10 + k).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{k}.png")
+        items.append(MCItem(f"sqa-{k}", f"sqa-{k}", "Which?", [gold, "other"], 0, "test", "s", f"{k}.png", {}))
+    cfg = {"kind": "captioner", "model": str(tiny_llava_dir), "max_new_tokens": 4, "device": "cpu", "dtype": "auto"}
+    out = build_descriptions(items, describer=cfg, image_root=tmp_path)
+    again = build_descriptions(list(reversed(items)), describer=cfg, image_root=tmp_path)
+    assert again == out  # deterministic, independent of item order
+
+    captioner = CaptionDescriber(str(tiny_llava_dir), max_new_tokens=4)
+    captions = {it.item_id: captioner.caption(tmp_path / it.image, it.item_id) for it in items}
+    for it in items:
+        d = out[it.item_id]
+        donor = conflicting_donor(it, items, seed=0)
+        assert donor.item_id != it.item_id and donor.image != it.image
+        assert donor.options[donor.gold] != it.options[it.gold]  # sqa-0 and sqa-3 never swap captions
+        assert d["consistent"] == "Description: " + captions[it.item_id]
+        assert d["conflicting"] == "Description: " + captions[donor.item_id]
+        assert d["conflicting_class"] == donor.options[donor.gold]
+        judged = classify_option_caption(captions[it.item_id], it.options)
+        assert d["consistent_is_correct"] is (judged == it.gold)
+    write_descriptions(out, tmp_path / "d.json")
+    assert read_descriptions(tmp_path / "d.json") == out
+    # the donor depends on the seed only through the item's own generator
+    assert {conflicting_donor(items[0], items, seed=s).item_id for s in range(20)} == {"sqa-1", "sqa-2"}
+
+
+def test_captioner_device_and_dtype(tiny_llava_dir):
+    import torch
+
+    assert CaptionDescriber(str(tiny_llava_dir), device="cpu").dtype == torch.float32
+    assert CaptionDescriber(str(tiny_llava_dir), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="dtype"):
+        CaptionDescriber(str(tiny_llava_dir), dtype="float99")
+    if not torch.cuda.is_available():
+        with pytest.raises(MmcalError, match="CUDA is not available"):
+            CaptionDescriber(str(tiny_llava_dir), device="cuda")
+
+
+def test_describer_settings_and_gpu_resource():
+    """What the describe_images rule passes: a captioner inherits the study's device and dtype and
+    holds a GPU on CUDA; the template describer's block is passed as it is (its job never changes)."""
+    template = {"kind": "template", "error_rate": 0.1}
+    assert describer_settings({"describer": template, "device": "cuda", "dtype": "auto"}) == template
+    captioner = {"kind": "captioner", "model": "m"}
+    on_gpu = describer_settings({"describer": captioner, "device": "cuda", "dtype": "bfloat16"})
+    assert on_gpu == {"kind": "captioner", "model": "m", "device": "cuda", "dtype": "bfloat16"}
+    assert describer_gpus(on_gpu) == 1
+    assert describer_gpus(describer_settings({"describer": captioner, "device": "cuda:1", "dtype": "auto"})) == 1
+    own = describer_settings({"describer": {**captioner, "device": "cpu"}, "device": "cuda", "dtype": "auto"})
+    assert own["device"] == "cpu" and describer_gpus(own) == 0
+    assert describer_gpus(describer_settings({"describer": template, "device": "cuda", "dtype": "auto"})) == 0

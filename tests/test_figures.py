@@ -392,7 +392,7 @@ def test_permutation_average_undoes_the_rotation():
 def test_permutation_average_recovers_content_preference():
     """A model that prefers the gold *content* wherever it is put is right after averaging."""
     rows = []
-    for k in range(3):
+    for k in range(4):
         p = np.roll([0.1, 0.6, 0.2, 0.1], k)  # original option 1 (the gold) moved to 1 + k
         rows.append(
             {
@@ -402,9 +402,9 @@ def test_permutation_average_recovers_content_preference():
                 "scenario": f"image-shift{k}",
                 "option_scores": list(np.log(p)),
                 "confidence": 0.6,
-                "pred": 1 + k,
+                "pred": (1 + k) % 4,
                 "correct": True,
-                "gold": 1 + k,
+                "gold": (1 + k) % 4,
                 "status": "ok",
                 "meta": "{}",
             }

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
+from pathlib import Path
 
 import pandas as pd
+import yaml
 from PIL import Image
 
 from mmcal.data.hub_mcq import build_hub_mcq_items
@@ -59,3 +62,72 @@ def test_hub_mcq_from_local_parquet(tmp_path):
     context = BuildContext(classes={}, fmnist_root="", seed=0)
     via_registry = build_items("bench", {**cfg, "builder": "hub_mcq"}, tmp_path / "out", context)
     assert via_registry == (items, report)
+
+
+# --- ScienceQA's real schema: the fixture laid out like the hub repo lmms-lab/ScienceQA -------------
+
+SCIENCEQA = Path(__file__).parent / "fixtures" / "scienceqa"
+
+
+def _paper_entry(name: str, tmp_path) -> dict:
+    """The paper config's entry for ``name``, reading the local fixture instead of the hub."""
+    paper = yaml.safe_load((Path(__file__).parents[1] / "config" / "paper.yaml").read_text())
+    entry = copy.deepcopy(paper["datasets"][name])
+    entry["hub"] = {**entry["hub"], "path": str(SCIENCEQA), "cache_dir": str(tmp_path / "hf-cache")}
+    return entry
+
+
+def test_scienceqa_img_with_the_paper_mapping(tmp_path):
+    entry = _paper_entry("scienceqa-img", tmp_path)
+    entry["splits"] = {"calib": 2, "test": 10}
+    context = BuildContext(classes={}, fmnist_root="", seed=0)
+    items, report = build_items("scienceqa-img", entry, tmp_path / "out", context)
+    assert report == {
+        "rows": 5,
+        "items": 5,
+        "excluded": {},
+        "n_options": {"2": 2, "3": 1, "4": 1, "5": 1},
+    }
+    assert sorted(it.split for it in items) == ["calib", "calib", "test", "test", "test"]
+    by_row = {it.metadata["row"]: it for it in items}
+    # int8 answers index the choices; the hint becomes the context line, an empty hint adds nothing
+    assert by_row[0].options == ["Pair 1", "Pair 2"] and by_row[0].gold == 1
+    assert by_row[0].question == "Context: Two pairs of magnets.\nWhich magnet pulls harder?"
+    assert by_row[1].question == "Which animal's feet are adapted for digging?" and by_row[1].gold == 0
+    assert by_row[3].options == ["milk", "steam", "rock", "juice", "air"] and by_row[3].gold == 2
+    assert by_row[3].options[by_row[3].gold] == "rock"
+    for it in items:  # every image decoded and written as an 8x8 RGB PNG
+        with Image.open(tmp_path / "out" / it.image) as img:
+            assert img.size == (8, 8) and img.mode == "RGB"
+    assert [it.item_id for it in items] == [f"scienceqa-img-{it.metadata['row']}" for it in items]
+
+
+def test_scienceqa_full_text_only_keeps_the_rows_without_an_image(tmp_path):
+    entry = _paper_entry("scienceqa-text", tmp_path)
+    entry["splits"] = {"calib": 1, "test": 10}
+    items, report = build_hub_mcq_items("scienceqa-text", entry, tmp_path / "out")
+    assert report == {
+        "rows": 7,
+        "items": 3,
+        "excluded": {"has an image (text-only set)": 4},
+        "n_options": {"3": 1, "4": 1, "5": 1},
+    }
+    assert {it.question for it in items} == {
+        "Which word is a noun?",
+        "Context: Units of length.\nWhich is longer?",
+        "Which tense is 'I ran'?",
+    }
+    assert all(it.image is None for it in items) and not (tmp_path / "out" / "images").exists()
+    gold_text = {it.question.splitlines()[-1]: it.options[it.gold] for it in items}
+    assert gold_text == {
+        "Which word is a noun?": "table",
+        "Which is longer?": "1 km",
+        "Which tense is 'I ran'?": "past",
+    }
+
+
+def test_scienceqa_full_with_images_excludes_the_rows_without_one(tmp_path):
+    entry = _paper_entry("scienceqa-img", tmp_path)
+    entry["hub"]["name"] = "ScienceQA-FULL"
+    items, report = build_hub_mcq_items("full", entry, tmp_path / "out")
+    assert report["rows"] == 7 and report["excluded"] == {"no image": 3} and len(items) == 4

@@ -20,7 +20,7 @@ from mmcal.data.idk.common import idk_manifest
 from mmcal.data.idk.dated_news import build_dated_news_idk, hf_rows_to_records, load_news_records
 from mmcal.data.idk.fmnist import build_fmnist_idk_items
 from mmcal.data.idk.llava_json import parse_mc_prompt, read_llava_conversation_json
-from mmcal.data.registry import BuildContext, build_dataset, build_items
+from mmcal.data.registry import BuildContext, build_dataset, build_items, release_inputs
 from mmcal.errors import ConfigError, DataError
 from mmcal.items import read_items, write_items
 from mmcal.records import read_records, write_records
@@ -263,12 +263,6 @@ def test_news_malformed_records_raise_naming_record_and_field():
     missing_date = [*good, {"id": "x8", "image": "images/news1.png", "headline": "Hi"}]
     with pytest.raises(DataError, match=r"'x8'.*'date'"):
         build_dated_news_idk(missing_date, CUTOFF, image_root=FIXTURES, strict=True)
-    missing_image = [
-        *good,
-        {"id": "x7", "image": "images/gone.png", "headline": "H", "date": "2024-09-09"},
-    ]
-    with pytest.raises(DataError, match=r"'x7'.*gone.png does not exist"):
-        build_dated_news_idk(missing_image, CUTOFF, image_root=FIXTURES, strict=True)
     # A malformed record is rejected even when it would have been excluded by date.
     old_bad = [*good, {"id": "x6", "headline": "H", "date": "2020-01-01"}]
     with pytest.raises(DataError, match=r"'x6'.*'image'"):
@@ -288,28 +282,42 @@ def test_news_malformed_records_are_rejected_with_reasons():
     with pytest.raises(DataError, match=r"strict: true"):
         build_dated_news_idk(records, CUTOFF, image_root=FIXTURES, n_options=3, max_rejected=1.0, strict=True)
 
-    # Four kinds of broken record among the 7 good ones: each listed with its index, id and reason.
+    # Three kinds of broken record among the 7 good ones: each listed with its index, id and reason.
     good = load_news_records(FIXTURES / "news.jsonl")
     broken = [
         {"id": "x9", "image": "images/news1.png", "date": "2024-08-03"},
         {"id": "x8", "image": "images/news1.png", "headline": "Hi"},
-        {"id": "x7", "image": "images/gone.png", "headline": "H", "date": "2024-09-09"},
         {"headline": "H", "date": "2020-01-01"},  # no id, no image, before the cutoff
     ]
     items, report = build_dated_news_idk([*good, *broken], CUTOFF, image_root=FIXTURES, seed=1, max_rejected=0.4)
     assert report["rejected"] == [
         {"index": 7, "id": "x9", "reason": "field 'headline' (or 'caption') is missing or empty"},
         {"index": 8, "id": "x8", "reason": "field 'date' is missing or empty"},
-        {"index": 9, "id": "x7", "reason": f"image file {FIXTURES / 'images/gone.png'} does not exist"},
-        {"index": 10, "id": None, "reason": "field 'image' is missing or empty"},
+        {"index": 9, "id": None, "reason": "field 'image' is missing or empty"},
     ]
-    assert (report["n_records"], report["n_rejected"], report["n_kept"]) == (11, 4, 5)
-    assert report["n_excluded_not_after_cutoff"] == 2
+    assert (report["n_records"], report["n_rejected"], report["n_kept"]) == (10, 3, 5)
+    assert report["n_excluded_not_after_cutoff"] == 2 and report["n_missing_images"] == 0
     # The rejected records change nothing about the good ones' items.
     clean, _ = build_dated_news_idk(good, CUTOFF, image_root=FIXTURES, seed=1)
     assert [it.to_dict() for it in items] == [it.to_dict() for it in clean]
-    with pytest.raises(DataError, match=r"4 malformed record\(s\) rejected \(36.4% of 11 records"):
-        build_dated_news_idk([*good, *broken], CUTOFF, image_root=FIXTURES, max_rejected=0.36)
+    with pytest.raises(DataError, match=r"3 malformed record\(s\) rejected \(30.0% of 10 records"):
+        build_dated_news_idk([*good, *broken], CUTOFF, image_root=FIXTURES, max_rejected=0.29)
+
+
+def test_news_missing_image_file_is_an_unscorable_item():
+    """The reference study skips an item whose image is gone: here it stays, marked unscorable,
+    listed and counted; the build never aborts for it, not even with strict."""
+    good = load_news_records(FIXTURES / "news.jsonl")
+    gone = {"id": "x7", "image": "images/gone.png", "headline": "H", "date": "2024-09-09"}
+    items, report = build_dated_news_idk([*good, gone], CUTOFF, image_root=FIXTURES, n_options=3, strict=True)
+    path = str(FIXTURES / "images/gone.png")
+    assert report["n_rejected"] == 0 and report["n_kept"] == 6
+    assert report["n_missing_images"] == 1 and report["missing_images"] == [{"index": 7, "id": "x7", "path": path}]
+    by_id = {it.metadata["record_id"]: it for it in items}
+    assert by_id["x7"].metadata["unscorable"] == f"image missing: {path}"
+    assert all("unscorable" not in it.metadata for rid, it in by_id.items() if rid != "x7")
+    with pytest.raises(DataError, match="none of the 1 images exists.*check image_root"):
+        build_dated_news_idk([gone], CUTOFF, image_root=FIXTURES, n_options=2, distractor_pool=["A"])
 
 
 def test_news_too_few_distractors_and_field_map(tmp_path):
@@ -389,6 +397,8 @@ def test_llava_malformed_records_are_rejected_with_reasons(tmp_path):
         "n_rejected": 1,
         "rejected_share": 0.5,
         "rejected": [{"index": 1, "id": "q-bad", "reason": "answer letter E but only 4 options (A-D)"}],
+        "n_missing_images": 0,
+        "missing_images": [],
     }
     with pytest.raises(DataError, match=r"strict: true.*id 'q-bad'"):
         read_llava_conversation_json(malformed, FIXTURES, "j", "test", max_rejected=0.5, strict=True)
@@ -396,7 +406,6 @@ def test_llava_malformed_records_are_rejected_with_reasons(tmp_path):
     good = json.loads((FIXTURES / "llava_idk.json").read_text())
     broken = [
         {"id": "m1", "image": "images/q1.png"},
-        {"id": "m2", "image": "images/nope.png", "conversations": good[0]["conversations"]},
         {
             "id": "m3",
             "image": "images/q1.png",
@@ -410,18 +419,26 @@ def test_llava_malformed_records_are_rejected_with_reasons(tmp_path):
     items, report = read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=0.5)
     assert report["rejected"] == [
         {"index": 5, "id": "m1", "reason": "'conversations' must be a non-empty list of turns"},
-        {"index": 6, "id": "m2", "reason": f"image file {FIXTURES / 'images/nope.png'} does not exist"},
-        {"index": 7, "id": "m3", "reason": "found 0 lettered options ('A. x', 'A) x' or '(A) x'), need at least 2"},
-        {"index": 8, "id": "m4", "reason": "no answer turn (from='gpt') after the question"},
-        {"index": 9, "id": None, "reason": "missing 'id'"},
+        {"index": 6, "id": "m3", "reason": "found 0 lettered options ('A. x', 'A) x' or '(A) x'), need at least 2"},
+        {"index": 7, "id": "m4", "reason": "no answer turn (from='gpt') after the question"},
+        {"index": 8, "id": None, "reason": "missing 'id'"},
     ]
-    assert (report["n_records"], report["n_rejected"], len(items)) == (10, 5, 5)
+    assert (report["n_records"], report["n_rejected"], len(items)) == (9, 4, 5)
     clean, _ = read_llava_conversation_json(FIXTURES / "llava_idk.json", FIXTURES, "j", "test")
     assert [it.to_dict() for it in items] == [it.to_dict() for it in clean]
-    with pytest.raises(DataError, match=r"5 malformed record\(s\) rejected \(50.0% of 10 records.*record #9: missing"):
-        read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=0.49)
+    with pytest.raises(DataError, match=r"4 malformed record\(s\) rejected \(44.4% of 9 records.*record #8: missing"):
+        read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=0.44)
     with pytest.raises(ConfigError, match="max_rejected must be in"):
         read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=1.5)
+    # An image file that is gone: an unscorable item, listed and counted, never a rejection.
+    path.write_text(
+        json.dumps(good + [{"id": "m2", "image": "images/nope.png", "conversations": good[0]["conversations"]}])
+    )
+    items, report = read_llava_conversation_json(path, FIXTURES, "j", "test", strict=True)
+    nope = str(FIXTURES / "images/nope.png")
+    assert report["n_rejected"] == 0 and len(items) == 6
+    assert report["missing_images"] == [{"index": 5, "id": "m2", "path": nope}] and report["n_missing_images"] == 1
+    assert items[-1].metadata["unscorable"] == f"image missing: {nope}" and items[-1].image == "images/nope.png"
     # Two records with one id: the file is broken, not a record, so it always fails.
     path.write_text(json.dumps(good + [good[0]]))
     with pytest.raises(DataError, match=r"duplicate ids \['q-001'\]"):
@@ -446,17 +463,40 @@ def test_idk_set_without_unknowable_items_is_an_error(tmp_path):
     path = tmp_path / "answers.json"
     path.write_text(json.dumps(answerable))
     cfg = {"builder": "llava_json", "path": str(path), "image_root": str(FIXTURES)}
-    with pytest.raises(DataError, match=r"'july24' \(builder llava_json\): none of its 2 items is unknowable"):
+    with pytest.raises(
+        DataError, match=rf"'july24' \(builder llava_json, file {path}\): none of its 2 items is unknowable"
+    ):
         build_items("july24", cfg, tmp_path, CONTEXT)
     items, _ = build_items("july24", {**cfg, "path": str(FIXTURES / "llava_idk.json")}, tmp_path, CONTEXT)
     assert sum(not it.metadata["answerable"] for it in items) == 2  # q-001, q-004
 
     news_cfg = {"builder": "dated_news", "path": str(FIXTURES / "news.jsonl"), "cutoff": "2030-01-01"}
-    with pytest.raises(DataError, match=r"IDK data set 'later' \(builder dated_news\): no items"):
+    with pytest.raises(DataError, match=r"IDK data set 'later' \(builder dated_news, file .*news.jsonl\): no items"):
         build_items("later", news_cfg, tmp_path, CONTEXT)
     # gold: answer asks for an all-answerable set on purpose (false-IDK rates).
     items, _ = build_items("later", {**news_cfg, "cutoff": CUTOFF, "gold": "answer"}, tmp_path, CONTEXT)
     assert len(items) == 5 and all(it.metadata["answerable"] for it in items)
+
+
+def test_llava_json_gold_key_is_passed_through(tmp_path):
+    """A release that stores the true answers: ``gold: file`` (default) keeps them as the gold, so the
+    set has no unknowable item and fails naming the file; ``gold: idk`` makes the IDK option the gold
+    of every item and keeps the release's answer as ``file_answer_index``."""
+    good = json.loads((FIXTURES / "llava_idk.json").read_text())
+    path = tmp_path / "true_answers.json"
+    path.write_text(json.dumps([r for r in good if r["id"] in ("q-002", "q-003")]))  # answers: C Blue, B Three
+    cfg = {"builder": "llava_json", "path": str(path), "image_root": str(FIXTURES)}
+    with pytest.raises(DataError, match=rf"file {path}\): none of its 2 items is unknowable"):
+        build_items("july24", {**cfg, "gold": "file"}, tmp_path, CONTEXT)
+    items, report = build_items("july24", {**cfg, "gold": "idk"}, tmp_path, CONTEXT)
+    assert report["n_rejected"] == 0
+    got = {
+        it.metadata["record_id"]: (it.gold, it.metadata["idk_index"], it.metadata["file_answer_index"]) for it in items
+    }
+    assert got == {"q-002": (1, 1, 2), "q-003": (2, 2, 1)}
+    assert all(it.metadata["kind"] == "unknowable" and it.metadata["answerable"] is False for it in items)
+    with pytest.raises(ConfigError, match="gold must be"):
+        build_items("july24", {**cfg, "gold": "answer"}, tmp_path, CONTEXT)
 
 
 @needs_fmnist
@@ -678,3 +718,48 @@ def test_idk_ece_is_the_metrics_ece_and_row_order_changes_nothing():
     assert m["answered_ece_10"] == metrics.ece(answered["confidence"], answered["correct"], n_bins=10)
     shuffled = df.sample(frac=1.0, random_state=5).reset_index(drop=True)
     assert idk_metrics_with_ci(shuffled, B=300, seed=2) == m
+
+
+def test_dated_news_per_model_cutoffs(tmp_path):
+    """``cutoff: per_model``: one items file; each model's scoring job keeps the news published
+    strictly after its own ``models.<name>.cutoff`` (the fixture's 2024 dates: n5 05-10, n4 07-31,
+    n1 08-02, n2 08-15, n6 08-20, n3 09-01, n7 10-05)."""
+    from mmcal.data.idk.dated_news import items_for_model
+    from mmcal.engine.job import JobSpec, select_items
+
+    cfg = {"builder": "dated_news", "path": str(FIXTURES / "news.jsonl"), "cutoff": "per_model", "n_options": 3}
+    items, report = build_items("news", cfg, tmp_path, CONTEXT)
+    assert report["cutoff"] == "per_model" and report["n_excluded_not_after_cutoff"] == 0
+    assert len(items) == report["n_kept"] == 7
+    expect = {
+        "2024-05-09": ["n1", "n2", "n3", "n4", "n5", "n6", "n7"],
+        "2024-07-31": ["n1", "n2", "n3", "n6", "n7"],  # n4 is on the cutoff: not after it
+        "2024-08-16": ["n3", "n6", "n7"],
+    }
+    path = tmp_path / "items.jsonl"
+    write_items(items, path)
+    for cutoff, ids in expect.items():
+        got = select_items(JobSpec("m", "news", "image", "p", str(path), str(tmp_path / "r"), cutoff=cutoff))
+        assert sorted(it.metadata["record_id"] for it in got) == ids
+        assert {it.metadata["cutoff"] for it in got} == {cutoff}
+        assert all(it.metadata["answerable"] is False and it.gold == it.metadata["idk_index"] for it in got)
+    # the same records under a fixed cutoff give the same items as the per-model set for that model
+    fixed, _ = build_items("news", {**cfg, "cutoff": "2024-07-31"}, tmp_path, CONTEXT)
+    assert {it.metadata["record_id"] for it in fixed} == set(expect["2024-07-31"])
+    with pytest.raises(DataError, match=r"model 'm'.*models.m.cutoff is not set"):
+        items_for_model(items, "m", None)
+    with pytest.raises(DataError, match=r"model 'late'.*none of the 7 news items is dated after its cutoff 2030-01-01"):
+        items_for_model(items, "late", "2030-01-01")
+    # items of any other set are left alone, whatever the model's cutoff
+    assert items_for_model(fixed, "m", None) is fixed
+
+
+def test_released_files_are_build_inputs():
+    """The llava_json / dated_news release is an input of its build job (planning shows it missing)."""
+    assert release_inputs({"builder": "llava_json", "path": "data/downloads/idk/q.json"}) == {
+        "release": "data/downloads/idk/q.json"
+    }
+    assert release_inputs({"builder": "dated_news", "path": "news.jsonl"}) == {"release": "news.jsonl"}
+    assert release_inputs({"builder": "dated_news", "path": "hf:org/news"}) == {}  # read through `datasets`
+    assert release_inputs({"builder": "hub_mcq", "hub": {"path": "lmms-lab/ScienceQA"}}) == {}
+    assert release_inputs({"builder": "fashion_mnist"}) == {}

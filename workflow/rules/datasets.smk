@@ -1,7 +1,13 @@
 # Data sets: every builder writes items in the common schema plus a manifest.
 
 
+from mmcal.data.describe import describer_gpus, describer_settings
+from mmcal.data.registry import release_inputs
+
+
 rule build_dataset:
+    input:
+        unpack(lambda wildcards: release_inputs(dataset_cfg(wildcards.dataset))),
     output:
         item_file="data/datasets/{dataset}/items.jsonl",
         manifest="data/datasets/{dataset}/manifest.json",
@@ -31,8 +37,10 @@ rule describe_images:
         "benchmarks/datasets/{dataset}.describe.tsv"
     conda:
         "../../envs/data.yaml"
+    resources:
+        gpu=describer_gpus(describer_settings(config)),
     params:
-        describer=config["describer"],
+        describer=describer_settings(config),
         seed=config["seed"],
     script:
         "../scripts/describe_images.py"

@@ -19,10 +19,14 @@ Two describers, chosen by the ``describer`` config:
   contain a class name. Exactly ``round(error_rate * N)`` items, drawn with the seed, get a wrong
   class in the consistent description.
 - ``{"kind": "captioner", "model": ..., "prompt": ...}`` (paper scale): an image-to-text model
-  loaded through ``transformers`` (:class:`CaptionDescriber`) captions each image. Its error rate is
-  measured by a keyword judge (:func:`classify_caption`): a caption is correct when it names the
-  gold class, and no other option class, by a class keyword. The conflicting description is the
-  caption of another item's image of the conflicting class (templated if the set has none).
+  loaded through ``transformers`` (:class:`CaptionDescriber`) captions each image, on any data set.
+  The consistent description is the item's own image's caption; the conflicting one is another
+  item's caption, chosen with the seed (:func:`conflicting_donor`: an item with another image and,
+  when there is one, another gold answer). A caption is judged correct when it names the gold
+  option, and no other, by its text (:func:`classify_option_caption`). On Fashion-MNIST items
+  (``metadata['label']``) the judge uses class keywords (:func:`classify_caption`) and the donor is
+  an item of a distractor class (templated if the set has none). ``device`` and ``dtype`` default
+  to the study's (``auto``: CUDA when present, bf16 there, fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -312,6 +316,20 @@ def build_descriptions(
     raise ConfigError(f"describer kind must be 'template' or 'captioner', not {kind!r}")
 
 
+def describer_settings(config: dict) -> dict:
+    """The study's ``describer`` block; a captioner runs on the study's ``device`` and ``dtype``
+    unless the block names its own (the template describer takes neither)."""
+    cfg = dict(config["describer"])
+    if cfg.get("kind") == "captioner":
+        cfg = {"device": config.get("device", "auto"), "dtype": config.get("dtype", "auto"), **cfg}
+    return cfg
+
+
+def describer_gpus(cfg: dict) -> int:
+    """GPUs the describe job holds: one for a captioner on CUDA, like a scoring job."""
+    return int(str(cfg.get("device", "cpu")).startswith("cuda"))
+
+
 def measured_error_rate(descriptions: dict[str, dict]) -> float:
     """The realised share of consistent descriptions that do not describe the true class."""
     if not descriptions:
@@ -384,11 +402,24 @@ def classify_caption(caption: str, candidates: list[int]) -> int | None:
 
 
 def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MmcalError(f"describer device {device!r} requested but CUDA is not available")
+    return device
+
+
+def _torch_dtype(dtype: str, device: str):
+    """``auto``: bf16 on CUDA, fp32 elsewhere (the scoring engine's rule); else a torch dtype name."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ConfigError(f"describer dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16, auto)")
+    return getattr(torch, dtype)
 
 
 class CaptionDescriber:
@@ -404,6 +435,7 @@ class CaptionDescriber:
         model_id: str,
         device: str = "cpu",
         prompt: str = DEFAULT_CAPTION_PROMPT,
+        dtype: str = "auto",
         max_new_tokens: int = 40,
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -414,6 +446,7 @@ class CaptionDescriber:
         self.revision = revision
         self.image_processor_backend = image_processor_backend
         self.device = _resolve_device(device)
+        self.dtype = _torch_dtype(dtype, self.device)
         self.prompt = prompt
         self.max_new_tokens = int(max_new_tokens)
         self._model = None
@@ -428,7 +461,7 @@ class CaptionDescriber:
         kw = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         try:
             self._processor = AutoProcessor.from_pretrained(self.model_id, backend=self.image_processor_backend, **kw)
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kw)
+            model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self.dtype, **kw)
         except (OSError, ValueError) as exc:
             raise MmcalError(
                 f"captioning model {self.model_id!r} could not be loaded ({exc}). Name a local "
@@ -463,6 +496,8 @@ class CaptionDescriber:
             image = img.convert("RGB")
         inputs = self._processor(images=image, text=self._prompt_text(), return_tensors="pt")
         inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             out = self._model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
@@ -479,9 +514,35 @@ def _image_path(item: MCItem, image_root: str | Path | None) -> Path | None:
 _LOADING_KEYS = ("trust_remote_code", "revision", "image_processor_backend")
 
 
+def _has_label(item: MCItem) -> bool:
+    label = item.metadata.get("label")
+    return isinstance(label, (int, np.integer)) and 0 <= int(label) < len(CLASSES)
+
+
+def classify_option_caption(caption: str, options: list[str]) -> int | None:
+    """The one option whose text the caption contains (whole words, any case), or None."""
+    named = [
+        i
+        for i, o in enumerate(options)
+        if o.strip() and re.search(rf"(?<!\w){re.escape(o.strip())}(?!\w)", caption, re.IGNORECASE) is not None
+    ]
+    return named[0] if len(named) == 1 else None
+
+
+def conflicting_donor(item: MCItem, items: list[MCItem], seed: int) -> MCItem:
+    """The item whose caption is ``item``'s conflicting description: drawn with the seed among the
+    items with another image, preferring those whose gold answer differs from ``item``'s."""
+    others = sorted((d for d in items if d.image is not None and d.image != item.image), key=lambda d: d.item_id)
+    if not others:
+        raise DataError(f"item {item.item_id!r}: no other item with an image to take a conflicting caption from")
+    gold = str(item.options[item.gold]).strip().lower()
+    differ = [d for d in others if str(d.options[d.gold]).strip().lower() != gold] or others
+    return differ[int(_item_rng(seed, item.item_id).integers(len(differ)))]
+
+
 def _caption_descriptions(items: list[MCItem], cfg: dict, seed: int, image_root: str | Path | None) -> dict[str, dict]:
     # error_rate is accepted and ignored: the schema fills it in, a captioner's rate is measured.
-    allowed = {"model", "prompt", "device", "max_new_tokens", "error_rate", *_LOADING_KEYS}
+    allowed = {"model", "prompt", "device", "dtype", "max_new_tokens", "error_rate", *_LOADING_KEYS}
     unknown = set(cfg) - allowed
     if unknown or "model" not in cfg:
         raise ConfigError(
@@ -492,6 +553,7 @@ def _caption_descriptions(items: list[MCItem], cfg: dict, seed: int, image_root:
         cfg["model"],
         device=cfg.get("device", "cpu"),
         prompt=cfg.get("prompt", DEFAULT_CAPTION_PROMPT),
+        dtype=cfg.get("dtype", "auto"),
         max_new_tokens=cfg.get("max_new_tokens", 40),
         **{k: cfg[k] for k in _LOADING_KEYS if k in cfg},
     )
@@ -502,6 +564,25 @@ def _caption_descriptions(items: list[MCItem], cfg: dict, seed: int, image_root:
             cache[it.item_id] = captioner.caption(_image_path(it, image_root), it.item_id)
         return cache[it.item_id]
 
+    if items and all(_has_label(it) for it in items):
+        return _fmnist_caption_descriptions(items, seed, caption_of)
+    out = {}
+    for it in items:
+        text = caption_of(it)
+        judged = classify_option_caption(text, it.options)
+        donor = conflicting_donor(it, items, seed)
+        out[it.item_id] = {
+            "consistent": "Description: " + text,
+            "conflicting": "Description: " + caption_of(donor),
+            "consistent_is_correct": judged == it.gold,
+            "consistent_class": it.options[judged] if judged is not None else None,
+            "conflicting_class": str(donor.options[donor.gold]),
+        }
+    return out
+
+
+def _fmnist_caption_descriptions(items: list[MCItem], seed: int, caption_of) -> dict[str, dict]:
+    """Fashion-MNIST items: the class-keyword judge, and a donor of a distractor class."""
     by_label: dict[int, list[MCItem]] = {}
     for it in items:
         by_label.setdefault(_label(it), []).append(it)

@@ -12,11 +12,15 @@ Config (``datasets.<name>``)::
 
 ``answer`` may be an option index or a letter. Rows that cannot become an item (no options, an
 answer outside the options, a missing image when one is required) are excluded and counted in the
-returned report, never silently dropped.
+returned report, never silently dropped; the report also counts the items by number of options.
+ScienceQA (``lmms-lab/ScienceQA``: int8 ``answer``, 2-5 ``choices``, ``hint`` "" when none, ``image``
+None for text-only rows of ScienceQA-FULL) is tested on a fixture of that schema
+(``tests/fixtures/scienceqa``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +130,9 @@ def rows_to_items(
         taken += 1
         if taken >= want[split_idx][1]:
             split_idx, taken = split_idx + 1, 0
-    report = {"rows": len(rows), "items": len(items), "excluded": excluded}
+    # Option counts vary (ScienceQA: 2-5); option-order scenarios rotate each item through its own n.
+    n_options = dict(sorted(Counter(str(len(it.options)) for it in items).items()))
+    report = {"rows": len(rows), "items": len(items), "excluded": excluded, "n_options": n_options}
     return items, report
 
 

@@ -83,6 +83,15 @@ def build_jsonl(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> l
     return read_items(require(cfg, "path", name))
 
 
+def release_inputs(cfg: dict) -> dict[str, str]:
+    """The job inputs of a data set's build: the released file of a ``llava_json`` / ``dated_news``
+    set (a download rule, or the user, makes it), so a missing release shows when planning."""
+    path = str(cfg.get("path") or "")
+    if cfg.get("builder") in ("llava_json", "dated_news") and path and not path.startswith("hf:"):
+        return {"release": path}
+    return {}
+
+
 def build_items(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> Built:
     """Items of the configured builder; some builders also return a report of excluded rows."""
     known = builders()

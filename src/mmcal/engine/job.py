@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmcal.data.idk.dated_news import items_for_model
 from mmcal.engine.build import build_engine, engine_fingerprint
 from mmcal.engine.forward import ForwardError
 from mmcal.engine.prompts import PromptVariant
@@ -49,6 +50,8 @@ class JobSpec:
     prompt_hash: str | None = None
     # Largest share of unscorable items among those whose inputs are fine before the job fails.
     max_unscorable: float = 0.02
+    # The model's knowledge cutoff: selects its items of a news set with per-model cutoffs.
+    cutoff: str | None = None
 
 
 def shard_dir_for(out_path: str | Path) -> Path:
@@ -79,6 +82,10 @@ def finished_shards(
 
 def select_items(spec: JobSpec):
     items = read_items(spec.items_path, splits=spec.splits)
+    n_read = len(items)
+    items = items_for_model(items, spec.model, spec.cutoff)
+    if len(items) < n_read:
+        log.info("%s: %d of %d items dated after its cutoff %s", spec.model, len(items), n_read, spec.cutoff)
     if spec.limit_per_split:
         kept, count = [], {}
         for it in items:
@@ -215,6 +222,7 @@ def score_to_records(
         fingerprint=engine_fingerprint(model_name, model_entry, model_path),
         prompt_hash=prompt.prompt_hash(),
         max_unscorable=float(max_unscorable),
+        cutoff=model_entry.get("cutoff"),
     )
 
     def make_engine():

@@ -4,6 +4,13 @@ A scenario is configuration (``config.yaml: scenarios``) with keys
 ``image`` (show the image), ``description`` (``null`` | ``consistent`` | ``conflicting``: put a
 text description of the image in the prompt), ``option_shift`` (rotate the options cyclically by k
 positions, for letter-position bias).
+
+Option order on items with different numbers of options (ScienceQA: 2-5). Shift k applied to an
+n-option item is rotation ``k mod n``: an item has exactly n distinct orders, rotations 0..n-1, and
+scenarios ``option_shift`` 0..K reach all of them for every item with n <= K + 1 (the default
+study's 4-option items: shifts 0-3 are its 4 rotations). A shift beyond n repeats one of the item's
+rotations, so the permutation average (:func:`rotation_rows`) takes each rotation once, and only
+for items seen under all n of them.
 """
 
 from __future__ import annotations
@@ -38,12 +45,33 @@ def scenario_from_config(name: str, cfg: dict | None) -> Scenario:
     return Scenario(name=name, **cfg)
 
 
+def rotation(k: int, n_options: int) -> int:
+    """The rotation that shift ``k`` makes of an ``n_options``-option item: ``k mod n``."""
+    if n_options < 1:
+        raise ValueError(f"an item with {n_options} options has no rotations")
+    return int(k) % int(n_options)
+
+
+def rotation_rows(shifts, n_options: int) -> list[int] | None:
+    """Which of an item's rows make its permutation average: the first row of each of its
+    ``n_options`` rotations (``shifts[j]`` is row j's option shift), in rotation order; None when
+    some rotation is missing (the item is not seen in all of its orders)."""
+    first: dict[int, int] = {}
+    for j, k in enumerate(shifts):
+        first.setdefault(rotation(k, n_options), j)
+    if len(first) < n_options:
+        return None
+    return [first[r] for r in range(n_options)]
+
+
 def shift_options(item: MCItem, k: int) -> MCItem:
     """Rotate options by k positions (option i moves to (i + k) mod n); gold follows."""
     n = len(item.options)
-    if n == 0 or k % n == 0:
+    if n == 0 or k == 0:
         return item
-    k %= n
+    k = rotation(k, n)
+    if k == 0:  # a shift that is a multiple of n: the item's own order, marked as rotation 0
+        return replace(item, metadata={**item.metadata, "option_shift": 0})
     options = item.options[-k:] + item.options[:-k]
     meta = dict(item.metadata)
     meta["option_shift"] = k

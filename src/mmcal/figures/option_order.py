@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmcal.engine.scenarios import rotation, rotation_rows
 from mmcal.figures.frames import cluster_mean_ci, option_shift, require
 from mmcal.figures.style import NEUTRAL_COLOR, model_color, panel_grid, save_figure, styled
 from mmcal.records import GROUP_KEYS, option_probs, parse_meta, scorable, select
@@ -51,22 +52,29 @@ def position_bias(records: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) ->
 
 def permutation_average(records: pd.DataFrame) -> pd.DataFrame:
     """Per item: mean confidence / accuracy over its rotations, and the confidence / correctness
-    of the permutation-averaged distribution. Items seen under one rotation only are left out."""
+    of the permutation-averaged distribution: each of an n-option item's n rotations counted once
+    (a shift beyond n repeats a rotation). Items not seen under all their rotations are left out,
+    counted in ``attrs['left_out']``."""
     rows = scorable(records)
     rows = rows[rows["gold"].astype(int) >= 0]
     # an item's rows under every rotation: its group keys bar the scenario
     keys = [c for c in (*GROUP_KEYS, "item_id") if c != "scenario" and c in rows.columns]
-    out = []
+    out, left_out = [], 0
     for key, part in rows.groupby(keys, sort=True):
-        if len(part) < 2:
+        n = len(part["option_scores"].iloc[0])
+        shifts = [option_shift(s, parse_meta(m, i)) for s, m, i in zip(part["scenario"], part["meta"], part["item_id"])]
+        picked = rotation_rows(shifts, n)
+        if picked is None or n < 2:
+            left_out += 1
             continue
+        part = part.iloc[picked]
         aligned = []
         probs = option_probs(part, renormalise=True)
         for j, (scenario, scores, meta, item_id, gold) in enumerate(
             zip(part["scenario"], part["option_scores"], part["meta"], part["item_id"], part["gold"])
         ):
             p = probs[j, : len(scores)]
-            k = option_shift(scenario, parse_meta(meta, item_id)) % len(p)
+            k = rotation(option_shift(scenario, parse_meta(meta, item_id)), len(p))
             aligned.append(np.roll(p, -k))  # shifted option (i + k) mod n is original option i
             original_gold = (int(gold) - k) % len(p)
         mean_p = np.mean(aligned, axis=0)
@@ -81,7 +89,9 @@ def permutation_average(records: pd.DataFrame) -> pd.DataFrame:
                 "averaged_correct": bool(int(np.argmax(mean_p)) == original_gold),
             }
         )
-    return pd.DataFrame(out)
+    averaged = pd.DataFrame(out)
+    averaged.attrs["left_out"] = left_out
+    return averaged
 
 
 def _per_rotation(rows: pd.DataFrame, averaged: pd.DataFrame, model: str, scenarios, n_boot, seed):

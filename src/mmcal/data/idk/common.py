@@ -8,10 +8,12 @@ Every IDK item carries an explicit IDK ("I don't know") option and, in ``metadat
 
 Items are split into ``calib`` / ``test`` at cluster level so prompts can be tuned on ``calib``.
 
-Released files (``llava_json``, ``dated_news``) are read record by record: a malformed record (a
-missing image, a conversation without an answer turn, a date that does not parse) is rejected with
+Released files (``llava_json``, ``dated_news``) are read record by record: a malformed record (no
+image named, a conversation without an answer turn, a date that does not parse) is rejected with
 its reason in the build report instead of aborting the build, which fails only with ``strict`` or
-when the rejected share exceeds ``max_rejected`` (:func:`screen_records`).
+when the rejected share exceeds ``max_rejected`` (:func:`screen_records`). A record whose image file
+is absent stays an item marked ``metadata['unscorable']`` (the reference study skips such items;
+scoring records them as "image missing"), listed in the report (:func:`missing_image_report`).
 """
 
 from __future__ import annotations
@@ -213,13 +215,26 @@ def screen_records(records: list, parse, what: str, strict: bool = False, max_re
     return parsed, report
 
 
-def require_unknowable(items: list[MCItem], name: str, builder: str) -> None:
-    """An IDK set without unknowable items would give NaN for every IDK rate: refuse to build it."""
+def missing_image_report(parsed: list[dict], what) -> dict:
+    """The records kept without their image file (``index``, ``id``, ``image_missing`` keys): listed
+    and counted; a DataError when every record's image is missing (the image folder is wrong)."""
+    missing = [{"index": p["index"], "id": p["id"], "path": p["image_missing"]} for p in parsed if p["image_missing"]]
+    if parsed and len(missing) == len(parsed):
+        raise DataError(
+            f"{what}: none of the {len(parsed)} images exists (first: {missing[0]['path']}); check image_root"
+        )
+    return {"n_missing_images": len(missing), "missing_images": missing}
+
+
+def require_unknowable(items: list[MCItem], name: str, builder: str, source=None) -> None:
+    """An IDK set without unknowable items would give NaN for every IDK rate: refuse to build it,
+    naming the data set and its ``source`` file."""
+    what = f"IDK data set {name!r} (builder {builder}" + (f", file {source}" if source is not None else "") + ")"
     if not items:
-        raise DataError(f"IDK data set {name!r} (builder {builder}): no items")
+        raise DataError(f"{what}: no items")
     if not any(it.metadata.get("answerable") is False for it in items):
         raise DataError(
-            f"IDK data set {name!r} (builder {builder}): none of its {len(items)} items is unknowable "
+            f"{what}: none of its {len(items)} items is unknowable "
             "(every gold is a real answer, not the IDK option), so every IDK rate would be NaN; "
             "check the release's answers and the entry's `gold`"
         )

@@ -11,6 +11,11 @@ treats the item as answerable (gold = true headline): use it when the question *
 from what the image shows (matching a photo to its headline), to measure false IDKs.
 Under ``gold="idk"`` the true headline is still an option on purpose: it is the tempting answer,
 and ``answer_index`` lets an analysis count how often a model picks it instead of admitting.
+
+Per-model cutoffs. ``cutoff: per_model`` builds one item per dated record, none excluded, each
+marked ``metadata['cutoff_rule'] = "per_model"``; each scoring job then keeps the items published
+strictly after *its* model's ``models.<name>.cutoff`` (:func:`items_for_model`), so one data set
+serves models with different cutoffs and each model's IDK items are the news it cannot know.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Iterable
@@ -35,6 +40,7 @@ from mmcal.data.idk.common import (
     check_n_options,
     check_unique_ids,
     is_idk_text,
+    missing_image_report,
     norm_text,
     place_options,
     plan_positions,
@@ -48,6 +54,7 @@ from mmcal.errors import ConfigError, DataError
 from mmcal.items import MCItem
 
 NEWS_KIND = "after_cutoff"
+PER_MODEL = "per_model"  # ``cutoff: per_model``: each model's own ``cutoff`` selects its items
 NEWS_QUESTION = "Which headline matches this image?"
 GOLD_MODES = ("idk", "answer")
 NEWS_FIELDS = ("id", "image", "headline", "date", "question", "distractors", "cluster")
@@ -65,6 +72,8 @@ class NewsRecord:
     distractors: list[str] | None
     cluster: str
     extra: dict = field(default_factory=dict)
+    index: int = 0
+    image_missing: str | None = None  # the path looked for, when the image file is absent
 
 
 def parse_date(value, what: str) -> date:
@@ -142,10 +151,9 @@ def _news_fields(rec, rid, index: int, where: str, image_root, field_map: dict, 
     if raw_date is None or raw_date == "":
         raise DataError(f"{where}: field {field_map.get('date', 'date')!r} is missing or empty")
     published = parse_date(raw_date, where)
-    if check_images:
-        path = Path(image) if image_root is None else Path(image_root) / image
-        if not path.is_file():
-            raise DataError(f"{where}: image file {path} does not exist")
+    path = Path(image) if image_root is None else Path(image_root) / image
+    # a named image that is not there: the item stays, unscorable (scoring's "image missing")
+    missing = str(path) if check_images and not path.is_file() else None
     question = _text_field(rec, "question", field_map, where, required=False)
     distractors = _distractor_list(_field(rec, "distractors", field_map), where)
     cluster = _text_field(rec, "cluster", field_map, where, required=False) or image
@@ -160,6 +168,8 @@ def _news_fields(rec, rid, index: int, where: str, image_root, field_map: dict, 
         distractors=distractors,
         cluster=str(cluster),
         extra=extra,
+        index=index,
+        image_missing=missing,
     )
 
 
@@ -233,7 +243,8 @@ def build_dated_news_idk(
     if gold not in GOLD_MODES:
         raise ConfigError(f"gold must be one of {GOLD_MODES}, not {gold!r}")
     check_n_options(n_options, minimum=2)
-    cutoff_date = parse_date(cutoff, "cutoff")
+    per_model = cutoff == PER_MODEL
+    cutoff_date = None if per_model else parse_date(cutoff, "cutoff")
     field_map = dict(field_map or {})
     root = None if image_root is None else Path(image_root)
     parsed, screened = screen_records(
@@ -244,8 +255,14 @@ def build_dated_news_idk(
         max_rejected=max_rejected,
     )
     check_unique_ids([r.record_id for r in parsed], "news records")
-    kept = [r for r in parsed if r.published > cutoff_date]
-    excluded = [r for r in parsed if r.published <= cutoff_date]
+    screened.update(
+        missing_image_report(
+            [{"index": r.index, "id": r.record_id, "image_missing": r.image_missing} for r in parsed],
+            f"data set {dataset!r}: news records",
+        )
+    )
+    kept = [r for r in parsed if per_model or r.published > cutoff_date]
+    excluded = [r for r in parsed if not per_model and r.published <= cutoff_date]
     # Answers of all records (also those before the cutoff) are fair distractors.
     pool = [(r.answer, r.cluster, r.question) for r in parsed]
     pool += [(t, None, None) for t in (distractor_pool or [])]  # extra headlines
@@ -274,10 +291,12 @@ def build_dated_news_idk(
                     "answer_index": answer_pos,
                     "gold_mode": gold,
                     "date": rec.published.isoformat(),
-                    "cutoff": cutoff_date.isoformat(),
+                    "cutoff": PER_MODEL if per_model else cutoff_date.isoformat(),
+                    **({"cutoff_rule": PER_MODEL} if per_model else {}),
                     "record_id": rec.record_id,
                     "headline": rec.answer,
                     "extra": rec.extra,
+                    **({"unscorable": f"image missing: {rec.image_missing}"} if rec.image_missing else {}),
                 },
             )
         )
@@ -286,13 +305,33 @@ def build_dated_news_idk(
     return items, report
 
 
+def items_for_model(items: list[MCItem], model: str, cutoff) -> list[MCItem]:
+    """A scoring job's items: those of a ``cutoff: per_model`` set published strictly after
+    ``model``'s cutoff (every item of any other set). A model without a cutoff, or with no item
+    after it, is a DataError naming the model: its IDK rates would be undefined."""
+    if not any(it.metadata.get("cutoff_rule") == PER_MODEL for it in items):
+        return items
+    if cutoff in (None, ""):
+        raise DataError(f"model {model!r}: the news set has per-model cutoffs, but models.{model}.cutoff is not set")
+    day = parse_date(cutoff, f"models.{model}.cutoff")
+    kept = [
+        replace(it, metadata={**it.metadata, "cutoff": day.isoformat()})
+        for it in items
+        if date.fromisoformat(it.metadata["date"]) > day
+    ]
+    if not kept:
+        raise DataError(f"model {model!r}: none of the {len(items)} news items is dated after its cutoff {day}")
+    return kept
+
+
 def _news_report(screened: dict, kept, excluded, items, cutoff_date, gold) -> dict:
     """The screening report (records read, rejected with reasons) plus the cutoff's exclusions."""
     dates = [r.published for r in kept]
     return {
         **screened,
-        "cutoff": cutoff_date.isoformat(),
-        "rule": "kept: published strictly after the cutoff (compared by calendar date)",
+        "cutoff": cutoff_date.isoformat() if cutoff_date else PER_MODEL,
+        "rule": "kept: published strictly after the cutoff (compared by calendar date)"
+        + ("; per model, when its scoring job reads the items" if cutoff_date is None else ""),
         "gold": gold,
         "n_kept": len(kept),
         "n_excluded_not_after_cutoff": len(excluded),
@@ -384,7 +423,8 @@ def hf_rows_to_records(
 
 @register("dated_news")
 def build_dated_news(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
-    """Config adapter: ``path`` (records file), ``cutoff``, ``image_root`` (default: the file's folder),
+    """Config adapter: ``path`` (records file), ``cutoff`` (a date, or ``per_model``), ``image_root``
+    (default: the file's folder),
     ``gold``, ``strict``, ``max_rejected``. With ``gold: idk`` the set must have unknowable items (else
     every record is on or before the cutoff); ``gold: answer`` asks for an all-answerable set."""
     path = Path(require(cfg, "path", name))
@@ -404,5 +444,5 @@ def build_dated_news(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         max_rejected=float(cfg.get("max_rejected", MAX_REJECTED)),
     )
     if gold == "idk":
-        require_unknowable(items, name, "dated_news")
+        require_unknowable(items, name, "dated_news", path)
     return items, report

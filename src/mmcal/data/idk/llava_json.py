@@ -14,6 +14,7 @@ from mmcal.data.idk.common import (
     assign_calib_test,
     check_unique_ids,
     is_idk_text,
+    missing_image_report,
     norm_text,
     read_json,
     record_where,
@@ -132,7 +133,7 @@ def parse_llava_record(
     rid = rec.get("id") if isinstance(rec, dict) else None
     where = record_where(f"{path}: record", index, rid)
     try:
-        return _llava_fields(rec, rid, where, image_root, idk_text, gold_mode, check_images)
+        return {"index": index, **_llava_fields(rec, rid, where, image_root, idk_text, gold_mode, check_images)}
     except DataError as exc:
         raise RejectedRecord.from_error(exc, where, index, rid) from None
 
@@ -145,10 +146,9 @@ def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: st
     image = rec.get("image")
     if not isinstance(image, str) or not image.strip():
         raise DataError(f"{where}: missing 'image'")
-    if check_images:
-        img_path = Path(image) if image_root is None else Path(image_root) / image
-        if not img_path.is_file():
-            raise DataError(f"{where}: image file {img_path} does not exist")
+    img_path = Path(image) if image_root is None else Path(image_root) / image
+    # a named image that is not there: the item stays, unscorable (scoring's "image missing")
+    missing = str(img_path) if check_images and not img_path.is_file() else None
     human, answer = _conversation_turns(rec, where)
     question, options, instruction = parse_mc_prompt(human, where)
     file_gold = parse_answer(answer, options, where)
@@ -168,6 +168,7 @@ def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: st
         "file_gold": file_gold,
         "idk_index": idk_index,
         "instruction": instruction,
+        "image_missing": missing,
     }
 
 
@@ -196,6 +197,10 @@ def read_llava_conversation_json(
     answer as ``metadata['file_answer_index']``. With ``calib_fraction`` the items are split into
     calib/test by image; otherwise all get ``split``.
 
+    A record whose image file is not under ``image_root`` stays an item, marked
+    ``metadata['unscorable']`` (scoring records it as "image missing") and listed in the report's
+    ``missing_images``; the build fails only when no image is found at all (a wrong ``image_root``).
+
     A malformed record is rejected, not fatal (``mmcal.data.idk.common.screen_records``: the build
     fails with ``strict`` or above ``max_rejected``); the returned report lists the rejected records.
     """
@@ -216,6 +221,7 @@ def read_llava_conversation_json(
         max_rejected=max_rejected,
     )
     check_unique_ids([p["id"] for p in parsed], str(path))
+    report.update(missing_image_report(parsed, path))
     items = [_llava_item(p, dataset, split, image_rel, idk_text, path) for p in parsed]
     if calib_fraction is not None:
         assign_calib_test(items, calib_fraction, seed)
@@ -226,6 +232,7 @@ def read_llava_conversation_json(
 
 def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCItem:
     unknowable = p["idk_index"] is not None and p["gold"] == p["idk_index"]
+    unscorable = {"unscorable": f"image missing: {p['image_missing']}"} if p["image_missing"] else {}
     return MCItem(
         item_id=f"{dataset}-{p['id']}",
         cluster_id=f"{dataset}:{p['image']}",  # items sharing an image share a cluster
@@ -243,6 +250,7 @@ def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCI
             "file_answer_index": p["file_gold"],
             "instruction": p["instruction"],
             "record_id": p["id"],
+            **unscorable,
         },
     )
 
@@ -250,7 +258,9 @@ def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCI
 @register("llava_json")
 def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
     """Config adapter: ``path``, ``image_root`` (default: the file's folder), ``split``, ``calib_fraction``,
-    ``strict``, ``max_rejected``."""
+    ``gold`` (``file``: the release's answer is the gold, ``idk``: the IDK option is), ``strict``,
+    ``max_rejected``. A set with no unknowable item (a release that stores the true answers, read
+    with ``gold: file``) is an error naming the file."""
     path = require(cfg, "path", name)
     image_root = cfg.get("image_root", str(Path(path).parent))
     items, report = read_llava_conversation_json(
@@ -260,10 +270,11 @@ def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         split=cfg.get("split", "test"),
         idk_text=cfg.get("idk_text", IDK_TEXT),
         image_rel=os.path.relpath(image_root, out_dir),
+        gold=cfg.get("gold", "file"),
         calib_fraction=cfg.get("calib_fraction"),
         seed=context.seed,
         strict=bool(cfg.get("strict", False)),
         max_rejected=float(cfg.get("max_rejected", MAX_REJECTED)),
     )
-    require_unknowable(items, name, "llava_json")
+    require_unknowable(items, name, "llava_json", path)
     return items, report
