@@ -123,6 +123,8 @@ def test_paper_config_plans_offline(tmp_path):
     out = _run(wd, "-n", "--configfile", "config/paper.yaml").stdout
     rules = set(re.findall(r"^(?:local)?rule (\w+):", out, re.M))
     assert {"score", "build_dataset", "summarize", "compare"} <= rules, rules
+    # hub models and the IDK release are downloaded, the stage-1 LLaVA assembled, all by the DAG
+    assert {"download", "download_release", "assemble_llava_stage1"} <= rules, rules
 
 
 def test_config_with_a_wrong_type_is_named(tmp_path):

@@ -7,7 +7,11 @@ from mmcal.data.registry import release_inputs
 
 rule build_dataset:
     input:
-        unpack(lambda wildcards: release_inputs(dataset_cfg(wildcards.dataset))),
+        unpack(
+            lambda wildcards: release_inputs(
+                wildcards.dataset, dataset_cfg(wildcards.dataset)
+            )
+        ),
     output:
         item_file="data/datasets/{dataset}/items.jsonl",
         manifest="data/datasets/{dataset}/manifest.json",

@@ -22,6 +22,63 @@ rule download:
         "../scripts/download.py"
 
 
+import re
+
+# data sets with a release (mmcal.hub.download.download_release): a hub one is snapshot into
+# data/downloads/<data set>/; a local one (release.path, the replica study) is only hashed, its folder the input
+RELEASES = hub_download.releases(config)
+HUB_RELEASES = [n for n, r in RELEASES.items() if not r.get("path")]
+LOCAL_RELEASES = [n for n, r in RELEASES.items() if r.get("path")]
+
+if HUB_RELEASES:
+
+    localrules:
+        download_release,
+
+    rule download_release:
+        output:
+            folder=directory("data/downloads/{dataset}"),
+            record="data/downloads/{dataset}.resolved.json",
+        log:
+            "logs/downloads/{dataset}.log",
+        benchmark:
+            "benchmarks/downloads/{dataset}.tsv"
+        wildcard_constraints:
+            dataset="|".join(re.escape(n) for n in HUB_RELEASES),
+        conda:
+            "../../envs/models.yaml"
+        params:
+            release=lambda wildcards: config["datasets"][wildcards.dataset]["release"],
+            offline=config["offline"],
+        script:
+            "../scripts/download_release.py"
+
+
+if LOCAL_RELEASES:
+
+    localrules:
+        hash_release,
+
+    rule hash_release:
+        input:
+            folder=lambda wildcards: RELEASES[wildcards.dataset]["path"],
+        output:
+            record="data/downloads/{dataset}.resolved.json",
+        log:
+            "logs/downloads/{dataset}.log",
+        benchmark:
+            "benchmarks/downloads/{dataset}.tsv"
+        wildcard_constraints:
+            dataset="|".join(re.escape(n) for n in LOCAL_RELEASES),
+        conda:
+            "../../envs/models.yaml"
+        params:
+            release=lambda wildcards: RELEASES[wildcards.dataset],
+            offline=config["offline"],
+        script:
+            "../scripts/download_release.py"
+
+
 from mmcal.errors import ConfigError
 
 # the config's model assembled by llava_stage1 (one folder, so at most one such model)

@@ -83,13 +83,41 @@ def build_jsonl(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> l
     return read_items(require(cfg, "path", name))
 
 
-def release_inputs(cfg: dict) -> dict[str, str]:
-    """The job inputs of a data set's build: the released file of a ``llava_json`` / ``dated_news``
-    set (a download rule, or the user, makes it), so a missing release shows when planning."""
+def release_folder(name: str, cfg: dict) -> str | None:
+    """The folder of a data set's ``release`` (None without one): its local ``path`` (local mode), else
+    ``data/downloads/<name>`` where the ``download_release`` rule puts the hub snapshot."""
+    release = cfg.get("release")
+    if not release:
+        return None
+    if bool(release.get("path")) == bool(release.get("repo")):
+        raise ConfigError(f"data set {name!r}: release needs exactly one of 'repo' (hub) and 'path' (local folder)")
+    return str(release["path"]) if release.get("path") else f"data/downloads/{name}"
+
+
+def release_record(name: str) -> str:
+    """The file in which the release rules record what a data set's release resolved to."""
+    return f"data/downloads/{name}.resolved.json"
+
+
+def release_inputs(name: str, cfg: dict) -> dict[str, str]:
+    """The job inputs of a data set's build: its release folder and record, or, without ``release``, the
+    released file of a ``llava_json`` / ``dated_news`` set (the user makes it), so a missing release
+    shows when planning."""
+    folder = release_folder(name, cfg)
+    if folder is not None:
+        return {"release": folder, "release_record": release_record(name)}
     path = str(cfg.get("path") or "")
     if cfg.get("builder") in ("llava_json", "dated_news") and path and not path.startswith("hf:"):
         return {"release": path}
     return {}
+
+
+def with_release_paths(name: str, cfg: dict) -> dict:
+    """``cfg`` with its ``path`` / ``image_root`` taken relative to the release folder (when it has one)."""
+    folder = release_folder(name, cfg)
+    if folder is None:
+        return cfg
+    return {**cfg, **{k: str(Path(folder) / cfg[k]) for k in ("path", "image_root") if cfg.get(k)}}
 
 
 def build_items(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> Built:
@@ -98,7 +126,7 @@ def build_items(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> B
     builder = cfg.get("builder")
     if builder not in known:
         raise ConfigError(f"data set {name!r}: unknown builder {builder!r}; known builders: {', '.join(known)}")
-    return known[builder](name, cfg, out_dir, context)
+    return known[builder](name, with_release_paths(name, cfg), out_dir, context)
 
 
 def manifest(items: list[MCItem], content_hash: str, cfg: dict) -> dict:

@@ -13,16 +13,22 @@ is resolved in one of two ways:
 - local mode (the source is a local folder, or the config says ``offline: true``): nothing goes to the
   network; the record holds the folder's content hash (:mod:`mmcal.hashing`), which is what the replica
   study runs.
+
+A data set's ``release`` (a hub repository of files, e.g. the IDK set's July24-NewsVQA) is fetched by its
+own rule (:func:`download_release`) into ``data/downloads/<data set>/``, the folder its build job reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 from mmcal import hashing, plan
+from mmcal.data.registry import release_folder
 from mmcal.errors import ConfigError, DataError
 
 RESOLVED = "data/downloads/resolved.json"
@@ -157,17 +163,84 @@ def resolve(source: dict, offline: bool) -> dict:
     }
 
 
+def _check_pin(rec: dict) -> None:
+    rev = rec.get("revision")
+    if rec.get("commit") and rev and re.fullmatch(r"[0-9a-f]{40}", rev) and rec["commit"] != rev:
+        raise DataError(f"{rec['key']}: pinned revision {rev} resolved to commit {rec['commit']}")
+
+
 def download_all(study_sources: list[dict], offline: bool, out_path: str | Path) -> dict:
     """Resolve every source (:func:`sources`) and write ``out_path`` (JSON: key → record)."""
     resolved = {s["key"]: resolve(s, offline) for s in study_sources}
     for rec in resolved.values():
-        rev = rec.get("revision")
-        if rec.get("commit") and rev and re.fullmatch(r"[0-9a-f]{40}", rev) and rec["commit"] != rev:
-            raise DataError(f"{rec['key']}: pinned revision {rev} resolved to commit {rec['commit']}")
+        _check_pin(rec)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     return resolved
+
+
+def releases(config: dict) -> dict[str, dict]:
+    """The ``release`` entry of every data set a run reads, by data-set name."""
+    out = {}
+    for name in dict.fromkeys(r["dataset"] for r in plan.expand_runs(config)):
+        cfg = config["datasets"][name]
+        if release_folder(name, cfg) is not None:  # also checks the entry's shape
+            out[name] = cfg["release"]
+    return out
+
+
+def _link_tree(snapshot: Path, out_dir: Path) -> None:
+    """The snapshot's files under ``out_dir``: hard links to the cache's blobs (no second copy of a large
+    release) where the file system allows, else copies."""
+    for f in hashing.tree_files(snapshot):
+        target = out_dir / f.relative_to(snapshot)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob = f.resolve()  # cache snapshots hold symlinks to blobs
+        try:
+            os.link(blob, target)
+        except OSError:
+            shutil.copy2(blob, target)
+
+
+def download_release(
+    name: str, release: dict, offline: bool, out_dir: str | Path | None, record_path: str | Path
+) -> dict:
+    """Fetch data set ``name``'s release and write its record (JSON) to ``record_path``.
+
+    Hub (``release: {repo, revision, repo_type}``): the snapshot at ``revision`` goes to the HF cache
+    (from the cache only when ``offline``) and its files to ``out_dir``; the record holds the resolved
+    commit and the files' content hash. Local (``release: {path}``, ``out_dir`` unused): nothing is
+    fetched, copied or linked; the record holds the folder's content hash."""
+    key = f"datasets.{name}.release"
+    if release.get("path"):
+        folder = Path(release["path"])
+        if not folder.is_dir():
+            raise DataError(f"{key}: local folder {folder} does not exist")
+        record = _local_record({"key": key, "type": "dataset", "path": str(folder), "revision": None}, folder)
+    else:
+        repo_type = release.get("repo_type", "dataset")
+        if repo_type not in ("dataset", "model"):
+            raise ConfigError(f"{key}: repo_type must be 'dataset' or 'model', not {repo_type!r}")
+        source = {"key": key, "type": repo_type, "path": release["repo"], "revision": release.get("revision")}
+        if out_dir is None:
+            raise ValueError(f"{key}: a hub release needs the folder to put it in")
+        snapshot = _snapshot(source, local_only=offline)
+        out_dir = Path(out_dir)
+        _link_tree(snapshot, out_dir)
+        record = {
+            **source,
+            "mode": "local" if offline else "hub",
+            "folder": str(out_dir),
+            "commit": snapshot.name,  # snapshot folders are named by the commit they hold
+            "sha256": hashing.tree_sha256(out_dir),
+            "files": [f.relative_to(out_dir).as_posix() for f in hashing.tree_files(out_dir)],
+        }
+        _check_pin(record)
+    record_path = Path(record_path)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
 
 
 def read_resolved(path: str | Path) -> dict:
