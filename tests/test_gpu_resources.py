@@ -169,3 +169,23 @@ def test_cuda_without_a_gpu_fails_naming_the_device():
         pytest.skip("this machine has CUDA")
     with pytest.raises(MmcalError, match="device 'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_a_resource_one_model_lacks_comes_from_the_defaults_or_is_named(tmp_path):
+    wd = workflow_copy(tmp_path)
+    extra = wd / "extra.yaml"
+    extra.write_text("models:\n  smollm2:\n    resources: {mem_mb: 1000, runtime: 5}\n")
+    args = ("-n", "--cores", "1", "--configfile", "config/test.yaml", str(extra))
+    proc = run_snakemake(wd, *args, "--default-resources", "mem_mb=3000", "runtime=7")
+    res = {
+        m: dict(re.findall(r"(\w+)=([^,\s]+)", r))
+        for m, r in re.findall(r"rule score:\n.*?model=([^,\s]+).*?resources: (.*?)\n", proc.stdout, flags=re.S)
+    }
+    assert (res["smollm2"]["mem_mb"], res["smollm2"]["runtime"]) == ("1000", "5")
+    assert (res["tiny-llava-stage2"]["mem_mb"], res["tiny-llava-stage2"]["runtime"]) == ("3000", "7")
+    proc = run_snakemake(wd, *args, check=False)
+    assert proc.returncode != 0
+    # (Snakemake always has a default mem_mb; runtime has none)
+    assert "resources has no runtime (another model sets it) and there is no default-resources runtime" in (
+        proc.stdout + proc.stderr
+    )

@@ -53,7 +53,7 @@ def model_resources():
 
 
 def _model_resource(name):
-    def get(wildcards, input, threads, attempt):
+    def get(wildcards, **aux):
         own = (config["models"][wildcards.model].get("resources") or {}).get(name)
         if own is not None:
             return own
@@ -65,9 +65,8 @@ def _model_resource(name):
                 f"models.{wildcards.model}.resources has no {name} (another model sets it) and "
                 f"there is no default-resources {name}: set it for this model or as a default"
             )
-        return default.evaluate(
-            wildcards, input=input, threads=threads, attempt=attempt
-        ).value
+        # aux: what Snakemake gives a resource function (input, threads, attempt, ...)
+        return default.evaluate(wildcards, **aux).value
 
     return get
 
