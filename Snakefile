@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mmcal import plan, provenance  # noqa: E402
 from mmcal.cli import set_hub_offline  # noqa: E402
+from mmcal.engine.devices import gpu_count  # noqa: E402
 from mmcal.figures.registry import figure_plan  # noqa: E402
 from mmcal.hub import download as hub_download  # noqa: E402
 from mmcal.paper.build import table_inputs, table_parts  # noqa: E402
@@ -37,6 +38,18 @@ validate(config, "workflow/schemas/config.schema.yaml")
 # cluster job re-reads this Snakefile with the same config), so no rule passes them.
 set_hub_offline(config["offline"])
 RUNS = plan.expand_runs(config)
+# GPUs are a global resource (config `gpus`, else those detected), so a local `--cores all` runs at
+# most that many GPU jobs at once, each on its own device (_setup.py); `--resources gpu=N` overrides
+# it; a cluster allocates its own. With no GPU detected nor configured nothing is registered: jobs
+# keep their gpu request (a `device: cuda` job then fails naming the device) rather than gpu=0.
+if (
+    workflow.is_main_process
+    and workflow.local_exec
+    and "gpu" not in workflow.global_resources
+):
+    n_gpus = gpu_count(config.get("gpus"))
+    if n_gpus or config.get("gpus") is not None:
+        workflow.register_resource("gpu", n_gpus)
 
 
 # Image for `--sdm apptainer` (config key `container`, docs/setup.md: built from envs/Dockerfile).

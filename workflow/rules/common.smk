@@ -1,4 +1,5 @@
 # Helpers shared by the workflow: config lookups, the figure plan and the list of final targets.
+from mmcal.errors import ConfigError
 from mmcal.promptopt.openai_paraphraser import check_no_key
 
 # A prompt-search API key comes from the environment only: params (and so provenance) never hold it.
@@ -45,6 +46,32 @@ def score_params(wildcards):
 
 def model_gpus(wildcards):
     return int((config["models"][wildcards.model].get("resources") or {}).get("gpu", 0))
+
+
+def model_resources():
+    """The rule resources named in any model's `resources` besides gpu (mem_mb, runtime,
+    slurm_partition, ...), each read per job from the job's model entry."""
+    names = {k for m in config["models"].values() for k in (m.get("resources") or {})}
+    return {name: _model_resource(name) for name in sorted(names - {"gpu"})}
+
+
+def _model_resource(name):
+    def get(wildcards, **aux):
+        own = (config["models"][wildcards.model].get("resources") or {}).get(name)
+        if own is not None:
+            return own
+        # A model without its own value takes the run's default (e.g. the profile's default-resources).
+        defaults = workflow.resource_settings.default_resources
+        default = defaults.get(name) if defaults is not None else None
+        if default is None:
+            raise ConfigError(
+                f"models.{wildcards.model}.resources has no {name} (another model sets it) and "
+                f"there is no default-resources {name}: set it for this model or as a default"
+            )
+        # aux: what Snakemake gives a resource function (input, threads, attempt, ...)
+        return default.evaluate(wildcards, **aux).value
+
+    return get
 
 
 def all_targets():

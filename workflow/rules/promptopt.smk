@@ -17,6 +17,7 @@ rule prompt_search:
         "../../envs/models.yaml"
     threads: config["threads"]
     resources:
+        **model_resources(),
         gpu=model_gpus,
     params:
         cfg=config["promptopt"],

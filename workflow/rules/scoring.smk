@@ -14,6 +14,7 @@ rule score:
         "../../envs/models.yaml"
     threads: config["scoring"]["threads"]
     resources:
+        **model_resources(),
         gpu=model_gpus,
     params:
         cfg=score_params,

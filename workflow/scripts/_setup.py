@@ -47,6 +47,12 @@ def start(snakemake, training: bool = False) -> logging.Logger:
         force=True,
     )
     _report_user_errors_plainly(getattr(snakemake, "rule", "?"))
+    # A GPU job takes its own device before torch can initialise CUDA (mmcal.engine.devices).
+    gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)
+    if gpus:
+        from mmcal.engine.devices import claim_gpus
+
+        claim_gpus(gpus)
     threads = getattr(snakemake, "threads", None)
     if threads:
         import torch
