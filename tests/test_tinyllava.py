@@ -287,3 +287,30 @@ def test_vision_pretraining_is_deterministic(tmp_path):
     assert runs[0]["val_accuracy"] == runs[1]["val_accuracy"]
     w = [load_file(tmp_path / f"run{i}" / "model.safetensors") for i in range(2)]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+
+
+def test_stages_1_and_2_are_bit_identical_whatever_threads_the_job_was_given(tiny_build, tmp_path):
+    """The recipe's ``threads`` (not the caller's thread count) sets torch's: a rerun from the same
+    vision tower with torch set to 1 thread first gives the same stage-1 and stage-2 bits."""
+    from safetensors.torch import load_file
+
+    from mmcal.tinyllava.stage1 import train_stage1
+    from mmcal.tinyllava.stage2 import train_stage2
+
+    assert resolve_config(TINY_TEST_CONFIG)["threads"] == 2
+    assert not resolve_config(TINY_TEST_CONFIG)["stage2"]["bf16"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what Snakemake's `--cores 1` would give the job
+    try:
+        train_stage1(TINY_TEST_CONFIG, tiny_build["dirs"]["vision"], tiny_build["lm"], tmp_path / "stage1")
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        train_stage2(TINY_TEST_CONFIG, tmp_path / "stage1", tmp_path / "stage2")
+    finally:
+        torch.set_num_threads(before)
+    for stage in ("stage1", "stage2"):
+        first = load_file(tiny_build["dirs"][stage] / "model.safetensors")
+        again = load_file(tmp_path / stage / "model.safetensors")
+        assert first.keys() == again.keys()
+        different = [k for k in first if not torch.equal(first[k], again[k])]
+        assert not different, f"{stage}: {len(different)} tensors differ, e.g. {different[:3]}"
