@@ -389,6 +389,36 @@ def test_permutation_average_undoes_the_rotation():
     assert out["mean_accuracy"].iloc[0] == pytest.approx(0.25)
 
 
+def test_permutation_average_without_every_rotation_is_empty_with_its_columns(tmp_path):
+    """Only shifts 0 and 1 of a 4-option item (the test study's grid): no item is averaged, the
+    frame keeps its columns and the position-bias figure still renders the rotations it has."""
+    rows = []
+    for k in range(2):
+        rows.append(
+            {
+                "model": "m",
+                "dataset": "d",
+                "prompt": "p",
+                "readout": "letter_restricted",
+                "item_id": "x",
+                "cluster_id": "x",
+                "scenario": f"image-shift{k}" if k else "image",
+                "option_scores": list(np.log([0.7, 0.1, 0.1, 0.1])),
+                "confidence": 0.7,
+                "pred": 0,
+                "correct": k == 0,
+                "gold": (0 + k) % 4,
+                "status": "ok",
+                "meta": json.dumps({"option_shift": k} if k else {}),
+            }
+        )
+    out = F.permutation_average(pd.DataFrame(rows))
+    assert out.empty and out.attrs["left_out"] == 1
+    assert {"model", "averaged_correct", "averaged_confidence", "cluster_id"} <= set(out.columns)
+    F.plot_position_bias(pd.DataFrame(rows), tmp_path / "option_order", n_boot=10)
+    assert (tmp_path / "option_order.png").exists()
+
+
 def test_permutation_average_recovers_content_preference():
     """A model that prefers the gold *content* wherever it is put is right after averaging."""
     rows = []

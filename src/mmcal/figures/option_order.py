@@ -89,7 +89,9 @@ def permutation_average(records: pd.DataFrame) -> pd.DataFrame:
                 "averaged_correct": bool(int(np.argmax(mean_p)) == original_gold),
             }
         )
-    averaged = pd.DataFrame(out)
+    columns = [*keys, "cluster_id", "n_rotations", "mean_confidence", "mean_accuracy"]
+    # the columns even when no item was seen under all its rotations (a run with only some shifts)
+    averaged = pd.DataFrame(out, columns=[*columns, "averaged_confidence", "averaged_correct"])
     averaged.attrs["left_out"] = left_out
     return averaged
 
