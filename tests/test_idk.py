@@ -756,10 +756,15 @@ def test_dated_news_per_model_cutoffs(tmp_path):
 
 def test_released_files_are_build_inputs():
     """The llava_json / dated_news release is an input of its build job (planning shows it missing)."""
-    assert release_inputs({"builder": "llava_json", "path": "data/downloads/idk/q.json"}) == {
+    assert release_inputs("idk", {"builder": "llava_json", "path": "data/downloads/idk/q.json"}) == {
         "release": "data/downloads/idk/q.json"
     }
-    assert release_inputs({"builder": "dated_news", "path": "news.jsonl"}) == {"release": "news.jsonl"}
-    assert release_inputs({"builder": "dated_news", "path": "hf:org/news"}) == {}  # read through `datasets`
-    assert release_inputs({"builder": "hub_mcq", "hub": {"path": "lmms-lab/ScienceQA"}}) == {}
-    assert release_inputs({"builder": "fashion_mnist"}) == {}
+    # with a release (here in local mode) the inputs are its folder and the record of its hash
+    assert release_inputs("idk", {"builder": "llava_json", "release": {"path": "rel"}, "path": "q.json"}) == {
+        "release": "rel",
+        "release_record": "data/downloads/idk.resolved.json",
+    }
+    assert release_inputs("idk", {"builder": "dated_news", "path": "news.jsonl"}) == {"release": "news.jsonl"}
+    assert release_inputs("idk", {"builder": "dated_news", "path": "hf:org/news"}) == {}  # read through `datasets`
+    assert release_inputs("idk", {"builder": "hub_mcq", "hub": {"path": "lmms-lab/ScienceQA"}}) == {}
+    assert release_inputs("idk", {"builder": "fashion_mnist"}) == {}
