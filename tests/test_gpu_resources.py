@@ -162,8 +162,8 @@ def test_per_model_resources_reach_the_jobs(tmp_path):
 def test_cuda_without_a_gpu_fails_naming_the_device():
     import torch
 
-    from mmcal.engine.loading import resolve_device
     from mmcal.errors import MmcalError
+    from mmcal.torch_device import resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -96,10 +96,10 @@ def rescore_report(records_path, k: int, configfile=None, seed: int = 0) -> dict
     from mmcal import plan
     from mmcal.engine.build import engine_fingerprint
     from mmcal.engine.job import scoring_engine
-    from mmcal.engine.loading import resolve_device, resolve_dtype
     from mmcal.engine.prompts import prompt_from_config
     from mmcal.engine.scenarios import scenario_from_config
     from mmcal.items import read_items
+    from mmcal.torch_device import resolve_device, resolve_dtype
 
     records_path = Path(records_path)
     root = project_root(records_path)

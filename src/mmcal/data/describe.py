@@ -42,6 +42,7 @@ from mmcal.data.fashion_mnist import CLASSES
 from mmcal.errors import ConfigError, DataError, MmcalError
 from mmcal.image_backend import check_backend, loaded_backend
 from mmcal.items import MCItem
+from mmcal.torch_device import resolve_device, resolve_dtype
 
 MODES = ("consistent", "conflicting", "only")
 ENTRY_KEYS = (
@@ -401,27 +402,6 @@ def classify_caption(caption: str, candidates: list[int]) -> int | None:
     return named[0] if len(named) == 1 else None
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MmcalError(f"describer device {device!r} requested but CUDA is not available")
-    return device
-
-
-def _torch_dtype(dtype: str, device: str):
-    """``auto``: bf16 on CUDA, fp32 elsewhere (the scoring engine's rule); else a torch dtype name."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-        raise ConfigError(f"describer dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16, auto)")
-    return getattr(torch, dtype)
-
-
 class CaptionDescriber:
     """Captions images with an image-to-text model (``AutoModelForImageTextToText``), loaded lazily.
 
@@ -445,8 +425,8 @@ class CaptionDescriber:
         self.trust_remote_code = bool(trust_remote_code)
         self.revision = revision
         self.image_processor_backend = image_processor_backend
-        self.device = _resolve_device(device)
-        self.dtype = _torch_dtype(dtype, self.device)
+        self.device = resolve_device(device, what="describer device")
+        self.dtype = resolve_dtype(dtype, self.device, what="describer dtype")
         self.prompt = prompt
         self.max_new_tokens = int(max_new_tokens)
         self._model = None

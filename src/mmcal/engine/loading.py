@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mmcal.errors import MmcalError
 from mmcal.image_backend import check_backend, loaded_backend
+from mmcal.torch_device import resolve_device, resolve_dtype
 
 # Families whose rotary positions depend on the image layout (3-D "mrope"): their position ids are
 # rebuilt from the whole sequence, so a prefix KV cache cannot be extended by a batch of different
@@ -40,27 +41,6 @@ class LoadedModel:
     @property
     def prefix_cache_ok(self) -> bool:
         return self.model_type not in NO_PREFIX_CACHE_TYPES
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MmcalError(f"device {device!r} requested but CUDA is not available")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return getattr(torch, dtype)
-    except AttributeError:
-        raise MmcalError(f"unknown dtype {dtype!r}") from None
 
 
 # The small files of a hub repository that decide what a loaded model is, besides its weights (which the

@@ -23,9 +23,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mmcal.engine.chat import ChatFormat
-from mmcal.engine.loading import LoadedModel, model_fingerprint, resolve_device, resolve_dtype
+from mmcal.engine.loading import LoadedModel, model_fingerprint
 from mmcal.engine.scoring import Engine
 from mmcal.errors import ConfigError, MmcalError
+from mmcal.torch_device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
