@@ -33,7 +33,7 @@ from mmcal.items import MCItem, read_items, write_items
 
 @pytest.fixture(autouse=True)
 def _hash_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(tmp_path / "file_hashes.json"))
+    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(tmp_path / "file_hashes.jsonl"))
 
 
 def _image_items(folder: Path, n: int = 3) -> Path:
@@ -81,8 +81,9 @@ def test_file_hash_is_sha256_and_read_once_per_size_and_mtime(tmp_path, monkeypa
     f = tmp_path / "shard.bin"
     f.write_bytes(b"weights" * 1000)
     assert hashing.file_sha256(f) == hashlib.sha256(b"weights" * 1000).hexdigest()
-    cached = json.loads(Path(os.environ[hashing.HASH_CACHE_ENV]).read_text())
-    assert cached[str(f.resolve())]["size"] == 7000
+    lines = Path(os.environ[hashing.HASH_CACHE_ENV]).read_text().splitlines()
+    assert [json.loads(line)[0] for line in lines] == [str(f.resolve())]
+    assert json.loads(lines[0])[1]["size"] == 7000
 
     def no_read(path):
         raise AssertionError(f"{path} read again")
@@ -90,9 +91,35 @@ def test_file_hash_is_sha256_and_read_once_per_size_and_mtime(tmp_path, monkeypa
     monkeypatch.setattr(hashing, "_sha256_of", no_read)
     assert hashing.file_sha256(f) == hashlib.sha256(b"weights" * 1000).hexdigest()
     monkeypatch.undo()
-    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(tmp_path / "file_hashes.json"))
+    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(tmp_path / "file_hashes.jsonl"))
     f.write_bytes(b"other" * 1000)
     assert hashing.file_sha256(f) == hashlib.sha256(b"other" * 1000).hexdigest()
+
+
+def test_hash_cache_sees_other_jobs_entries_and_survives_damage(tmp_path, monkeypatch):
+    """Entries another job appended are used; a damaged or half-written line
+    costs only a re-hash; superseded lines are compacted away."""
+    cache = Path(os.environ[hashing.HASH_CACHE_ENV])
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"a" * 100)
+    b.write_bytes(b"b" * 100)
+    assert hashing.file_sha256(a) == hashlib.sha256(b"a" * 100).hexdigest()
+    st = b.stat()
+    entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": "f" * 64}  # a fake digest proves reuse
+    with cache.open("a") as fh:  # what another job appends, a damaged line, a line still being written
+        fh.write(json.dumps([str(b.resolve()), entry]) + "\nnot json\n" + '["half')
+    assert hashing.file_sha256(b) == "f" * 64
+    monkeypatch.setattr(hashing, "_sha256_of", lambda path: pytest.fail(f"{path} read again"))
+    assert hashing.file_sha256(a) == hashlib.sha256(b"a" * 100).hexdigest()
+    monkeypatch.undo()
+    monkeypatch.setenv(hashing.HASH_CACHE_ENV, str(cache))
+    for i in range(3):  # rewrites: each re-hash appends a superseding line
+        a.write_bytes(b"x" * (101 + i))
+        assert hashing.file_sha256(a) == hashlib.sha256(b"x" * (101 + i)).hexdigest()
+    view = hashing._caches[cache]
+    view.compact()
+    keys = [json.loads(line)[0] for line in cache.read_text().splitlines()]
+    assert sorted(keys) == sorted([str(a.resolve()), str(b.resolve())])
 
 
 def test_tree_hash_covers_every_file_and_name(tmp_path):

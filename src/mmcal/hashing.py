@@ -2,9 +2,10 @@
 
 A file's sha256 is cached under its absolute path, keyed by its size and modification time
 (``st_mtime_ns``): a file rewritten in place gets a new mtime and is hashed again. The cache is one
-JSON file, ``~/.cache/mmcal/file_hashes.json`` (``MMCAL_HASH_CACHE`` names another file); it is
-rewritten atomically and merged with what other processes wrote meanwhile, so parallel jobs only
-ever lose cache entries, never corrupt them.
+append-only JSON-lines file, ``~/.cache/mmcal/file_hashes.jsonl`` (``MMCAL_HASH_CACHE`` names another
+file): each newly hashed file adds one line, written with a single ``O_APPEND`` write, so parallel jobs
+never overwrite each other's entries, and a process reads the file once and afterwards only what
+others appended (a lookup costs a dict access, not a parse of the whole cache).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 HASH_CACHE_ENV = "MMCAL_HASH_CACHE"
@@ -20,27 +20,66 @@ _CHUNK = 1 << 24
 
 
 def hash_cache_path() -> Path:
-    return Path(os.environ.get(HASH_CACHE_ENV) or Path.home() / ".cache" / "mmcal" / "file_hashes.json")
+    return Path(os.environ.get(HASH_CACHE_ENV) or Path.home() / ".cache" / "mmcal" / "file_hashes.jsonl")
 
 
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):  # no cache yet, or a damaged one: hashes are recomputed
-        return {}
-    return data if isinstance(data, dict) else {}
+class _Cache:
+    """This process's view of one cache file: the entries read so far and where reading stopped."""
+
+    def __init__(self, path: Path):
+        self.path, self.entries, self.offset, self.inode, self.lines = path, {}, 0, None, 0
+
+    def refresh(self) -> None:
+        """Read what was appended since the last read (everything, if the file was replaced)."""
+        try:
+            with self.path.open("rb") as fh:
+                inode = os.fstat(fh.fileno()).st_ino
+                if inode != self.inode:
+                    self.entries, self.offset, self.inode, self.lines = {}, 0, inode, 0
+                fh.seek(self.offset)
+                tail = fh.read()
+        except OSError:  # no cache yet: every hash is computed
+            return
+        complete = tail[: tail.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            self.lines += 1
+            try:
+                key, entry = json.loads(line)
+            except ValueError:  # a damaged line only costs that file a re-hash
+                continue
+            self.entries[key] = entry
+
+    def append(self, new: dict) -> None:
+        data = "".join(json.dumps([k, v]) + "\n" for k, v in new.items()).encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:  # a read-only home: hashing still works, it is just not remembered
+            pass
+        self.entries.update(new)
+        self.lines += len(new)
+        if self.lines > 2 * len(self.entries) + 10_000:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rewrite the file with one line per path (re-hashed files leave superseded lines behind). A
+        process appending to the old file meanwhile loses that entry: a later re-hash, never a wrong hash."""
+        data = "".join(json.dumps([k, v]) + "\n" for k, v in self.entries.items()).encode()
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.path)
+            self.inode, self.offset, self.lines = self.path.stat().st_ino, len(data), len(self.entries)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
-def _write_cache(path: Path, new: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        merged = _read_cache(path) | new
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(merged, fh)
-        os.replace(tmp, path)
-    except OSError:  # a read-only home: hashing still works, it is just not remembered
-        pass
+_caches: dict[Path, _Cache] = {}
 
 
 def _sha256_of(path: Path) -> str:
@@ -53,12 +92,13 @@ def _sha256_of(path: Path) -> str:
 
 def _cached_hashes(files: list[Path]) -> list[str]:
     cache_file = hash_cache_path()
-    cache = _read_cache(cache_file)
+    cache = _caches.setdefault(cache_file, _Cache(cache_file))
+    cache.refresh()
     new, out = {}, []
     for f in files:
         st = f.stat()
         key = str(f.resolve())
-        entry = cache.get(key)
+        entry = cache.entries.get(key)
         if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
             out.append(entry["sha256"])
             continue
@@ -66,7 +106,7 @@ def _cached_hashes(files: list[Path]) -> list[str]:
         new[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
         out.append(digest)
     if new:
-        _write_cache(cache_file, new)
+        cache.append(new)
     return out
 
 
