@@ -24,7 +24,7 @@ SCRIPTS = ROOT / "workflow" / "scripts"
 
 @pytest.fixture(autouse=True)
 def _own_hash_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMCAL_HASH_CACHE", str(tmp_path / "hash-cache.json"))
+    monkeypatch.setenv("MMCAL_HASH_CACHE", str(tmp_path / "hash-cache.jsonl"))
 
 
 def test_file_and_tree_hashes_and_the_stat_cache(tmp_path):
@@ -39,7 +39,8 @@ def test_file_and_tree_hashes_and_the_stat_cache(tmp_path):
     assert hashing.tree_sha256(tmp_path / "tree") == tree
     (tmp_path / "tree" / ".snakemake_timestamp").touch()  # Snakemake's marker is not content
     assert hashing.tree_sha256(tmp_path / "tree") == tree
-    cache = json.loads(Path(os.environ["MMCAL_HASH_CACHE"]).read_text())
+    lines = Path(os.environ["MMCAL_HASH_CACHE"]).read_text().splitlines()
+    cache = dict(json.loads(line) for line in lines)
     assert cache[str(a.resolve())] == {"size": a.stat().st_size, "mtime_ns": a.stat().st_mtime_ns, "sha256": ha}
 
     # Same size and mtime: the cached hash is trusted (no re-read) ...
