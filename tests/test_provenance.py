@@ -174,3 +174,33 @@ def test_api_key_only_from_the_environment(tmp_path, monkeypatch, caplog):
     for p in written:
         assert secret.encode() not in p.read_bytes(), p
     assert secret not in caplog.text
+
+
+def test_jobs_of_a_workflow_copy_run_and_record_its_own_src(tmp_path):
+    """A checkout's jobs import that checkout's mmcal, even where the venv's mmcal is another checkout's
+    (Snakemake's preamble appends its search path, this src among it, after the installed package)."""
+    import subprocess
+    import sys
+
+    from conftest import SNAKEMAKE, workflow_copy
+
+    wd = workflow_copy(tmp_path)
+    edited = wd / "src" / "mmcal" / "errors.py"
+    edited.write_text(edited.read_text() + "# this copy's edit\n")
+    (wd / "Probe.smk").write_text(
+        'include: "Snakefile"\n\n\nrule probe_import:\n    output:\n        "probe.json",\n'
+        '    script:\n        "probe.py"\n'
+    )
+    (wd / "probe.py").write_text(
+        "import json, sys\n"
+        "sys.path.insert(0, snakemake.scriptdir + '/workflow/scripts')\n"
+        "import _setup\n"
+        "import mmcal.errors\n"
+        "json.dump({'file': mmcal.errors.__file__}, open(snakemake.output[0], 'w'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # the other checkout, first on the job's path
+    cmd = [SNAKEMAKE, "-s", "Probe.smk", "probe.json", "--cores", "1", "--configfile", "config/test.yaml"]
+    done = subprocess.run(cmd, cwd=wd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((wd / "probe.json").read_text())["file"] == str(edited)
+    assert sys.modules["mmcal.errors"].__file__ != str(edited)

@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-if str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+# First, not just present: Snakemake's preamble appends its own sys.path (this src among it) after the
+# job's, where an installed mmcal (the venv's editable install of another checkout) would win.
+sys.path.insert(0, str(SRC))
+if "mmcal" in sys.modules and not Path(sys.modules["mmcal"].__file__).resolve().is_relative_to(SRC):
+    raise RuntimeError(f"mmcal was imported from {sys.modules['mmcal'].__file__} before the workflow's own {SRC}")
 _started: float | None = None
 
 

@@ -48,13 +48,21 @@ def write_model_card(
     evaluation: dict,
     config: dict,
 ) -> Path:
-    """``README.md`` with what the stage is, what it was trained on, its losses and accuracy."""
+    """``README.md`` with what the stage is, what it was trained on, its losses and accuracy.
+
+    Timings (``*_seconds``) stay out: the card is part of the checkpoint folder, whose content hash is the
+    records' ``model_fingerprint``, so a card that said how long this run took would make two runs with
+    identical weights write different records. They are in the job's log and benchmark file."""
+
+    def untimed(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not k.endswith("_seconds")}
+
     text = "\n\n".join(
         [
             f"# {title}",
             description.strip(),
-            "## Training\n\n" + _table(facts),
-            "## Held-out evaluation\n\n" + _table(evaluation),
+            "## Training\n\n" + _table(untimed(facts)),
+            "## Held-out evaluation\n\n" + _table(untimed(evaluation)),
             "![training curve](training_curve.png)",
             "## Configuration\n\n```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```",
             "Training data, per class and by image index: `training_manifest.json`.",

