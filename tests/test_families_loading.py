@@ -107,7 +107,7 @@ def test_hash_cache_sees_other_jobs_entries_and_survives_damage(tmp_path, monkey
     st = b.stat()
     entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": "f" * 64}  # a fake digest proves reuse
     with cache.open("a") as fh:  # what another job appends, a damaged line, a line still being written
-        fh.write(json.dumps([str(b.resolve()), entry]) + "\nnot json\n" + '["half')
+        fh.write(json.dumps([str(b.resolve()), entry]) + "\nnot json\n7\n" + '["half')
     assert hashing.file_sha256(b) == "f" * 64
     monkeypatch.setattr(hashing, "_sha256_of", lambda path: pytest.fail(f"{path} read again"))
     assert hashing.file_sha256(a) == hashlib.sha256(b"a" * 100).hexdigest()

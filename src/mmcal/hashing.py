@@ -46,7 +46,7 @@ class _Cache:
             self.lines += 1
             try:
                 key, entry = json.loads(line)
-            except ValueError:  # a damaged line only costs that file a re-hash
+            except (ValueError, TypeError):  # a damaged line only costs that file a re-hash
                 continue
             self.entries[key] = entry
 
