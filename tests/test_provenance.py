@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -179,9 +181,6 @@ def test_api_key_only_from_the_environment(tmp_path, monkeypatch, caplog):
 def test_jobs_of_a_workflow_copy_run_and_record_its_own_src(tmp_path):
     """A checkout's jobs import that checkout's mmcal, even where the venv's mmcal is another checkout's
     (Snakemake's preamble appends its search path, this src among it, after the installed package)."""
-    import subprocess
-    import sys
-
     from conftest import SNAKEMAKE, workflow_copy
 
     wd = workflow_copy(tmp_path)

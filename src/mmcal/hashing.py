@@ -23,6 +23,11 @@ def hash_cache_path() -> Path:
     return Path(os.environ.get(HASH_CACHE_ENV) or Path.home() / ".cache" / "mmcal" / "file_hashes.jsonl")
 
 
+def _as_lines(entries: dict) -> bytes:
+    """Cache entries as the file holds them: one JSON ``[path, entry]`` per line."""
+    return "".join(json.dumps([k, v]) + "\n" for k, v in entries.items()).encode()
+
+
 class _Cache:
     """This process's view of one cache file: the entries read so far and where reading stopped."""
 
@@ -51,7 +56,7 @@ class _Cache:
             self.entries[key] = entry
 
     def append(self, new: dict) -> None:
-        data = "".join(json.dumps([k, v]) + "\n" for k, v in new.items()).encode()
+        data = _as_lines(new)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -69,7 +74,7 @@ class _Cache:
     def compact(self) -> None:
         """Rewrite the file with one line per path (re-hashed files leave superseded lines behind). A
         process appending to the old file meanwhile loses that entry: a later re-hash, never a wrong hash."""
-        data = "".join(json.dumps([k, v]) + "\n" for k, v in self.entries.items()).encode()
+        data = _as_lines(self.entries)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             tmp.write_bytes(data)
