@@ -209,6 +209,8 @@ def test_a_cache_folder_in_the_params_is_not_a_source(tmp_path, monkeypatch):
     """A `datasets` cache that later jobs fill is not what the job read: recording it as a source made
     `--verify` flag the build as changed (seen on the replica study)."""
     monkeypatch.chdir(tmp_path)
+    # an earlier test in this process may have imported the SmolLM2 converter, which adds its GGUF
+    monkeypatch.delitem(sys.modules, "mmcal.tinyllava.smollm2", raising=False)
     (tmp_path / "release").mkdir()
     (tmp_path / "release" / "data.json").write_text("[]")
     (tmp_path / "cache").mkdir()
