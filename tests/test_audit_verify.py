@@ -55,7 +55,7 @@ def _downstream(root: Path, seeds: set[str]) -> set[str]:
 
 def _audit(*args: str, root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "mmcal.cli", "audit", "--root", str(root), *args]
+    cmd = [sys.executable, "-m", "mmcal", "audit", "--root", str(root), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
 
 
