@@ -213,8 +213,7 @@ def test_a_cache_folder_in_the_params_is_not_a_source(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "mmcal.tinyllava.smollm2", raising=False)
     (tmp_path / "release").mkdir()
     (tmp_path / "release" / "data.json").write_text("[]")
-    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "datasets").mkdir(parents=True)
     params = {"cfg": {"hub": {"path": "release/data.json", "cache_dir": "cache/datasets"}}}
-    (tmp_path / "cache" / "datasets").mkdir()
     sources = provenance.raw_sources(params, set())
     assert [s["path"] for s in sources] == ["release/data.json"]

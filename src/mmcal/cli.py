@@ -178,7 +178,3 @@ def main(argv=None) -> int:
     except MmcalError as exc:
         print(f"mmcal: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
