@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mmcal import plan, provenance  # noqa: E402
 from mmcal.cli import set_hub_offline  # noqa: E402
+from mmcal.engine import parity  # noqa: E402
 from mmcal.engine.devices import gpu_count  # noqa: E402
 from mmcal.figures.registry import figure_plan  # noqa: E402
 from mmcal.hub import download as hub_download  # noqa: E402
@@ -38,6 +39,9 @@ validate(config, "workflow/schemas/config.schema.yaml")
 # cluster job re-reads this Snakefile with the same config), so no rule passes them.
 set_hub_offline(config["offline"])
 RUNS = plan.expand_runs(config)
+# Two models compared on the same data set, scenario and prompt must be shown the same text (a base LLM
+# and its MLLM): checked now, or, for a hub model's own template, by the download job once it has the files.
+PARITY_AFTER_DOWNLOAD = parity.check_comparisons(config)
 # GPUs are a global resource (config `gpus`, else those detected), so a local `--cores all` runs at
 # most that many GPU jobs at once, each on its own device (_setup.py); `--resources gpu=N` overrides
 # it; a cluster allocates its own. With no GPU detected nor configured nothing is registered: jobs

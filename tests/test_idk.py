@@ -412,7 +412,7 @@ def test_llava_malformed_records_are_rejected_with_reasons(tmp_path):
             "conversations": [{"from": "human", "value": "<image>\nNo options here"}, {"from": "gpt", "value": "A"}],
         },
         {"id": "m4", "image": "images/q1.png", "conversations": [good[0]["conversations"][0]]},
-        {"image": "images/q1.png", "conversations": good[0]["conversations"]},
+        {"image": "images/q1.png", "conversations": [{"value": good[0]["conversations"][0]["value"]}]},
     ]
     path = tmp_path / "llava_idk.json"  # the fixture's name: item sources name the file
     path.write_text(json.dumps(good + broken))
@@ -421,12 +421,18 @@ def test_llava_malformed_records_are_rejected_with_reasons(tmp_path):
         {"index": 5, "id": "m1", "reason": "'conversations' must be a non-empty list of turns"},
         {"index": 6, "id": "m3", "reason": "found 0 lettered options ('A. x', 'A) x' or '(A) x'), need at least 2"},
         {"index": 7, "id": "m4", "reason": "no answer turn (from='gpt') after the question"},
-        {"index": 8, "id": None, "reason": "missing 'id'"},
+        {
+            "index": 8,
+            "id": None,
+            "reason": "no answer turn (turns have no 'from' roles, so the second turn is the answer)",
+        },
     ]
     assert (report["n_records"], report["n_rejected"], len(items)) == (9, 4, 5)
     clean, _ = read_llava_conversation_json(FIXTURES / "llava_idk.json", FIXTURES, "j", "test")
     assert [it.to_dict() for it in items] == [it.to_dict() for it in clean]
-    with pytest.raises(DataError, match=r"4 malformed record\(s\) rejected \(44.4% of 9 records.*record #8: missing"):
+    with pytest.raises(
+        DataError, match=r"4 malformed record\(s\) rejected \(44.4% of 9 records.*record #8: no answer turn"
+    ):
         read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=0.44)
     with pytest.raises(ConfigError, match="max_rejected must be in"):
         read_llava_conversation_json(path, FIXTURES, "j", "test", max_rejected=1.5)
@@ -768,3 +774,50 @@ def test_released_files_are_build_inputs():
     assert release_inputs("idk", {"builder": "dated_news", "path": "hf:org/news"}) == {}  # read through `datasets`
     assert release_inputs("idk", {"builder": "hub_mcq", "hub": {"path": "lmms-lab/ScienceQA"}}) == {}
     assert release_inputs("idk", {"builder": "fashion_mnist"}) == {}
+
+
+def test_llava_json_reads_records_as_the_reference_does():
+    """The shape the reference's TS.py reads: no 'id', no 'from' roles (turns by position), a bare letter
+    as the answer (TS.py compares `answer == decoded letter`)."""
+    path = FIXTURES / "llava_idk_ts_shape.json"
+    items, report = read_llava_conversation_json(path, FIXTURES, "news", "test", answer="letter", max_rejected=0.5)
+    assert (report["n_records"], report["n_rejected"], len(items)) == (5, 2, 3)
+    assert report["rejected"] == [
+        {"index": 2, "id": None, "reason": "the answer turn 'D.' is not an option letter (answer: letter)"},
+        {
+            "index": 3,
+            "id": None,
+            "reason": "no answer turn (turns have no 'from' roles, so the second turn is the answer)",
+        },
+    ]
+    assert [it.item_id for it in items] == ["news-record0", "news-record1", "news-record4"]
+    first = items[0]
+    assert first.options == ["Spain", "England", "France", "I don't know"] and first.gold == 3
+    assert first.metadata["idk_index"] == 3 and first.metadata["answerable"] is False
+    raw = json.loads(path.read_text())
+    assert first.metadata["human_turn"] == raw[0]["conversations"][0]["value"]  # kept as the file has it
+    # PT.py reads answer[0]: "D." is D there; the default rule also reads it
+    for rule in ("first_char", "auto"):
+        items, report = read_llava_conversation_json(path, FIXTURES, "news", "test", answer=rule, max_rejected=0.5)
+        assert report["n_rejected"] == 1 and [it.gold for it in items] == [3, 2, 3, 3]
+    with pytest.raises(ConfigError, match="answer must be one of auto, letter, first_char"):
+        read_llava_conversation_json(path, FIXTURES, "news", "test", answer="letters")
+
+
+def test_a_release_folder_with_other_file_names_fails_naming_what_it_holds(tmp_path):
+    release = tmp_path / "release"
+    (release / "imgs" / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(release / "imgs" / "images" / "news1.png")
+    (release / "test.json").write_text((FIXTURES / "llava_idk_ts_shape.json").read_text())
+    cfg = {"builder": "llava_json", "release": {"path": str(release)}, "path": "questions.json", "image_root": "images"}
+    with pytest.raises(DataError) as err:
+        build_items("news-idk", cfg, tmp_path / "out", CONTEXT)
+    message = str(err.value)
+    assert "datasets.news-idk.path: 'questions.json' is no file of the release" in message
+    assert "datasets.news-idk.image_root: 'images' is no folder of the release" in message
+    assert "test.json: a list of 5 records with keys ['conversations', 'image']" in message
+    assert "imgs/images/: 1 images" in message
+    # set as the message says, it builds
+    fixed = {**cfg, "path": "test.json", "image_root": "imgs", "answer": "letter", "max_rejected": 0.5}
+    items, report = build_items("news-idk", fixed, tmp_path / "out", CONTEXT)
+    assert len(items) == 3 and report["n_rejected"] == 2 and report["n_missing_images"] == 0

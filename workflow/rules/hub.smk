@@ -18,11 +18,15 @@ rule download:
             "offline": config["offline"],
             "sources": hub_download.sources(config),
         },
+        # comparisons whose models' own templates are read once downloaded (mmcal.engine.parity)
+        parity=parity.deferred_check_slice(config, PARITY_AFTER_DOWNLOAD),
     script:
         "../scripts/download.py"
 
 
 import re
+
+from mmcal.data.registry import release_layout
 
 # data sets with a release (mmcal.hub.download.download_release): a hub one is snapshot into
 # data/downloads/<data set>/; a local one (release.path, the replica study) is only hashed, its folder the input
@@ -49,6 +53,7 @@ if HUB_RELEASES:
             "../../envs/models.yaml"
         params:
             release=lambda wildcards: config["datasets"][wildcards.dataset]["release"],
+            layout=lambda wildcards: release_layout(config["datasets"][wildcards.dataset]),
             offline=config["offline"],
         script:
             "../scripts/download_release.py"
@@ -74,6 +79,7 @@ if LOCAL_RELEASES:
             "../../envs/models.yaml"
         params:
             release=lambda wildcards: RELEASES[wildcards.dataset],
+            layout=lambda wildcards: release_layout(config["datasets"][wildcards.dataset]),
             offline=config["offline"],
         script:
             "../scripts/download_release.py"

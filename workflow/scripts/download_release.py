@@ -16,6 +16,7 @@ rec = download_release(
     sm.params.offline,
     dict(sm.output.items()).get("folder"),  # hash_release (local mode) has no folder output
     sm.output.record,
+    dict(sm.params.layout),  # the data set's path / image_root, checked against what the release holds
 )
 log.info("%s: %s (%s) commit %s sha256 %s", rec["key"], rec["path"], rec["mode"], rec.get("commit"), rec["sha256"])
 finish(snakemake)  # noqa: F821

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmcal.data.release_layout import LAYOUT_KEYS, inspect_release
 from mmcal.errors import ConfigError
 from mmcal.items import MCItem, read_items, write_items
 
@@ -126,7 +127,15 @@ def build_items(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> B
     builder = cfg.get("builder")
     if builder not in known:
         raise ConfigError(f"data set {name!r}: unknown builder {builder!r}; known builders: {', '.join(known)}")
+    folder = release_folder(name, cfg)
+    if folder is not None:  # the configured file names must be the release's own (else: what it holds)
+        inspect_release(name, folder, release_layout(cfg))
     return known[builder](name, with_release_paths(name, cfg), out_dir, context)
+
+
+def release_layout(cfg: dict) -> dict:
+    """The keys of a data set entry that name things inside its release folder."""
+    return {k: cfg.get(k) for k in LAYOUT_KEYS}
 
 
 def manifest(items: list[MCItem], content_hash: str, cfg: dict) -> dict:

@@ -138,6 +138,13 @@ BUILTIN_FORMATS = {
 }
 
 
+def reference_format(chat_format: ChatFormat) -> ChatFormat:
+    """The format of a reference-protocol prompt: the reference study's raw text, whatever the model's format;
+    a family whose processor itself ends the prompt (PaliGemma: "\n", then the answer) keeps its format,
+    which is that raw text already."""
+    return chat_format if chat_format.processor_adds_separator else BUILTIN_FORMATS["raw"]
+
+
 def format_from_key(model_name: str, value: str) -> ChatFormat:
     """``models.<name>.chat_template``: a built-in's name or a Jinja file (joined to the answer prefix as the
     model's own templates are, with no separator)."""

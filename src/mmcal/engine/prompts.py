@@ -13,7 +13,14 @@ per item and its KV cache reused.
 ``prompt_format``: ``chat`` (the model's own or configured chat format) or ``reference``: the reference
 study's released code, whatever the model's chat format: no template and no system prompt, the
 processor's image token on its own line, the user's text, then "\n" + the answer prefix (the built-in
-``raw`` format of :mod:`mmcal.engine.chat`).
+``raw`` format of :mod:`mmcal.engine.chat`). The reference's two scripts differ in one character:
+``temperature_scaling/TS.py`` puts the instruction on its own line (``reference``), while
+``prompt_tuning/PT.py`` glues it to the question's last line (``reference-pt``).
+
+``question``: ``parsed`` (default) renders the item's question and its lettered options with
+``option_format``; ``verbatim`` renders the data set's own question turn as it stands in the file (the
+reference study passed the release's human turn to the model unchanged), for items that keep it
+(``metadata["human_turn"]``, set by the ``llava_json`` builder).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from mmcal.errors import ConfigError
 from mmcal.items import MCItem
 
 DEFAULT_INSTRUCTION = "Please provide the option letter directly."
-PROMPT_FORMATS = ("chat", "reference")
+# what goes between the question (with its options) and the instruction, per prompt format
+INSTRUCTION_JOINERS = {"chat": "\n", "reference": "\n", "reference-pt": ""}
+PROMPT_FORMATS = tuple(INSTRUCTION_JOINERS)
+QUESTION_MODES = ("parsed", "verbatim")
 
 
 @dataclass(frozen=True)
@@ -41,13 +51,20 @@ class PromptVariant:
     preamble: str = ""  # text placed before the question (e.g. an IDK hint)
     system: str | None = None
     prompt_format: str = "chat"
+    question: str = "parsed"
+
+    @property
+    def is_reference(self) -> bool:
+        """Rendered as the reference study's raw text, whatever the model's chat format."""
+        return self.prompt_format != "chat"
 
     def prompt_hash(self) -> str:
-        """Hash of what changes the rendered text. The default ``chat`` format is left out so that the
-        hashes (and records) of chat prompts are those written before the key existed."""
+        """Hash of what changes the rendered text. Keys at their defaults that came later (``chat``
+        format, ``parsed`` question) are left out, so the hashes (and records) of earlier prompts stay."""
         fields = {k: v for k, v in asdict(self).items() if k != "name"}
-        if fields["prompt_format"] == "chat":
-            del fields["prompt_format"]
+        for key, default in (("prompt_format", "chat"), ("question", "parsed")):
+            if fields[key] == default:
+                del fields[key]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -61,9 +78,32 @@ def prompt_from_config(name: str, cfg: dict | None) -> PromptVariant:
     fmt = cfg.get("prompt_format", "chat")
     if fmt not in PROMPT_FORMATS:
         raise ConfigError(f"prompts.{name}.prompt_format: {fmt!r} is not one of {', '.join(PROMPT_FORMATS)}")
-    if fmt == "reference" and cfg.get("system"):
+    if fmt != "chat" and cfg.get("system"):
         raise ConfigError(f"prompts.{name}: the reference format has no system prompt; remove 'system'")
+    if cfg.get("question", "parsed") not in QUESTION_MODES:
+        raise ConfigError(f"prompts.{name}.question: {cfg['question']!r} is not one of {', '.join(QUESTION_MODES)}")
     return PromptVariant(name=name, **cfg)
+
+
+# LLaVA-format question turns mark the image with this placeholder; the engine places the image itself
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def verbatim_turn(item: MCItem, prompt: PromptVariant) -> str:
+    """The data set's own question turn as it is in the file, only its image placeholder (with the newline
+    after it) removed: the format places the image."""
+    turn = item.metadata.get("human_turn")
+    if not isinstance(turn, str):
+        raise ConfigError(
+            f"prompts.{prompt.name}.question: verbatim needs the data set's own question turn, which item "
+            f"{item.item_id!r} does not keep (only llava_json sets keep it); use question: parsed"
+        )
+    if item.metadata.get("option_shift"):
+        raise ConfigError(
+            f"prompts.{prompt.name}.question: verbatim shows the options in the file's order, so it cannot be "
+            f"scored under an option shift (item {item.item_id!r})"
+        )
+    return turn.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
 
 
 def question_text(item: MCItem, prompt: PromptVariant, context: str | None = None) -> str:
@@ -73,12 +113,16 @@ def question_text(item: MCItem, prompt: PromptVariant, context: str | None = Non
         lines.append(prompt.preamble)
     if context:
         lines.append(context)
-    lines.append(item.question)
-    for i, opt in enumerate(item.options):
-        lines.append(prompt.option_format.format(letter=LETTERS[i], text=opt))
+    if prompt.question == "verbatim":
+        lines.append(verbatim_turn(item, prompt))
+    else:
+        lines.append(item.question)
+        for i, opt in enumerate(item.options):
+            lines.append(prompt.option_format.format(letter=LETTERS[i], text=opt))
+    text = "\n".join(lines)
     if prompt.instruction:
-        lines.append(prompt.instruction)
-    return "\n".join(lines)
+        text += INSTRUCTION_JOINERS[prompt.prompt_format] + prompt.instruction
+    return text
 
 
 def build_messages(item: MCItem, prompt: PromptVariant, with_image: bool, context: str | None = None) -> list[dict]:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mmcal import LETTERS
-from mmcal.engine.chat import BUILTIN_FORMATS, OWN, ChatFormat, render_prompt
+from mmcal.engine.chat import OWN, ChatFormat, reference_format, render_prompt
 from mmcal.engine.forward import Encoded, Forward, ForwardError, is_out_of_memory
 from mmcal.engine.loading import LoadedModel
 from mmcal.engine.prompts import PromptVariant, build_messages
@@ -93,7 +93,7 @@ class Engine:
     ):
         self.lm = lm
         self.prompt = prompt
-        self.chat_format = self.reference_format(chat_format) if prompt.prompt_format == "reference" else chat_format
+        self.chat_format = self.reference_format(chat_format) if prompt.is_reference else chat_format
         chat_format = self.chat_format
         opened = ""
         if chat_format.answer_separator:  # a probe prompt ending like every item's: the instruction
@@ -113,10 +113,8 @@ class Engine:
         self._fitting_size = self.batch_size  # lowered when a batch runs out of memory
 
     def reference_format(self, chat_format: ChatFormat) -> ChatFormat:
-        """The reference study's format: the same raw text for every model (an adapter may have its own).
-        A family whose processor itself ends the prompt (PaliGemma: "\n", then the answer) keeps its format,
-        which is that raw text already."""
-        return chat_format if chat_format.processor_adds_separator else BUILTIN_FORMATS["raw"]
+        """The reference study's format (an adapter may have its own)."""
+        return reference_format(chat_format)
 
     # ---- encoding -----------------------------------------------------------------------
     def _add_special(self, text: str) -> bool:

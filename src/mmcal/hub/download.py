@@ -29,6 +29,7 @@ from pathlib import Path
 
 from mmcal import hashing, plan
 from mmcal.data.registry import release_folder
+from mmcal.data.release_layout import inspect_release
 from mmcal.errors import ConfigError, DataError
 
 RESOLVED = "data/downloads/resolved.json"
@@ -204,14 +205,20 @@ def _link_tree(snapshot: Path, out_dir: Path) -> None:
 
 
 def download_release(
-    name: str, release: dict, offline: bool, out_dir: str | Path | None, record_path: str | Path
+    name: str,
+    release: dict,
+    offline: bool,
+    out_dir: str | Path | None,
+    record_path: str | Path,
+    layout: dict | None = None,
 ) -> dict:
     """Fetch data set ``name``'s release and write its record (JSON) to ``record_path``.
 
     Hub (``release: {repo, revision, repo_type}``): the snapshot at ``revision`` goes to the HF cache
     (from the cache only when ``offline``) and its files to ``out_dir``; the record holds the resolved
     commit and the files' content hash. Local (``release: {path}``, ``out_dir`` unused): nothing is
-    fetched, copied or linked; the record holds the folder's content hash."""
+    fetched, copied or linked; the record holds the folder's content hash. ``layout`` (the data set's
+    ``path`` / ``image_root``) is then checked against what the release holds, which the record lists."""
     key = f"datasets.{name}.release"
     if release.get("path"):
         folder = Path(release["path"])
@@ -237,6 +244,7 @@ def download_release(
             "files": [f.relative_to(out_dir).as_posix() for f in hashing.tree_files(out_dir)],
         }
         _check_pin(record)
+    record["contents"] = inspect_release(name, record["folder"], layout or {})
     record_path = Path(record_path)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -96,6 +96,13 @@ def parse_answer(value: str, options: list[str], where: str) -> int:
     return index
 
 
+# How the gold letter is read from the answer turn (``answer:``), per release:
+#   auto        the turn is an option's text or a letter ("A", "(A)", "A.", "A) text"), as LLaVA-style files write it
+#   letter      the turn is exactly one letter, as the reference's TS.py compares it (``answer == decoded letter``)
+#   first_char  the turn's first character is the letter, as the reference's PT.py reads it (``answer[0]``)
+ANSWER_RULES = ("auto", "letter", "first_char")
+
+
 def _turn_index(conv: list, roles: tuple[str, ...], start: int = 0) -> int | None:
     for i in range(start, len(conv)):
         if isinstance(conv[i], dict) and conv[i].get("from") in roles:
@@ -104,20 +111,47 @@ def _turn_index(conv: list, roles: tuple[str, ...], start: int = 0) -> int | Non
 
 
 def _conversation_turns(rec: dict, where: str) -> tuple[str, str]:
-    """(question text, answer text): the first human turn and the first answer turn after it."""
+    """(question text, answer text). With roles (``from``): the first human turn and the first answer turn
+    after it. Without any role: the first two turns, by position, as the reference's TS.py/PT.py read
+    ``conversations[0]['value']`` and ``conversations[1]['value']``."""
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise DataError(f"{where}: 'conversations' must be a non-empty list of turns")
-    human = _turn_index(conv, ("human", "user"))
-    if human is None:
-        raise DataError(f"{where}: no turn with from='human'")
-    answer = _turn_index(conv, ("gpt", "assistant"), start=human + 1)
-    if answer is None:
-        raise DataError(f"{where}: no answer turn (from='gpt') after the question")
+    if not all(isinstance(turn, dict) for turn in conv):
+        raise DataError(f"{where}: every turn of 'conversations' must be an object with a 'value'")
+    if any("from" in turn for turn in conv):
+        human = _turn_index(conv, ("human", "user"))
+        if human is None:
+            raise DataError(f"{where}: no turn with from='human'")
+        answer = _turn_index(conv, ("gpt", "assistant"), start=human + 1)
+        if answer is None:
+            raise DataError(f"{where}: no answer turn (from='gpt') after the question")
+    else:
+        if len(conv) < 2:
+            raise DataError(f"{where}: no answer turn (turns have no 'from' roles, so the second turn is the answer)")
+        human, answer = 0, 1
     value = conv[human].get("value")
     if not isinstance(value, str):
         raise DataError(f"{where}: the human turn has no text 'value'")
     return value, conv[answer].get("value")
+
+
+def gold_from_answer(value, options: list[str], where: str, rule: str = "auto") -> int:
+    """The gold index from the answer turn under a release's ``answer`` rule (:data:`ANSWER_RULES`)."""
+    if rule == "auto":
+        return parse_answer(value, options, where)
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{where}: empty answer turn")
+    letter = value if rule == "letter" else value[0]
+    if letter not in LETTERS:
+        shown = "the answer turn" if rule == "letter" else "the answer turn's first character"
+        raise DataError(f"{where}: {shown} {letter!r} is not an option letter (answer: {rule})")
+    index = LETTERS.index(letter)
+    if index >= len(options):
+        raise DataError(
+            f"{where}: answer letter {letter} but only {len(options)} options (A-{LETTERS[len(options) - 1]})"
+        )
+    return index
 
 
 def parse_llava_record(
@@ -128,21 +162,23 @@ def parse_llava_record(
     idk_text: str,
     gold_mode: str,
     check_images: bool,
+    answer_rule: str = "auto",
 ) -> dict:
     """Fields of one conversation record; a problem raises RejectedRecord naming the record."""
     rid = rec.get("id") if isinstance(rec, dict) else None
     where = record_where(f"{path}: record", index, rid)
     try:
-        return {"index": index, **_llava_fields(rec, rid, where, image_root, idk_text, gold_mode, check_images)}
+        fields = _llava_fields(rec, where, image_root, idk_text, gold_mode, check_images, answer_rule)
     except DataError as exc:
         raise RejectedRecord.from_error(exc, where, index, rid) from None
+    # the reference reads records by position and never their id: a record without one is known by its index
+    record_id = f"record{index}" if rid in (None, "") else str(rid)
+    return {"index": index, "id": record_id, **fields}
 
 
-def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: str, check_images: bool) -> dict:
+def _llava_fields(rec, where: str, image_root, idk_text: str, gold_mode: str, check_images: bool, answer_rule) -> dict:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
-    if rid in (None, ""):
-        raise DataError(f"{where}: missing 'id'")
     image = rec.get("image")
     if not isinstance(image, str) or not image.strip():
         raise DataError(f"{where}: missing 'image'")
@@ -151,7 +187,7 @@ def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: st
     missing = str(img_path) if check_images and not img_path.is_file() else None
     human, answer = _conversation_turns(rec, where)
     question, options, instruction = parse_mc_prompt(human, where)
-    file_gold = parse_answer(answer, options, where)
+    file_gold = gold_from_answer(answer, options, where, answer_rule)
     idk = [i for i, o in enumerate(options) if is_idk_text(o, idk_text)]
     if len(idk) > 1:
         raise DataError(f"{where}: several IDK options {[LETTERS[i] for i in idk]}")
@@ -160,7 +196,6 @@ def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: st
         raise DataError(f"{where}: gold='idk' but no option reads like {idk_text!r}")
     gold = idk_index if gold_mode == "idk" else file_gold
     return {
-        "id": str(rid),
         "image": image,
         "question": question,
         "options": options,
@@ -168,6 +203,7 @@ def _llava_fields(rec, rid, where: str, image_root, idk_text: str, gold_mode: st
         "file_gold": file_gold,
         "idk_index": idk_index,
         "instruction": instruction,
+        "human_turn": human,
         "image_missing": missing,
     }
 
@@ -185,11 +221,16 @@ def read_llava_conversation_json(
     check_images: bool = True,
     strict: bool = False,
     max_rejected: float = MAX_REJECTED,
+    answer: str = "auto",
 ) -> tuple[list[MCItem], dict]:
     """Items from a LLaVA-style conversation JSON file (the released IDK format).
 
     Each record: ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n
-    Question\\nA. ...\\nB. ..."}, {"from": "gpt", "value": "A"}]}``. Options may be written
+    Question\\nA. ...\\nB. ..."}, {"from": "gpt", "value": "A"}]}``. ``id`` is optional (a record without
+    one is ``record<index>``) and so are the ``from`` roles (then the first turn is the question and the
+    second the answer, as the reference's scripts read them). ``answer`` says how the gold letter is read
+    from the answer turn (:data:`ANSWER_RULES`). The question turn is kept as it is in the file
+    (``metadata['human_turn']``) for prompts with ``question: verbatim``. Options may be written
     ``A. x``, ``A) x``, ``A: x`` or ``(A) x`` (one per line, or inline). The IDK option is found by
     text (``idk_text`` or "I don't know"/"I do not know", any case) and stored as
     ``metadata['idk_index']``. ``gold="file"`` keeps the file's answer; ``gold="idk"`` makes the IDK
@@ -206,6 +247,8 @@ def read_llava_conversation_json(
     """
     if gold not in ("file", "idk"):
         raise ConfigError(f"gold must be 'file' or 'idk', not {gold!r}")
+    if answer not in ANSWER_RULES:
+        raise ConfigError(f"answer must be one of {', '.join(ANSWER_RULES)}, not {answer!r}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"IDK conversation file {path} does not exist")
@@ -215,7 +258,7 @@ def read_llava_conversation_json(
     root = None if image_root is None else Path(image_root)
     parsed, report = screen_records(
         data,
-        lambda rec, i: parse_llava_record(rec, i, path, root, idk_text, gold, check_images),
+        lambda rec, i: parse_llava_record(rec, i, path, root, idk_text, gold, check_images, answer),
         str(path),
         strict=strict,
         max_rejected=max_rejected,
@@ -249,6 +292,7 @@ def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCI
             "idk_text": idk_text,
             "file_answer_index": p["file_gold"],
             "instruction": p["instruction"],
+            "human_turn": p["human_turn"],
             "record_id": p["id"],
             **unscorable,
         },
@@ -258,9 +302,9 @@ def _llava_item(p: dict, dataset, split, image_rel, idk_text, path: Path) -> MCI
 @register("llava_json")
 def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> tuple[list[MCItem], dict]:
     """Config adapter: ``path``, ``image_root`` (default: the file's folder), ``split``, ``calib_fraction``,
-    ``gold`` (``file``: the release's answer is the gold, ``idk``: the IDK option is), ``strict``,
-    ``max_rejected``. A set with no unknowable item (a release that stores the true answers, read
-    with ``gold: file``) is an error naming the file."""
+    ``gold`` (``file``: the release's answer is the gold, ``idk``: the IDK option is), ``answer`` (how the
+    answer turn names the gold: :data:`ANSWER_RULES`), ``strict``, ``max_rejected``. A set with no unknowable
+    item (a release that stores the true answers, read with ``gold: file``) is an error naming the file."""
     path = require(cfg, "path", name)
     image_root = cfg.get("image_root", str(Path(path).parent))
     items, report = read_llava_conversation_json(
@@ -275,6 +319,7 @@ def build_llava_json(name: str, cfg: dict, out_dir: Path, context: BuildContext)
         seed=context.seed,
         strict=bool(cfg.get("strict", False)),
         max_rejected=float(cfg.get("max_rejected", MAX_REJECTED)),
+        answer=cfg.get("answer", "auto"),
     )
     require_unknowable(items, name, "llava_json", path)
     return items, report
