@@ -4,6 +4,7 @@
 rule recalibrate:
     input:
         records=recalibration_records(),
+        fit_records=recalibration_fit_records(),
     output:
         table=report(
             "data/metrics/recalibration.csv",

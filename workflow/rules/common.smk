@@ -4,6 +4,15 @@ from mmcal.promptopt.openai_paraphraser import check_no_key
 
 # A prompt-search API key comes from the environment only: params (and so provenance) never hold it.
 check_no_key(config["promptopt"].get("paraphraser"))
+for _key, _section in (("prompt", "prompts"), ("scenario", "scenarios")):
+    if (
+        config["promptopt"]["enabled"]
+        and config["promptopt"][_key] not in config[_section]
+    ):
+        raise ConfigError(
+            f"promptopt.{_key}: {config['promptopt'][_key]!r} is not one of the config's {_section} "
+            f"{sorted(config[_section])}"
+        )
 
 
 def dataset_cfg(name):
@@ -115,6 +124,27 @@ def recalibration_records():
         ]
     )
     return [plan.records_path(r) for r in targets]
+
+
+def recalibration_fit_records():
+    """With `recalibration.fit_scenario`, the records each target is fitted on: its model, data set and
+    prompt scored under that scenario, on calib (the reference fitted its temperature on text-only prompts).
+    """
+    scenario = config["recalibration"]["fit_scenario"]
+    if not scenario:
+        return []
+    scored = {(r["model"], r["dataset"], r["scenario"], r["prompt"]): r for r in RUNS}
+    out = []
+    for path in recalibration_records():
+        model, dataset, _, prompt = path.split("/")[2:6]
+        run = scored.get((model, dataset, scenario, prompt.removesuffix(".parquet")))
+        if run is None or "calib" not in run["splits"]:
+            raise ConfigError(
+                f"recalibration.fit_scenario: {scenario!r}: no run scores {model}/{dataset}/{scenario}/"
+                f"{prompt.removesuffix('.parquet')} on calib, which the target {path} would be fitted on"
+            )
+        out.append(plan.records_path(run))
+    return sorted(set(out))
 
 
 FIGURES = figure_plan(config, RUNS)

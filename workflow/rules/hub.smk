@@ -53,7 +53,9 @@ if HUB_RELEASES:
             "../../envs/models.yaml"
         params:
             release=lambda wildcards: config["datasets"][wildcards.dataset]["release"],
-            layout=lambda wildcards: release_layout(config["datasets"][wildcards.dataset]),
+            layout=lambda wildcards: release_layout(
+                config["datasets"][wildcards.dataset]
+            ),
             offline=config["offline"],
         script:
             "../scripts/download_release.py"
@@ -79,7 +81,9 @@ if LOCAL_RELEASES:
             "../../envs/models.yaml"
         params:
             release=lambda wildcards: RELEASES[wildcards.dataset],
-            layout=lambda wildcards: release_layout(config["datasets"][wildcards.dataset]),
+            layout=lambda wildcards: release_layout(
+                config["datasets"][wildcards.dataset]
+            ),
             offline=config["offline"],
         script:
             "../scripts/download_release.py"

@@ -21,6 +21,9 @@ rule prompt_search:
         gpu=model_gpus,
     params:
         cfg=config["promptopt"],
+        prompt=[config["promptopt"]["prompt"], config["promptopt"]["scenario"]],
+        prompt_cfg=config["prompts"].get(config["promptopt"]["prompt"]) or {},
+        scenario_cfg=config["scenarios"].get(config["promptopt"]["scenario"]) or {},
         model_cfg=lambda wildcards: config["models"][wildcards.model],
         device=config["device"],
         dtype=config["dtype"],

@@ -13,6 +13,8 @@ from mmcal.records import read_records, write_records  # noqa: E402
 sm = snakemake  # noqa: F821
 cfg, m = sm.params.cfg, sm.params.metrics
 records = read_records(list(sm.input.records))
+# recalibration.fit_scenario: each target is fitted on its twin scored under that scenario
+fit_records = read_records(list(sm.input.fit_records)) if sm.input.fit_records else None
 table, params, recalibrated = recalibration_study(
     records,
     cfg["readouts"],
@@ -20,11 +22,12 @@ table, params, recalibrated = recalibration_study(
     B=int(m["bootstrap"]),
     seed=int(sm.params.seed),
     level=float(m["level"]),
+    fit_records=fit_records,
 )
 table.to_csv(sm.output.table, index=False)
-split_robustness(records, cfg["readouts"], ["temperature"], int(cfg["n_seeds"]), seed=int(sm.params.seed)).to_csv(
-    sm.output.splits, index=False
-)
+split_robustness(
+    records, cfg["readouts"], ["temperature"], int(cfg["n_seeds"]), seed=int(sm.params.seed), fit_records=fit_records
+).to_csv(sm.output.splits, index=False)
 with open(sm.output.params, "w") as fh:
     json.dump(params, fh, indent=2)
 write_records(recalibrated, sm.output.records)

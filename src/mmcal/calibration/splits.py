@@ -85,9 +85,13 @@ def repeated_splits(
     readout_mode: str | None = None,
     metrics_fn: Callable[..., dict] | None = None,
     allow_mixed: bool = False,
+    fit_df: pd.DataFrame | None = None,
     **kw,
 ) -> pd.DataFrame:
     """Re-split the pool K times by cluster, fit on calib, evaluate on test; one row per seed and stage.
+
+    ``fit_df``: fit on its rows of the calib clusters instead (the same items scored another way, e.g.
+    without the image: ``recalibration.fit_scenario``).
 
     The pool is the 'ok' rows of ``readout`` with known gold whose ``split`` is in ``pool_splits``
     (None: every split). For seeds seed, seed+1, ..., seed+n_seeds-1 it returns two rows: stage
@@ -99,10 +103,12 @@ def repeated_splits(
     """
     metrics_fn = metrics_fn or compute_all
     pool, mode = rows_to_fit(records_df, readout, pool_splits, allow_mixed, readout_mode)
+    fit_pool = pool if fit_df is None else rows_to_fit(fit_df, readout, pool_splits, allow_mixed, mode)[0]
     out = []
     for s in range(seed, seed + n_seeds):
         split = calib_test_split(pool, frac_calib, s)
-        calib, test = pool[split.calib_mask], pool[split.test_mask]
+        test = pool[split.test_mask]
+        calib = fit_pool[fit_pool["cluster_id"].isin(list(split.calib_clusters))]
         recal = make_recalibrator(method, readout_mode=mode, **kw)
         recal.fit(*records_to_scores(calib, mode))
         z, gold = records_to_scores(test, mode)

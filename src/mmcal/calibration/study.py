@@ -103,10 +103,20 @@ def _blocks(chunks, size: int):
 
 
 def recalibrate_group(
-    rows: pd.DataFrame, readout: str, methods, B: int, seed: int, level: float, p_bootstrap: int = P_BOOTSTRAP
+    rows: pd.DataFrame,
+    readout: str,
+    methods,
+    B: int,
+    seed: int,
+    level: float,
+    p_bootstrap: int = P_BOOTSTRAP,
+    fit_rows: pd.DataFrame | None = None,
 ):
-    """One (model, dataset, scenario, prompt) × readout: returns (table rows, params, test frames)."""
-    calib, test = labelled_rows(rows, readout, "calib"), labelled_rows(rows, readout, "test")
+    """One (model, dataset, scenario, prompt) × readout: returns (table rows, params, test frames). The
+    recalibrators are fitted on the calib rows of ``fit_rows`` (another scenario of the same model, data set
+    and prompt) when given, else of ``rows``."""
+    fit_rows = rows if fit_rows is None else fit_rows
+    calib, test = labelled_rows(fit_rows, readout, "calib"), labelled_rows(rows, readout, "test")
     if calib.empty or test.empty:
         raise DataError(f"needs scored calib and test rows ({len(calib)} calib, {len(test)} test)")
     key = tuple(rows.iloc[0][c] for c in RUN_KEYS)
@@ -115,11 +125,11 @@ def recalibrate_group(
     clusters = test["cluster_id"].to_numpy()
     frames = {"none": test.assign(recalibrator="none")}
     out_rows, params, afters = [], {}, {}
-    base = dict(zip(RUN_KEYS, key), readout=readout)
+    base = dict(zip(RUN_KEYS, key), readout=readout, fit_scenario=str(fit_rows.iloc[0]["scenario"]))
     stats_none = metric_cis(**before, cluster_ids=clusters, B=B, seed=gseed, level=level, keys=TABLE_METRICS)
     out_rows.append({**base, "recalibrator": "none", "params": "{}", **stats_none, "accuracy_unchanged": True})
     for method in methods:
-        recal = fit_on_records(rows, method, readout, split="calib")
+        recal = fit_on_records(fit_rows, method, readout, split="calib")
         after_df = apply_to_records(test, recal)
         after = afters[method] = metric_arrays(after_df)
         stats_after = metric_cis(**after, cluster_ids=clusters, B=B, seed=gseed, level=level, keys=TABLE_METRICS)
@@ -154,13 +164,33 @@ def recalibrate_group(
     return out_rows, params, frames
 
 
+def fit_group(rows: pd.DataFrame, fit_records: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The rows a group's recalibrators are fitted on: its twin in ``fit_records`` (same model, data set and
+    prompt; ``recalibration.fit_scenario``), or None (its own rows)."""
+    if fit_records is None:
+        return None
+    first = rows.iloc[0]
+    twin = select(fit_records, model=first["model"], dataset=first["dataset"], prompt=first["prompt"])
+    if twin.empty:
+        raise DataError(f"no records to fit {first['model']}/{first['dataset']}/{first['prompt']} on")
+    return twin
+
+
 def recalibration_study(
-    records: pd.DataFrame, readouts, methods, B=1000, seed=0, level=0.95, p_bootstrap: int = P_BOOTSTRAP
+    records: pd.DataFrame,
+    readouts,
+    methods,
+    B=1000,
+    seed=0,
+    level=0.95,
+    p_bootstrap: int = P_BOOTSTRAP,
+    fit_records: pd.DataFrame | None = None,
 ):
     """Every group × readout that has calib and test rows. Returns (table, params, recalibrated).
 
     ``B``: bootstrap replicates of the intervals; ``p_bootstrap``: of the Holm-corrected ECE test
-    (module docstring).
+    (module docstring). ``fit_records``: the records each group is fitted on instead of its own calib rows
+    (:func:`fit_group`).
     """
     table, params, frames = [], {}, []
     for key, rows in records.groupby(list(RUN_KEYS), sort=True):
@@ -169,7 +199,8 @@ def recalibration_study(
                 continue
             label = f"{_group_label(key)}/{readout}"
             try:
-                t, p, f = recalibrate_group(rows, readout, methods, B, seed, level, p_bootstrap)
+                fit_rows = fit_group(rows, fit_records)
+                t, p, f = recalibrate_group(rows, readout, methods, B, seed, level, p_bootstrap, fit_rows)
             except DataError as exc:
                 log.warning("recalibration skipped for %s: %s", label, exc)
                 continue
@@ -195,7 +226,9 @@ def recalibration_study(
     return df, params, recalibrated
 
 
-def split_robustness(records: pd.DataFrame, readouts, methods, n_seeds: int, seed: int = 0) -> pd.DataFrame:
+def split_robustness(
+    records: pd.DataFrame, readouts, methods, n_seeds: int, seed: int = 0, fit_records: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Repeated random cluster-level calib/test splits: mean and CI of post-calibration metrics."""
     out = []
     for key, rows in records.groupby(list(RUN_KEYS), sort=True):
@@ -203,7 +236,8 @@ def split_robustness(records: pd.DataFrame, readouts, methods, n_seeds: int, see
             if select(scorable(rows), readout=readout).empty:
                 continue
             for method in methods:
-                per_seed = repeated_splits(rows, method, readout, n_seeds=n_seeds, seed=seed)
+                fit_df = fit_group(rows, fit_records)
+                per_seed = repeated_splits(rows, method, readout, n_seeds=n_seeds, seed=seed, fit_df=fit_df)
                 summary = summarise_splits(per_seed)
                 for col, val in zip(RUN_KEYS, key):
                     summary[col] = val

@@ -33,6 +33,7 @@ DEFAULTS = {
     "n_calib": 200,
     "n_test": 1000,
     "ci_bootstrap": 1000,  # cluster-bootstrap replicates for the test-split intervals
+    "band_rule": "floor",  # "reference": the reference's int(accuracy // 0.2) (mmcal.promptopt.ranking)
 }
 
 
@@ -45,16 +46,17 @@ def search_engine(
     dtype: str,
     batch_size: int,
     image_root: str | Path,
+    prompt: PromptVariant | None = None,
 ):
     """The engine the search scores candidates with: the model loaded as the scoring job loads it,
-    the default prompt (candidates replace its answer prefix), the letter readout only."""
+    ``prompt`` (default: the default prompt; candidates replace its answer prefix), the letter readout only."""
     return build_engine(
         model_name,
         model_entry,
         path=path,
         device=device,
         dtype=dtype,
-        prompt=PromptVariant(),
+        prompt=prompt or PromptVariant(),
         readouts=["letter_restricted"],
         batch_size=batch_size,
         image_root=image_root,
@@ -117,6 +119,7 @@ def run_prompt_search(
         k=int(cfg["k"]),
         seed=seed,
         cache=cfg.get("cache_dir", out_dir / "cache"),
+        band_rule=cfg["band_rule"],
     )
     result.to_frame().to_csv(out_dir / "trajectory.csv", index=False)
     (out_dir / "search.json").write_text(result.to_json())

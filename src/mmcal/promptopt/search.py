@@ -19,7 +19,7 @@ from mmcal.errors import ConfigError, MmcalError
 from mmcal.promptopt.base import Paraphraser
 from mmcal.promptopt.cache import CandidateCache
 from mmcal.promptopt.paraphrasers import make_paraphraser, propose_paraphrases
-from mmcal.promptopt.ranking import DEFAULT_BAND_WIDTH, accuracy_band, rank_key
+from mmcal.promptopt.ranking import BAND_RULES, DEFAULT_BAND_WIDTH, accuracy_band, rank_key
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ def run_search(
     seed: int = 0,
     cache: CandidateCache | str | Path | None = None,
     band_width: float = DEFAULT_BAND_WIDTH,
+    band_rule: str = "floor",
 ) -> SearchResult:
     """Run the search; ``paraphraser`` is an instance or a config dict (default: smollm2).
 
@@ -168,6 +169,8 @@ def run_search(
     if score_fn is None:
         raise ConfigError("prompt search needs a score_fn")
     seeds = _check_arguments(seeds, rounds, m, k, band_width)
+    if band_rule not in BAND_RULES:
+        raise ConfigError(f"prompt search: band_rule must be one of {', '.join(BAND_RULES)}, got {band_rule!r}")
     para = make_paraphraser(paraphraser)
     if isinstance(cache, (str, Path)):
         cache = CandidateCache(cache)
@@ -189,7 +192,9 @@ def run_search(
             scorer.score(list(pool))
             ranked = sorted(
                 pool,
-                key=lambda t: rank_key(t, scorer.scores[t]["accuracy"], scorer.scores[t]["ece_10"], band_width),
+                key=lambda t: rank_key(
+                    t, scorer.scores[t]["accuracy"], scorer.scores[t]["ece_10"], band_width, band_rule
+                ),
             )
             survivors = ranked[:k]
             for rank, text in enumerate(ranked, 1):
@@ -202,7 +207,7 @@ def run_search(
                         text=text,
                         accuracy=s["accuracy"],
                         ece_10=s["ece_10"],
-                        band=accuracy_band(s["accuracy"], band_width),
+                        band=accuracy_band(s["accuracy"], band_width, band_rule),
                         survived=rank <= k,
                         source=source,
                         parent=parent,
@@ -230,6 +235,7 @@ def run_search(
         "k": k,
         "seed": seed,
         "band_width": band_width,
+        "band_rule": band_rule,
         "paraphraser": {
             "kind": para.kind,
             "fingerprint": para.fingerprint(),
