@@ -4,12 +4,12 @@ image-processor backend chosen and recorded, and fingerprints from the files' co
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,14 +57,14 @@ def _image_items(folder: Path, n: int = 3) -> Path:
     return folder / "items.jsonl"
 
 
-def _score(entry, items, out, **kw):
+def _score(entry, items, out, scenario=None, **kw):
     return score_to_records(
         "m",
         entry,
         "toy",
         items,
         out,
-        Scenario(),
+        scenario or Scenario(),
         PromptVariant(),
         readouts=["letter_restricted", "letter_full_vocab"],
         splits=["test"],
@@ -315,41 +315,38 @@ def test_describer_passes_its_loading_keys(monkeypatch, tmp_path):
         describe.CaptionDescriber("org/captioner", image_processor_backend="torchvision")._load()
 
 
-# ---- Qwen-VL-Chat adapter -----------------------------------------------------------------------------
-# Stand-ins of the documented interface of Qwen-VL-Chat's remote code (tokenization_qwen.py and
-# modeling_qwen.py, read in x1ngzai/Qwen-VL-Chat-Int4@1cd721a2; not copied). NOT the real remote code.
+# ---- Qwen-VL-Chat and Qwen-7B adapters --------------------------------------------------------------------
+# Stand-ins of the remote interface of Qwen-VL-Chat / Qwen-7B (tokenization_qwen.py and modeling_qwen.py of
+# x1ngzai/Qwen-VL-Chat-Int4@1cd721a2 and zhangningboo/Qwen-7B@ffe04dd; not copied). NOT the remote code. The
+# tokenizers are either a byte stand-in or the replicas of tests/replicas/qwen_remote.py, whose ids equal the real
+# remote tokenizers' (tests/oracles/test_oracle_qwen_tokenizer.py).
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(f"<|extra_{i}|>" for i in range(205))]
 SPECIALS += ["<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<img>", "</img>", "<imgpad>"]
-QWEN_PAT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 N_RANKS = 151643
+sys.path.insert(0, str(Path(__file__).parent / "replicas"))
 
 
-def _real_ranks():
-    """Qwen-VL's own BPE (qwen.tiktoken from the replica cache, tests/replicas) through tiktoken, if both exist."""
-    tiktoken = pytest.importorskip("tiktoken")
-    root = Path(os.environ.get("MMCAL_REPLICA_CACHE") or Path.home() / ".cache" / "mmcal" / "replicas")
-    path = root / "qwen-vl-chat" / "qwen.tiktoken"
-    if not path.is_file():
-        pytest.skip(f"{path} not fetched (python tests/replicas/fetch.py qwen-vl-chat)")
-    ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in path.read_bytes().splitlines() if line)}
-    special = {s: N_RANKS + i for i, s in enumerate(SPECIALS)}
-    enc = tiktoken.Encoding("qwen-vl-standin", pat_str=QWEN_PAT, mergeable_ranks=ranks, special_tokens=special)
-    return lambda text: enc.encode(text, allowed_special="all")
+def _replica_tokenizer(vl: bool = True, list_format_space: bool = True):
+    import build
+    import qwen_remote
+
+    try:
+        return qwen_remote.replica(vl=vl, list_format_space=list_format_space)
+    except build.ReplicaMissing as exc:
+        pytest.skip(f"replica sources not fetched: {exc}")
 
 
 class StandInQwenTokenizer:
-    """Stand-in of QWenTokenizer's documented behaviour: specials numbered from 151643, ``<img>PATH</img>``
-    becoming <img>, the path's bytes as ids, <imgpad> up to 256, </img>. Plain text goes through
-    ``encode_text`` (the real ranks with tiktoken, else one id per byte, a stand-in vocabulary)."""
+    """Stand-in of QWenTokenizer's documented behaviour with a stand-in vocabulary (one id per byte): specials
+    numbered from 151643, ``<img>PATH</img>`` becoming <img>, the path's bytes as ids, <imgpad> up to 256, </img>.
+    It has no from_list_format: the adapter then writes the text itself."""
 
     bos_token = None
 
-    def __init__(self, encode_text=None):
+    def __init__(self):
         self.special = {s: N_RANKS + i for i, s in enumerate(SPECIALS)}
         self.img_start_id, self.img_end_id, self.img_pad_id = (self.special[t] for t in ("<img>", "</img>", "<imgpad>"))
-        self.encode_text = encode_text or (lambda text: list(text.encode("utf-8")))
+        self.eod_id = self.special["<|endoftext|>"]
 
     def encode(self, text: str) -> list[int]:
         ids = []
@@ -360,7 +357,7 @@ class StandInQwenTokenizer:
                     raise ValueError("The content in <img>..</img> is too long")
                 ids += [self.img_start_id, *url, *[self.img_pad_id] * (256 - len(url)), self.img_end_id]
             elif piece:
-                ids += self.encode_text(piece)
+                ids += list(piece.encode("utf-8"))
         return ids
 
     def __call__(self, text, add_special_tokens=True, return_tensors=None):
@@ -409,7 +406,8 @@ class StandInQwenVLModel(torch.nn.Module):
         emb = self.wte(input_ids)
         for b, row in enumerate(input_ids.tolist()):
             for a, e in qwen_vl.image_spans(row):
-                path = bytes(row[a + 1 : e][: row[a + 1 : e].index(start + 2)]).decode("utf-8")
+                inner = row[a + 1 : e - 1]  # as modeling_qwen.py reads it: input_ids[a + 1 : b - 1], up to <imgpad>
+                path = bytes(inner[: inner.index(start + 2)]).decode("utf-8")
                 self.opened.append(path)
                 with Image.open(path) as im:
                     pixels = torch.tensor(np.asarray(im.convert("RGB")), dtype=torch.float32).mean((0, 1)) / 255
@@ -420,44 +418,65 @@ class StandInQwenVLModel(torch.nn.Module):
 
 def test_reference_prompt_is_from_list_format_then_the_text():
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?\n(A) x"}]}]
-    assert qwen_vl.reference_prompt(messages, ["/d/im.png"]) == "Picture 1:<img>/d/im.png</img>\nQ?\n(A) x"
+    assert qwen_vl.reference_prompt(messages, ["/d/im.png"]) == "Picture 1: <img>/d/im.png</img>\nQ?\n(A) x"
     system = [{"role": "system", "content": [{"type": "text", "text": "S."}]}] + messages
-    assert qwen_vl.reference_prompt(system, ["p"]) == "S.\nPicture 1:<img>p</img>\nQ?\n(A) x"
+    assert qwen_vl.reference_prompt(system, ["p"]) == "S.\nPicture 1: <img>p</img>\nQ?\n(A) x"
+    assert qwen_vl.reference_prompt(messages, ["p"], lambda parts: repr(parts)) == repr(
+        [{"image": "p"}, {"text": "Q?\n(A) x"}]
+    )
 
 
-def test_real_qwen_ranks_letters_and_prefix():
-    """With the real qwen.tiktoken ranks: letters A-E are single tokens after "Answer: (", and the
-    image span is 258 ids (<img>, 256 positions, </img>)."""
-    encode = _real_ranks()
-    tok = StandInQwenTokenizer(encode)
-    head = encode("Please provide the option letter directly.\nAnswer: (")
+def test_real_qwen_ids_letters_and_image_span():
+    """With the replica of the real tokenizer: letters A-E are single tokens after "Answer: (", and the image span
+    is 258 ids (<img>, 256 positions, </img>) that the model reads back."""
+    tok = _replica_tokenizer()
+    head = tok.encode("Please provide the option letter directly.\nAnswer: (")
     for k, letter in enumerate("ABCDE"):
-        full = encode("Please provide the option letter directly.\nAnswer: (" + letter)
+        full = tok.encode("Please provide the option letter directly.\nAnswer: (" + letter)
         assert full[: len(head)] == head and full[len(head) :] == [32 + k]  # byte-level ranks: "A" = 65 - 33
-    ids = tok.encode("Picture 1:<img>/tmp/a.png</img>\nQ")
+    ids = tok.encode(tok.from_list_format([{"image": "/tmp/a.png"}, {"text": "Q"}]))
     s, e = qwen_vl.image_spans(ids)[0]
     assert (ids[s], ids[e], e - s - 1) == (151857, 151858, 256)
     assert qwen_vl.path_in_ids(ids, s, e) == "/tmp/a.png"
 
 
-@pytest.mark.parametrize("ranks", ["byte stand-in", "qwen.tiktoken"])
-def test_adapter_scores_through_the_engine_with_a_stand_in_model(tmp_path, monkeypatch, ranks):
+def _load_stand_ins(monkeypatch, tok, model, seen: list | None = None):
     import transformers
 
-    tok = StandInQwenTokenizer(_real_ranks() if ranks == "qwen.tiktoken" else None)
-    model = StandInQwenVLModel()
-    seen = []
-
     def tokenizer_from(path, **kw):
-        seen.append(kw["trust_remote_code"])
+        if seen is not None:
+            seen.append(kw["trust_remote_code"])
         return tok
 
     def model_from(path, **kw):
-        seen.append(kw["trust_remote_code"])
+        if seen is not None:
+            seen.append(kw["trust_remote_code"])
         return model
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer_from)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from)
+
+
+def _letter_logprobs(model, tok, text: str, n: int):
+    """Independent computation: the reference's whole text tokenised at once, last-position letter logits."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tok.encode(text)])).logits[0, -1]
+    letters = [tok.encode("Answer: (" + c)[-1] for c in "ABCDE"[:n]]
+    return (
+        torch.log_softmax(logits[letters].double(), -1).tolist(),
+        torch.log_softmax(logits.double(), -1)[letters].tolist(),
+    )
+
+
+@pytest.mark.parametrize("tokenizer", ["byte stand-in", "replica", "replica, GitHub upload's from_list_format"])
+def test_adapter_scores_through_the_engine_with_a_stand_in_model(tmp_path, monkeypatch, tokenizer):
+    if tokenizer == "byte stand-in":
+        tok = StandInQwenTokenizer()  # no from_list_format: the adapter writes "Picture 1: <img>" itself
+    else:
+        tok = _replica_tokenizer(list_format_space=tokenizer == "replica")
+    model = StandInQwenVLModel()
+    seen = []
+    _load_stand_ins(monkeypatch, tok, model, seen)
     ckpt = tmp_path / "qwen-vl-chat"
     ckpt.mkdir()
     (ckpt / "config.json").write_text("{}")
@@ -471,44 +490,138 @@ def test_adapter_scores_through_the_engine_with_a_stand_in_model(tmp_path, monke
     df = pd.read_parquet(tmp_path / "r.parquet")
     assert "/" not in df["model_fingerprint"].iloc[0]  # no image processor: the model reads the file
     assert model.opened == [str((tmp_path / "data" / f"im{i}.png").resolve()) for i in range(3)]
-    # independent computation: the reference's whole text, tokenised at once, last-position letter logits
+    tag = "Picture 1:<img>" if tokenizer.endswith("from_list_format") else "Picture 1: <img>"  # the tokenizer's own
     for i in range(3):
         path = str((tmp_path / "data" / f"im{i}.png").resolve())
         text = (
-            f"Picture 1:<img>{path}</img>\nWhich colour is {i}?\n(A) red\n(B) green\n(C) blue\n"
+            f"{tag}{path}</img>\nWhich colour is {i}?\n(A) red\n(B) green\n(C) blue\n"
             "Please provide the option letter directly.\nAnswer: ("
         )
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([tok.encode(text)])).logits[0, -1]
-        letters = [tok.encode("Answer: (" + c)[-1] for c in "ABC"]
-        expected = torch.log_softmax(logits[letters].double(), -1).tolist()
+        restricted, full = _letter_logprobs(model, tok, text, 3)
         row = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_restricted")].iloc[0]
-        assert row["option_scores"] == pytest.approx(expected, abs=1e-5)
-        full = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_full_vocab")].iloc[0]
-        assert full["option_scores"] == pytest.approx(
-            torch.log_softmax(logits.double(), -1)[letters].tolist(), abs=1e-5
+        assert row["option_scores"] == pytest.approx(restricted, abs=1e-5)
+        row = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_full_vocab")].iloc[0]
+        assert row["option_scores"] == pytest.approx(full, abs=1e-5)
+
+
+class StandInQwenLM(StandInQwenVLModel):
+    """Stand-in of Qwen-7B's QWenLMHeadModel: the same forward, no visual part (config without ``visual``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(model_type="qwen", max_position_embeddings=8192)
+
+    def forward(self, input_ids=None, **kwargs):
+        assert not qwen_vl.image_spans(input_ids[0].tolist()), "an LLM is given image ids"
+        emb = self.wte(input_ids)
+        causal = emb.cumsum(1) / torch.arange(1, emb.shape[1] + 1)[None, :, None]
+        return SimpleNamespace(logits=self.lm_head(torch.tanh(causal)))
+
+
+def test_qwen_lm_adapter_scores_qwen7b_text_only(tmp_path, monkeypatch):
+    """Qwen-7B through adapter qwen-lm: its remote interface (stand-in model, replica tokenizer), the text the
+    text-only Qwen-VL-Chat sees, scores equal to an independent computation."""
+    tok, model = _replica_tokenizer(vl=False), StandInQwenLM()
+    seen = []
+    _load_stand_ins(monkeypatch, tok, model, seen)
+    (tmp_path / "ckpt").mkdir()
+    items = _image_items(tmp_path / "data")
+    entry = {"path": str(tmp_path / "ckpt"), "adapter": "qwen-lm", "trust_remote_code": True, "kind": "llm"}
+    with pytest.raises(ConfigError, match="no chat template of its own"):  # the raw prompt must be asked for
+        _score(entry, items, tmp_path / "x.parquet", scenario=Scenario("text", image=False))
+    entry["chat_template"] = "raw"
+    with pytest.raises(ConfigError, match="adapter qwen-lm is a text LLM"):
+        _score({**entry, "kind": "mllm"}, items, tmp_path / "x.parquet", scenario=Scenario("text", image=False))
+    stats = _score(entry, items, tmp_path / "r.parquet", scenario=Scenario("text", image=False))
+    assert stats["ok"] == 3 and seen == [True, True]
+    df = pd.read_parquet(tmp_path / "r.parquet")
+    assert "/" not in df["model_fingerprint"].iloc[0]
+    for i in range(3):
+        text = (
+            f"Which colour is {i}?\n(A) red\n(B) green\n(C) blue\nPlease provide the option letter directly.\nAnswer: ("
         )
+        restricted, full = _letter_logprobs(model, tok, text, 3)
+        row = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_restricted")].iloc[0]
+        assert row["option_scores"] == pytest.approx(restricted, abs=1e-5)
+        row = df[(df["item_id"] == f"i{i}") & (df["readout"] == "letter_full_vocab")].iloc[0]
+        assert row["option_scores"] == pytest.approx(full, abs=1e-5)
 
 
-def test_adapter_records_an_image_path_too_long_for_the_model(tmp_path, monkeypatch):
-    import transformers
+def test_qwen_lm_and_qwen_vl_chat_see_the_same_text_only_prompt(tmp_path, monkeypatch):
+    """Base LLM vs MLLM, text only: both engines render and tokenise the item identically."""
+    items = read_items(_image_items(tmp_path / "data", n=1))
+    scenario = Scenario("text", image=False)
+    (tmp_path / "ckpt").mkdir()
+    out = {}
+    for adapter, vl, model in (("qwen-lm", False, StandInQwenLM()), ("qwen-vl-chat", True, StandInQwenVLModel())):
+        tok = _replica_tokenizer(vl=vl)
+        _load_stand_ins(monkeypatch, tok, model)
+        entry = {"path": str(tmp_path / "ckpt"), "adapter": adapter, "trust_remote_code": True, "chat_template": "raw"}
+        engine = build_engine(
+            adapter,
+            entry,
+            device="cpu",
+            dtype="float32",
+            prompt=PromptVariant(),
+            readouts=["letter_restricted"],
+            batch_size=1,
+            image_root=tmp_path / "data",
+        )
+        enc = engine.encode(0, items[0], scenario)
+        out[adapter] = (engine.render(items[0], scenario), enc.prefix_ids)
+    assert out["qwen-lm"] == out["qwen-vl-chat"]
+    assert out["qwen-lm"][0].endswith("Please provide the option letter directly.\nAnswer: (")
 
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda p, **kw: StandInQwenTokenizer())
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda p, **kw: StandInQwenVLModel())
+
+def _image_at(folder: Path, n_bytes: int) -> Path:
+    """A small PNG at an absolute path of exactly ``n_bytes`` UTF-8 bytes, under directories of <= 200 bytes."""
+    base = folder.resolve()
+    pad = n_bytes - len(str(base).encode()) - len("/im.png")  # bytes of the "name/" directory segments
+    assert pad == 0 or pad >= 2
+    parts = []
+    while pad > 0:
+        take = min(pad - 1, 200)
+        if pad - (take + 1) == 1:  # never leave one byte: no directory name is empty
+            take -= 1
+        parts.append("d" * take)
+        pad -= take + 1
+    path = base.joinpath(*parts, "im.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(path)
+    assert len(str(path).encode()) == n_bytes
+    return path
+
+
+def test_adapter_records_image_paths_the_model_cannot_read(tmp_path, monkeypatch):
+    """A path of 254 bytes is scored; 255 bytes (the model's slice misses the only <imgpad>) and a name not in NFC
+    (the tokenizer normalises it, the model would open another file) are unscorable rows, and the job goes on."""
+    monkeypatch.setattr(transformers_auto(), "from_pretrained", lambda p, **kw: StandInQwenTokenizer())
+    model = StandInQwenVLModel()
+    monkeypatch.setattr(transformers_auto("AutoModelForCausalLM"), "from_pretrained", lambda p, **kw: model)
     items = _image_items(tmp_path / "data", n=1)
-    deep = tmp_path / "data" / ("d" * 120) / ("e" * 120)
-    deep.mkdir(parents=True)
-    shutil.copy(tmp_path / "data" / "im0.png", deep / "im0.png")
-    long_item = MCItem(
-        "long", "long", "Which?", ["a", "b"], 0, "test", "toy", image=str(deep.relative_to(items.parent) / "im0.png")
-    )
-    write_items([*read_items(items), long_item], items)
+    root = items.parent
+    nfd = root / "cafe\u0301.png"  # "é" as e + combining accent
+    shutil.copy(root / "im0.png", nfd)
+    extra = []
+    for name, path in (("b254", _image_at(root / "a", 254)), ("b255", _image_at(root / "b", 255)), ("nfd", nfd)):
+        extra.append(MCItem(name, name, "Which?", ["a", "b"], 0, "test", "toy", image=str(path.relative_to(root))))
+    write_items([*read_items(items), *extra], items)
     (tmp_path / "ckpt").mkdir()
     entry = {"path": str(tmp_path / "ckpt"), "adapter": "qwen-vl-chat", "trust_remote_code": True}
     stats = _score(entry, items, tmp_path / "r.parquet", max_unscorable=0.0)
-    assert (stats["ok"], stats["unscorable"]) == (1, 1)
-    df = pd.read_parquet(tmp_path / "r.parquet")
-    assert df[df["item_id"] == "long"]["status"].str.startswith("prompt too long: image path of").all()
+    assert (stats["ok"], stats["unscorable"]) == (2, 2)
+    df = pd.read_parquet(tmp_path / "r.parquet").set_index("item_id")
+    assert df.loc["b254", "status"].iloc[0] == "ok"
+    assert [len(p.encode()) for p in model.opened if "/a/" in p] == [254]
+    assert df.loc["b255", "status"].iloc[0] == "prompt too long: image path of 255 bytes, Qwen-VL reads at most 254"
+    assert df.loc["nfd", "status"].iloc[0].startswith("image unreadable:")
+    assert "NFC" in df.loc["nfd", "status"].iloc[0]
+
+
+def transformers_auto(cls: str = "AutoTokenizer"):
+    import transformers
+
+    return getattr(transformers, cls)
 
 
 def test_adapter_takes_only_the_reference_prompt(tmp_path):

@@ -286,6 +286,12 @@ def build_paligemma(out: Path) -> None:
     _save(PaliGemmaForConditionalGeneration(cfg), proc, out)
 
 
+def build_qwen7b(out: Path) -> None:
+    """Qwen-7B's tokenizer only (its model class is remote code, which is not copied here): the fast tokenizer
+    fetch.py derived from qwen.tiktoken, with the remote tokenizer's specials and ids."""
+    _fast_tokenizer("qwen-7b").save_pretrained(out)
+
+
 FAMILIES = {
     "llava-1.5": (build_llava15, ["llava-1.5"]),
     "vicuna-7b-v1.5": (build_vicuna, ["vicuna-7b-v1.5"]),
@@ -295,6 +301,7 @@ FAMILIES = {
     "smolvlm": (build_smolvlm, ["smolvlm"]),
     "tiny-llava-smollm2": (build_tiny_llava_smollm2, ["smolvlm"]),
     "paligemma-standin-vocab": (build_paligemma, ["llava-1.5"]),
+    "qwen-7b": (build_qwen7b, ["qwen-7b"]),
 }
 
 

@@ -126,6 +126,38 @@ def qwen2_tokenizer(specs: dict, last_id: int) -> bytes:
     return dump(tok)
 
 
+# tokenization_qwen.py's pre-tokeniser (Qwen-7B and Qwen-VL-Chat: one digit per piece) and its 208 specials,
+# numbered from 151643 right after the ranks (<|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>)
+QWEN_PAT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(f"<|extra_{i}|>" for i in range(205))]
+
+
+def qwen_tiktoken_tokenizer(specs: dict, source: list[str]) -> bytes:
+    """Qwen-7B's tokenizer as a fast tokenizer: the BPE of ``qwen.tiktoken`` (vocabulary and merges derived as
+    transformers' TikTokenConverter derives them, whole pieces first as tiktoken does), the remote tokenizer's
+    NFC normalisation and pre-tokeniser pattern, and its specials with the remote code's ids."""
+    import base64
+
+    from tokenizers import AddedToken, normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks_file = member(*source, specs)
+
+    def ranks(_path):  # the remote code's _load_tiktoken_bpe (tiktoken itself is not needed)
+        lines = ranks_file.read_bytes().splitlines()
+        return {base64.b64decode(t): int(r) for t, r in (line.split() for line in lines if line)}
+
+    converter = TikTokenConverter(vocab_file=str(ranks_file), pattern=QWEN_PAT)
+    converter.load_tiktoken_bpe = ranks
+    tok = converter.converted()
+    tok.normalizer = normalizers.NFC()
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in QWEN_SPECIALS])
+    return dump(json.loads(tok.to_str()))
+
+
 def build(entry: dict, specs: dict) -> bytes:
     if "committed" in entry:
         return (HERE / entry["committed"]).read_bytes()
@@ -134,6 +166,8 @@ def build(entry: dict, specs: dict) -> bytes:
         return llama2_tokenizer(specs)
     if isinstance(recipe, dict) and "qwen2_tokenizer" in recipe:
         return qwen2_tokenizer(specs, recipe["qwen2_tokenizer"])
+    if isinstance(recipe, dict) and "qwen_tiktoken_tokenizer" in recipe:
+        return qwen_tiktoken_tokenizer(specs, recipe["qwen_tiktoken_tokenizer"])
     if isinstance(recipe, dict) and "extract" in recipe:
         return member(*recipe["extract"], specs).read_bytes()
     raise FetchError(f"unknown build recipe {recipe!r} for {entry['out']}")

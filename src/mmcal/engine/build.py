@@ -15,12 +15,13 @@ from typing import Iterable
 from mmcal.engine.chat import OWN, ChatFormat, missing_template, own_answer_separator, resolve_chat_format
 from mmcal.engine.loading import has_own_template, load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
-from mmcal.engine.qwen_vl import QwenVLEngine, load_qwen_vl
+from mmcal.engine.qwen_vl import QwenVLEngine, load_qwen_lm, load_qwen_vl
 from mmcal.engine.scoring import Engine
 from mmcal.errors import ConfigError
 
 # models.<name>.adapter: models that do not fit the Auto classes' interface (loader, engine class)
-ADAPTERS = {"qwen-vl-chat": (load_qwen_vl, QwenVLEngine)}
+# qwen-vl-chat: Qwen-VL-Chat's remote code; qwen-lm: Qwen-7B's (its base LLM: the same tokenizer, no images)
+ADAPTERS = {"qwen-vl-chat": (load_qwen_vl, QwenVLEngine), "qwen-lm": (load_qwen_lm, QwenVLEngine)}
 
 
 def checkpoint_path(name: str, model_entry: dict, path: str | Path | None = None) -> str:

@@ -1,24 +1,31 @@
-"""Qwen-VL-Chat (``Qwen/Qwen-VL-Chat``, remote code) behind the engine interface (``models.<name>.adapter:
-qwen-vl-chat``), scored the way the reference study scored it.
+"""Qwen's remote-code models behind the engine interface, scored the way the reference study scored them:
+Qwen-VL-Chat (``models.<name>.adapter: qwen-vl-chat``) and its base LLM Qwen-7B (``adapter: qwen-lm``), both
+``trust_remote_code`` models of the same tokenizer (qwen.tiktoken), both with ``chat_template: raw``.
 
-The model has no processor: the image's *path* goes inside the text. The reference built its prompt with
-``tokenizer.from_list_format([{'image': path}, {'text': query}])``, which gives
-``"Picture 1:<img>PATH</img>\\n" + query`` (no space after the colon), with no chat turns (raw prompt). The
-remote tokenizer turns ``<img>PATH</img>`` into ``<img>`` (151857), the path's UTF-8 bytes as ids (byte
-value = id), ``<imgpad>`` (151859) up to 256 positions, ``</img>`` (151858); the remote model reads the path
-back from ``input_ids`` between ``<img>`` and the first ``<imgpad>``, opens the file itself and puts its 256
-visual features on those 256 positions (``config.visual['image_start_id']``; ``</img>`` and ``<imgpad>`` are
-that id + 1 and + 2).
+Qwen-VL-Chat has no processor: the image's *path* goes inside the text. The reference built its prompt with
+``tokenizer.from_list_format([{'image': path}, {'text': query}])``, with no chat turns (raw prompt). When the
+loaded tokenizer has ``from_list_format`` (the real remote tokenizer), the text is built by it, so the pinned
+revision's own code decides the image tag; otherwise (a tokenizer without it: Qwen-7B's, or a stand-in) the
+text is built here as hub revisions after QwenLM/Qwen-VL#184 build it, ``"Picture 1: <img>PATH</img>\\n" +
+query`` (the GitHub upload x1ngzai/Qwen-VL-Chat-Int4@1cd721a2 still writes ``Picture 1:<img>``, no space).
+The remote tokenizer NFC-normalises the whole text, then turns ``<img>PATH</img>`` into ``<img>`` (151857),
+the path's UTF-8 bytes as ids (byte value = id), ``<imgpad>`` (151859) up to 256 positions and ``</img>``
+(151858); it refuses paths over 256 bytes. The remote model reads the path back from
+``input_ids[a + 1 : b - 1]`` (``a``/``b``: the ``<img>``/``</img>`` positions), cut at the first ``<imgpad>``,
+opens the file itself and puts its 256 visual features on the positions after ``<img>``
+(``config.visual['image_start_id']``; ``</img>`` and ``<imgpad>`` are that id + 1 and + 2). The slice leaves out
+the last position, so a path must leave two ``<imgpad>``: at most 254 bytes.
 
-These facts are read from the public remote code (``tokenization_qwen.py`` / ``modeling_qwen.py``, e.g. the
-GitHub upload ``x1ngzai/Qwen-VL-Chat-Int4@1cd721a2``); that code is not in any package registry and is not
-copied here. What the real remote code does when run through this adapter is unverified (see
-tests/test_families_loading.py, which drives the adapter with a labelled stand-in of that interface).
+These facts come from running the public remote code (tests/oracles/SOURCES.md: the tokenizer of
+x1ngzai/Qwen-VL-Chat-Int4@1cd721a2 and of zhangningboo/Qwen-7B@ffe04dd, a clone of hub Qwen/Qwen-7B, on the
+real qwen.tiktoken, and the modeling code on a tiny random config); that code is in no package registry and is
+not copied here.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,34 +40,55 @@ log = logging.getLogger(__name__)
 IMG_START_ID = 151857  # "<img>" = 151643 ranks + 3 ChatML + 205 extras + 6 ref/box/quad tags
 IMG_END_ID = IMG_START_ID + 1  # "</img>"
 IMG_PAD_ID = IMG_START_ID + 2  # "<imgpad>"
+EOD_ID = 151643  # "<|endoftext|>", the first special after qwen.tiktoken's 151643 ranks (Qwen-7B and Qwen-VL)
 IMAGE_SPAN = 256  # positions between <img> and </img>: the path's bytes, then padding
-# the model cuts the path at the first <imgpad>, so a path filling all 256 positions cannot be read back
-MAX_PATH_BYTES = IMAGE_SPAN - 1
+# the model reads input_ids[a + 1 : b - 1] and cuts at the first <imgpad>: a 255-byte path leaves its only
+# <imgpad> at b - 1, outside the slice, and the model's forward fails (ValueError: 151859 is not in list)
+MAX_PATH_BYTES = IMAGE_SPAN - 2
 
 
-def reference_prompt(messages: list[dict], image_paths: list[str]) -> str:
-    """The reference study's text: ``from_list_format`` of the image(s) then the user's text, no roles.
+def from_list_format(parts: list[dict]) -> str:
+    """``QWenTokenizer.from_list_format`` for image and text parts, as hub revisions after QwenLM/Qwen-VL#184 write
+    it ("Picture k: <img>PATH</img>\\n", with a space); used only when the loaded tokenizer has none."""
+    text = ""
+    n_images = 0
+    for part in parts:
+        if "image" in part:
+            n_images += 1
+            text += f"Picture {n_images}: <img>{part['image']}</img>\n"
+        else:
+            text += part["text"]
+    return text
 
-    Image parts take the paths in order ("Picture k:<img>PATH</img>\\n"); several messages (a system
-    prompt) are joined by newlines, as the ``raw`` format joins them.
+
+def reference_prompt(messages: list[dict], image_paths: list[str], list_format=from_list_format) -> str:
+    """The reference study's text: ``list_format`` (the loaded tokenizer's ``from_list_format`` when it has one)
+    of each message's image(s) and text, no roles.
+
+    Image parts take the paths in order; several messages (a system prompt) are joined by newlines, as the
+    ``raw`` format joins them.
     """
     paths = iter(image_paths)
     out = []
-    n_images = 0
     for message in messages:
         content = message["content"]
         if isinstance(content, str):
             out.append(content)
             continue
-        text = ""
-        for part in content:
-            if part["type"] == "image":
-                n_images += 1
-                text += f"Picture {n_images}:<img>{next(paths)}</img>\n"
-            elif part["type"] == "text":
-                text += part["text"]
-        out.append(text)
+        parts = [{"image": next(paths)} if p["type"] == "image" else {"text": p["text"]} for p in content]
+        out.append(list_format(parts))
     return "\n".join(out)
+
+
+def path_problem(path: str) -> str | None:
+    """Why the remote model would not open ``path`` (an unscorable status), or None."""
+    nfc = unicodedata.normalize("NFC", path)
+    if nfc != path:  # the tokenizer normalises the whole text: the model would open another name
+        return f"image unreadable: {path!r} is not in Unicode NFC form; Qwen's tokenizer makes it {nfc!r}"
+    n = len(path.encode("utf-8"))
+    if n > MAX_PATH_BYTES:
+        return f"prompt too long: image path of {n} bytes, Qwen-VL reads at most {MAX_PATH_BYTES}"
+    return None
 
 
 def image_spans(ids: list[int]) -> list[tuple[int, int]]:
@@ -73,8 +101,11 @@ def image_spans(ids: list[int]) -> list[tuple[int, int]]:
 
 
 def path_in_ids(ids: list[int], start: int, end: int) -> str:
-    """The image path the model reads from one span (as the remote model does)."""
-    inner = ids[start + 1 : end]
+    """The image path the model reads from one span, as the remote model reads it (``ids[start + 1 : end - 1]``
+    up to the first ``<imgpad>``)."""
+    inner = ids[start + 1 : end - 1]
+    if IMG_PAD_ID not in inner:
+        raise MmcalError(f"image span at {start}..{end}: no <imgpad> before its last position (unreadable)")
     return bytes(inner[: inner.index(IMG_PAD_ID)]).decode("utf-8")
 
 
@@ -105,18 +136,46 @@ class RemoteQwenVL:
         return SimpleNamespace(logits=logits)
 
 
-def check_interface(name: str, tokenizer, config) -> None:
+def check_interface(name: str, tokenizer, config, multimodal: bool) -> None:
     """The loaded tokenizer and config follow the documented ids (else the prompt would mean something else)."""
-    visual = getattr(config, "visual", None) or {}
-    found = {
-        "config.visual['image_start_id']": visual.get("image_start_id"),
-        "tokenizer.img_start_id": getattr(tokenizer, "img_start_id", None),
-        "tokenizer.img_end_id - 1": (getattr(tokenizer, "img_end_id", 0) or 0) - 1,
-        "tokenizer.img_pad_id - 2": (getattr(tokenizer, "img_pad_id", 0) or 0) - 2,
-    }
-    wrong = {k: v for k, v in found.items() if v != IMG_START_ID}
+    found = {"tokenizer.eod_id": getattr(tokenizer, "eod_id", None)}
+    expected = {"tokenizer.eod_id": EOD_ID}
+    if multimodal:
+        visual = getattr(config, "visual", None) or {}
+        found |= {
+            "config.visual['image_start_id']": visual.get("image_start_id"),
+            "tokenizer.img_start_id": getattr(tokenizer, "img_start_id", None),
+            "tokenizer.img_end_id - 1": (getattr(tokenizer, "img_end_id", 0) or 0) - 1,
+            "tokenizer.img_pad_id - 2": (getattr(tokenizer, "img_pad_id", 0) or 0) - 2,
+        }
+        expected |= {k: IMG_START_ID for k in found if k != "tokenizer.eod_id"}
+    wrong = {k: v for k, v in found.items() if v != expected[k]}
     if wrong:
-        raise MmcalError(f"model {name!r} does not follow Qwen-VL-Chat's image ids (<img> = {IMG_START_ID}): {wrong}")
+        raise MmcalError(f"model {name!r} does not follow Qwen's ids ({expected}): {wrong}")
+
+
+def _load_remote(name: str, path: str, adapter: str, multimodal: bool, device, dtype, revision, trust_remote_code):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not trust_remote_code:
+        raise ConfigError(f"models.{name}: adapter {adapter} runs the model's own code: set trust_remote_code: true")
+    device = resolve_device(device)
+    kw = {"revision": revision, "trust_remote_code": True}
+    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device), **kw)
+    check_interface(name, tokenizer, model.config, multimodal)
+    model.to(device)
+    model.eval()
+    return LoadedModel(
+        name=name,
+        model=RemoteQwenVL(model),
+        processor=tokenizer,
+        tokenizer=tokenizer,
+        multimodal=multimodal,
+        device=device,
+        fingerprint=model_fingerprint(path, revision),
+        revision=revision,
+    )
 
 
 def load_qwen_vl(
@@ -130,45 +189,47 @@ def load_qwen_vl(
     image_processor_backend: str = "pil",
 ) -> LoadedModel:
     """Load Qwen-VL-Chat's remote tokenizer and model (``AutoTokenizer``/``AutoModelForCausalLM``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not trust_remote_code:
-        raise ConfigError(f"models.{name}: adapter qwen-vl-chat runs the model's own code: set trust_remote_code: true")
     if kind not in ("auto", "mllm"):
-        raise ConfigError(f"models.{name}: adapter qwen-vl-chat is an MLLM (kind: {kind!r})")
-    device = resolve_device(device)
-    kw = {"revision": revision, "trust_remote_code": True}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device), **kw)
-    check_interface(name, tokenizer, model.config)
-    model.to(device)
-    model.eval()
-    return LoadedModel(
-        name=name,
-        model=RemoteQwenVL(model),
-        processor=tokenizer,
-        tokenizer=tokenizer,
-        multimodal=True,
-        device=device,
-        fingerprint=model_fingerprint(path, revision),
-        revision=revision,
-    )
+        raise ConfigError(f"models.{name}: adapter qwen-vl-chat is an MLLM (kind: {kind!r}); text LLMs: qwen-lm")
+    return _load_remote(name, path, "qwen-vl-chat", True, device, dtype, revision, trust_remote_code)
+
+
+def load_qwen_lm(
+    name: str,
+    path: str,
+    kind: str = "llm",
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    image_processor_backend: str = "pil",
+) -> LoadedModel:
+    """Load Qwen-7B's (or Qwen-7B-Chat's) remote tokenizer and model: the same interface without images."""
+    if kind not in ("auto", "llm"):
+        raise ConfigError(f"models.{name}: adapter qwen-lm is a text LLM (kind: {kind!r}); Qwen-VL-Chat: qwen-vl-chat")
+    return _load_remote(name, path, "qwen-lm", False, device, dtype, revision, trust_remote_code)
 
 
 # The reference tokenised its whole text at once ("...directly.\nAnswer: ("). Qwen's pre-tokeniser keeps
 # punctuation with the newlines after it (".\n" is one token), so a prefix ending "directly." and a
 # continuation "\nAnswer: (" would not give the reference's ids; the newline therefore ends the prefix
 # (a newline never joins the letters after it), and the answer prefix follows with no separator.
-REFERENCE_FORMAT = ChatFormat("qwen-vl-reference", template="mmcal.engine.qwen_vl.reference_prompt + '\\n'")
+# The template names what renders the text (it enters the records' fingerprints): the loaded tokenizer's own
+# from_list_format, else this module's ("Picture k: <img>", since the space was added).
+REFERENCE_FORMAT = ChatFormat(
+    "qwen-vl-reference",
+    template="mmcal.engine.qwen_vl.reference_prompt(tokenizer.from_list_format | 'Picture k: <img>') + '\\n'",
+)
 
 
 class QwenVLEngine(Engine):
-    """The engine with the reference's text (image path inside it) and the remote tokenizer as processor."""
+    """The engine with the reference's text (image path inside it) and the remote tokenizer as processor; for
+    Qwen-VL-Chat and, with text only, for Qwen-7B (the same text as Qwen-VL-Chat's text-only prompt)."""
 
     def __init__(self, lm: LoadedModel, prompt, *args, chat_format: ChatFormat | None = None, **kwargs):
         if chat_format is None or chat_format.name != "raw":
             raise ConfigError(
-                f"models.{lm.name}: adapter qwen-vl-chat scores the reference's raw prompt only "
+                f"models.{lm.name}: adapters qwen-vl-chat and qwen-lm score the reference's raw prompt only "
                 f"(chat_template: raw, got {getattr(chat_format, 'name', None)!r})"
             )
         super().__init__(lm, prompt, *args, chat_format=REFERENCE_FORMAT, **kwargs)
@@ -179,15 +240,17 @@ class QwenVLEngine(Engine):
     def _prepare(self, pos, item, scenario, descriptions=None):
         enc, text, image = super()._prepare(pos, item, scenario, descriptions)
         if enc.status == "ok" and image is not None:
-            n = len(str((self.image_root / item.image).resolve()).encode())
-            if n > MAX_PATH_BYTES:  # an input problem: the row is recorded, the job goes on
-                enc.status = f"prompt too long: image path of {n} bytes, Qwen-VL reads at most {MAX_PATH_BYTES}"
+            problem = path_problem(str((self.image_root / item.image).resolve()))
+            if problem:  # an input problem: the row is recorded, the job goes on
+                enc.status = problem
                 return enc, None, None
         return enc, text, image
 
     def _render(self, messages: list[dict], multimodal: bool, image_path: Path | None = None) -> str:
         # absolute: the model opens the file itself, from wherever it runs
-        return reference_prompt(messages, [] if image_path is None else [str(Path(image_path).resolve())]) + "\n"
+        paths = [] if image_path is None else [str(Path(image_path).resolve())]
+        list_format = getattr(self.lm.tokenizer, "from_list_format", None) or from_list_format
+        return reference_prompt(messages, paths, list_format) + "\n"
 
     def _call_processor(self, texts: list[str], images: list | None, tensors: str | None):
         # the image goes in as its path inside the text; the model loads it

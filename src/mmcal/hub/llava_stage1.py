@@ -55,8 +55,9 @@ def source_folders(sources: dict, resolved: dict, model: str) -> dict[str, Path]
     return out
 
 
-def new_rows(embeddings, n: int, seed: int):
-    """``n`` rows drawn from N(mu, 1e-5 Sigma) of ``embeddings``, in float64 on one thread: the job's
+def new_row_distribution(embeddings):
+    """(mu, covariance) of llava-hf's new rows: the mean of ``embeddings``' rows and 1e-5 times their population
+    covariance (divided by the row count, as the conversion script divides), in float64 on one thread: the job's
     thread count changes a parallel reduction's rounding, and with it the rows (measured: 3e-11)."""
     import torch
 
@@ -66,12 +67,24 @@ def new_rows(embeddings, n: int, seed: int):
         e = embeddings.detach().double()
         mu = e.mean(0)
         centred = e - mu
-        sigma = centred.T @ centred / e.shape[0]
-        chol, info = torch.linalg.cholesky_ex(NEW_ROW_SCALE * sigma)
+        return mu, NEW_ROW_SCALE * (centred.T @ centred / e.shape[0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def new_rows(embeddings, n: int, seed: int):
+    """``n`` rows drawn from :func:`new_row_distribution` of ``embeddings`` with a seeded generator."""
+    import torch
+
+    mu, cov = new_row_distribution(embeddings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        chol, info = torch.linalg.cholesky_ex(cov)
         if info:
             raise DataError("the language model's embedding rows have a singular covariance: cannot draw new rows")
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, e.shape[1], generator=g, dtype=torch.float64)
+        z = torch.randn(n, mu.shape[0], generator=g, dtype=torch.float64)
         return (mu + z @ chol.T).float()
     finally:
         torch.set_num_threads(threads)
