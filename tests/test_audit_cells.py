@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -99,3 +101,44 @@ def test_cell_map_fills_blanked_rows_and_refuses_ambiguous_rows():
     assert second[2]["source_row"] == 1 and second[2]["keys"]["readout"] == "r_b"
     with pytest.raises(ValueError, match="matches 2 rows"):
         cell_map(tex, pd.concat([summary, summary.iloc[[0]]], ignore_index=True), "summary", "summary.csv", {})
+
+
+def _mmcal(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mmcal", "audit", *args], cwd=root, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_cell_by_a_row_label_with_commas_through_the_cli(test_study):
+    """The protocol table's rows read "reference / reference, letter_greedy / kept, counted wrong": the
+    CLI tries every comma as the ROW,COL separator (the README's example)."""
+    cmap = load_cell_map(test_study / "paper/tables/protocol.tex")
+    label = next(c["row"] for c in cmap["cells"] if "kept" in c["row"])
+    assert label.count(",") >= 2
+    proc = _mmcal(test_study, "paper/tables/protocol.tex", "--cell", f"{label},accuracy")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"row {label!r}, column 'accuracy'" in proc.stdout and "equal:       yes" in proc.stdout
+    proc = _mmcal(test_study, "paper/tables/protocol.tex", "--cell", f"{label},no-such-column")
+    assert proc.returncode == 2 and "names no cell: no column 'no-such-column'" in proc.stderr
+
+
+def test_from_a_metric_file_row_to_its_records_and_cells(test_study):
+    """README numbers come from data/metrics/*.csv: --row finds that row's records and every cell printing it."""
+    keys = "model=tiny-llava-stage2,dataset=fmnist,scenario=image,prompt=default,readout=letter_restricted"
+    proc = _mmcal(test_study, "data/metrics/summary.csv", "--row", keys, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    summary = pd.read_csv(test_study / "data/metrics/summary.csv")
+    row = summary.iloc[report["row"] - 1]
+    assert (row.model, row.readout, row.scenario) == ("tiny-llava-stage2", "letter_restricted", "image")
+    assert report["metrics"]["accuracy"] == pytest.approx([row.accuracy, row.accuracy_lo, row.accuracy_hi])
+    assert [r["path"] for r in report["records"]] == [RECORDS] and report["records"][0]["sha256"]
+    main = [c for c in report["cells"] if c["table"] == "paper/tables/main_results.tex"]
+    assert {c["col"] for c in main} >= {"accuracy", "ece_10"}
+    for cell in main[:2]:  # each printed cell recomputes with the command the report gives
+        again = audit_one(test_study / cell["table"], f"{cell['row']},{cell['col']}")
+        assert again["equal"] and again["printed"] == cell["printed"]
+    by_index = _mmcal(test_study, "data/metrics/summary.csv", "--row", str(report["row"]))
+    assert by_index.returncode == 0 and "recompute: mmcal audit paper/tables/main_results.tex --cell" in by_index.stdout
+    ambiguous = _mmcal(test_study, "data/metrics/summary.csv", "--row", "model=tiny-llava-stage2")
+    assert ambiguous.returncode == 2 and "selects" in ambiguous.stderr and "not one" in ambiguous.stderr

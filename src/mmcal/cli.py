@@ -100,8 +100,11 @@ def cmd_audit(args) -> int:
     if args.cell:
         from mmcal.audit.cells import audit_cell
 
-        row, _, col = args.cell.partition(",")
-        return audit_cell(args.path, row, col, args.json)
+        return audit_cell(args.path, args.cell, as_json=args.json)
+    if args.row:
+        from mmcal.audit.metric_rows import audit_metric_row
+
+        return audit_metric_row(args.path, args.row, args.json)
     if args.rescore is not None:
         from mmcal.audit.rescore import rescore
 
@@ -167,7 +170,17 @@ def main(argv=None) -> int:
     a.add_argument("--verify", action="store_true", help="re-hash and report what no longer matches (exit 1)")
     a.add_argument("--configfile", help="with --rescore: the config the run used")
     a.add_argument("--export", metavar="DIR", help="write the run as a Workflow Run RO-Crate into DIR")
-    a.add_argument("--cell", metavar="ROW,COL", help="recompute one cell of a paper table from its records")
+    a.add_argument(
+        "--cell",
+        metavar="ROW,COL",
+        help="recompute one cell of a paper table from its records (labels as printed, commas allowed, or indices)",
+    )
+    a.add_argument(
+        "--row",
+        metavar="N|KEY=VALUE,...",
+        help="a row of a data/metrics/*.csv file (1-based, or the keys that select it): its records and the "
+        "table cells that print it",
+    )
     a.add_argument("--rescore", metavar="K", type=int, help="re-score K random items of a records file")
     a.set_defaults(func=cmd_audit)
     args = p.parse_args(argv)

@@ -73,6 +73,21 @@ def find_cell(cmap: dict, row, col) -> dict:
     raise DataError(f"no column {col_s!r}; columns: {[(c['col_index'], c['col']) for c in by_row]}")
 
 
+def find_cell_by_text(cmap: dict, text: str) -> dict:
+    """The cell named by ``"ROW,COL"`` as a reader types it: row labels may hold commas themselves ("kept,
+    counted wrong"), so every comma is tried as the separator, the last first (column headers rarely have one)."""
+    commas = [i for i, ch in enumerate(text) if ch == ","]
+    if not commas:
+        raise DataError(f"--cell {text!r}: give ROW,COL (a row label or index, a comma, a column label or index)")
+    errors = []
+    for i in reversed(commas):
+        try:
+            return find_cell(cmap, text[:i], text[i + 1 :])
+        except DataError as exc:
+            errors.append(str(exc))
+    raise DataError(f"--cell {text!r} names no cell: {errors[0]}")
+
+
 def strip_bold(text: str) -> str:
     return re.sub(r"\\textbf\{([^{}]*)\}", r"\1", text)
 
@@ -332,11 +347,12 @@ def _same(a, b) -> bool:
     return str(a) == str(b)
 
 
-def audit_one(table_path, row, col) -> dict:
-    """Find, recompute and compare one cell; the report as a dict."""
+def audit_one(table_path, row, col=None) -> dict:
+    """Find, recompute and compare one cell; the report as a dict. ``col`` None: ``row`` is the whole
+    ``"ROW,COL"`` text (:func:`find_cell_by_text`)."""
     cmap = load_cell_map(table_path)
     root = project_root(table_path)
-    cell = find_cell(cmap, row, col)
+    cell = find_cell_by_text(cmap, row) if col is None else find_cell(cmap, row, col)
     got = recompute(root, cmap, cell)
     source_row = _source_frame(root, cmap).loc[cell["source_row"]]
     stored = [source_row.get(c) for c in cell["columns"]]
@@ -364,7 +380,7 @@ def audit_one(table_path, row, col) -> dict:
     }
 
 
-def audit_cell(table_path, row, col, as_json: bool = False) -> int:
+def audit_cell(table_path, row, col=None, as_json: bool = False) -> int:
     """``mmcal audit TABLE --cell ROW,COL``: print the cell's sources and recomputation; exit 1 when
     the recomputed text differs from the printed one."""
     report = audit_one(table_path, row, col)
