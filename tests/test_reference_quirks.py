@@ -41,17 +41,18 @@ def test_defaults_render_as_before_and_keep_their_hashes():
 
 def test_the_two_reference_scripts_join_the_instruction_differently():
     """TS.py: value + "\\nPlease provide the option letter directly."; PT.py: value + "Please provide ...";
-    the verbatim switch shows the file's own question turn, its <image> placeholder left to the format."""
+    the verbatim switch shows the file's own question turn as it is, an "<image>" placeholder included (the
+    reference's scripts never remove it: tests/oracles)."""
     item = _release_items()[0]
-    turn = json.loads((FIXTURES / "llava_idk_ts_shape.json").read_text())[0]["conversations"][0]["value"]
-    body = turn.removeprefix("<image>\n")
+    body = json.loads((FIXTURES / "llava_idk_ts_shape.json").read_text())[0]["conversations"][0]["value"]
+    assert body.startswith("<image>\n")
     ts = PromptVariant(prompt_format="reference", question="verbatim")
     pt = PromptVariant(prompt_format="reference-pt", question="verbatim")
     assert question_text(item, ts) == body + "\n" + INSTRUCTION
     assert question_text(item, pt) == body + INSTRUCTION
     # parsed (the default) rebuilds the options in the prompt's option_format
     parsed = question_text(item, PromptVariant(prompt_format="reference"))
-    assert parsed.splitlines()[1:3] == ["(A) Spain", "(B) England"] and body.splitlines()[1] == "A. Spain"
+    assert parsed.splitlines()[1:3] == ["(A) Spain", "(B) England"] and body.splitlines()[2] == "A. Spain"
 
 
 def test_verbatim_needs_a_question_turn_and_no_option_shift():
@@ -134,7 +135,9 @@ def test_prompt_search_candidates_in_the_reference_pt_prompt_without_the_image(t
     human = json.loads((FIXTURES / "llava_idk_ts_shape.json").read_text())[1]["conversations"][0]["value"]
     engine.prompt = PromptVariant(**{**vars(prompt), "answer_prefix": answer_prefix_for("The answer might be")})
     assert engine.render(items[1], blind) == f"{human}{INSTRUCTION}\nThe answer might be: ("
-    # the search runs on calib: the release items are all test, so mark two as calib
+    # the search runs on calib (the release items are all test: two become calib) in that prompt, its question
+    # turns parsed (a LLaVA processor reads their "<image>" placeholders as images)
+    engine.prompt = prompt_from_config("pt", {"prompt_format": "reference-pt"})
     for it in items[:2]:
         it.split = "calib"
     from mmcal.items import write_items
@@ -160,3 +163,20 @@ def test_an_unknown_search_scenario_fails_at_planning(tmp_path):
     )
     (wd / "config/po.yaml").write_text(yaml.safe_dump({"promptopt": {"scenario": "blind"}}))
     run_snakemake(wd, "-n", "--configfile", "config/po.yaml")
+
+
+def test_verbatim_refuses_a_placeholder_the_model_reads_as_an_image(tiny_llava_dir):
+    """Plain text to Qwen-VL-Chat, an image to a LLaVA processor: the job stops, naming the prompt and item."""
+    from mmcal.engine.build import build_engine
+    from mmcal.engine.scenarios import Scenario
+
+    prompt = prompt_from_config("ts", {"prompt_format": "reference", "question": "verbatim"})
+    engine = build_engine(
+        "tiny", {"path": str(tiny_llava_dir), "kind": "mllm"}, device="cpu", dtype="float32", prompt=prompt,
+        readouts=["letter_restricted"], batch_size=2, image_root=FIXTURES,
+    )  # fmt: skip
+    first, second = _release_items()[:2]
+    with pytest.raises(ConfigError, match=r"prompts.ts.question: verbatim shows item 'news-record0'.*'<image>'"):
+        engine.score([first], Scenario("image", image=True))
+    rows = engine.score([second], Scenario("image", image=True))  # no placeholder in this turn: scored
+    assert {r["status"] for r in rows} == {"ok"}

@@ -18,9 +18,10 @@ processor's image token on its own line, the user's text, then "\n" + the answer
 ``prompt_tuning/PT.py`` glues it to the question's last line (``reference-pt``).
 
 ``question``: ``parsed`` (default) renders the item's question and its lettered options with
-``option_format``; ``verbatim`` renders the data set's own question turn as it stands in the file (the
-reference study passed the release's human turn to the model unchanged), for items that keep it
-(``metadata["human_turn"]``, set by the ``llava_json`` builder).
+``option_format``; ``verbatim`` renders the data set's own question turn as it stands in the file, an
+``<image>`` placeholder included: the reference study passed the release's human turn to Qwen-VL-Chat
+unchanged, where ``<image>`` is plain text (tests/oracles: its TS.py and PT.py run on such records), for items
+that keep it (``metadata["human_turn"]``, set by the ``llava_json`` builder).
 """
 
 from __future__ import annotations
@@ -85,13 +86,9 @@ def prompt_from_config(name: str, cfg: dict | None) -> PromptVariant:
     return PromptVariant(name=name, **cfg)
 
 
-# LLaVA-format question turns mark the image with this placeholder; the engine places the image itself
-IMAGE_PLACEHOLDER = "<image>"
-
-
 def verbatim_turn(item: MCItem, prompt: PromptVariant) -> str:
-    """The data set's own question turn as it is in the file, only its image placeholder (with the newline
-    after it) removed: the format places the image."""
+    """The data set's own question turn exactly as it is in the file (a model whose image token is the same
+    text would read a placeholder as an image: the engine refuses that, :meth:`Engine._prepare`)."""
     turn = item.metadata.get("human_turn")
     if not isinstance(turn, str):
         raise ConfigError(
@@ -103,7 +100,7 @@ def verbatim_turn(item: MCItem, prompt: PromptVariant) -> str:
             f"prompts.{prompt.name}.question: verbatim shows the options in the file's order, so it cannot be "
             f"scored under an option shift (item {item.item_id!r})"
         )
-    return turn.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
+    return turn
 
 
 def question_text(item: MCItem, prompt: PromptVariant, context: str | None = None) -> str:

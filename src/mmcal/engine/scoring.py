@@ -24,6 +24,7 @@ from mmcal.engine.loading import LoadedModel
 from mmcal.engine.prompts import PromptVariant, build_messages
 from mmcal.engine.readouts import ReadoutSet
 from mmcal.engine.scenarios import Scenario, description_for, shift_options
+from mmcal.errors import ConfigError
 from mmcal.items import MCItem
 from mmcal.records import GREEDY_MAX_TOKENS, READOUTS, meta_json, unscorable_rows
 
@@ -168,11 +169,24 @@ class Engine:
                 return enc, None, None
         context = description_for(scenario, item, descriptions)
         messages = build_messages(item, self.prompt, with_image=with_image, context=context)
+        if self.prompt.question == "verbatim":
+            self._check_verbatim(item, messages)
         text = self._render(messages, self.lm.multimodal, self.image_root / item.image if with_image else None)
         cf = self.chat_format
         if cf.separator_in_prompt and not cf.processor_adds_separator:
             text += cf.answer_separator
         return enc, text, image
+
+    def _check_verbatim(self, item: MCItem, messages: list[dict]) -> None:
+        """A question turn shown as the file has it may hold an "<image>" placeholder: plain text to the
+        reference's Qwen-VL-Chat, but an image to a model whose processor's image token it is."""
+        token = getattr(self.lm.processor, "image_token", None) if self.lm.multimodal else None
+        text = "".join(p.get("text", "") for m in messages for p in m["content"] if isinstance(p, dict))
+        if token and token in text:
+            raise ConfigError(
+                f"prompts.{self.prompt.name}.question: verbatim shows item {item.item_id!r}'s question turn with "
+                f"{token!r} in it, which model {self.lm.name!r} reads as an image; use question: parsed"
+            )
 
     def _render(self, messages: list[dict], multimodal: bool, image_path: Path | None = None) -> str:
         """The prompt text (an adapter whose model reads the image from a path in the text overrides this)."""
