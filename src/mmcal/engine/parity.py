@@ -182,10 +182,13 @@ def model_renderer(config: dict, model: str, allow_hub_download: bool = False) -
     elif build:
         source = plan.BUILD_PATHS[build]
     folder = Path(source)
+    # the download job fetches (or, for a local folder, records) every source of a model the DAG does not build
+    downloaded = build in (None, "llava_stage1")
     if folder.is_dir():
         files = _folder_files(folder)
-    elif not _is_hub_id(source) or build not in (None, "llava_stage1"):
-        raise NotYetKnown(f"models.{model}: {source} does not exist yet, so its own chat template is unknown", False)
+    elif not _is_hub_id(source) or not downloaded:
+        why = f"models.{model}: {source} does not exist yet, so its own chat template is unknown"
+        raise NotYetKnown(why, downloaded)
     elif allow_hub_download:
         from mmcal.engine.loading import hub_snapshot
 
