@@ -289,6 +289,67 @@ def test_smollm2_replay_does_not_load_the_model(smollm2, smollm2_path, tmp_path,
     assert second.to_json() == first.to_json() and fresh.loads == 0
 
 
+def test_a_local_hub_style_paraphraser_is_the_same_model_path(smollm2, smollm2_path):
+    """kind: hf (any chat LM, e.g. the paper study's, run in the search job on the compute node) on the SmolLM2
+    folder samples what kind: smollm2 samples; its settings name the model and revision it was given."""
+    local = make_paraphraser({"kind": "hf", "model": str(smollm2_path), "device": "cpu", "dtype": "float32"})
+    assert local.kind == "hf" and local.settings()["model"] == str(smollm2_path)
+    assert local.settings()["revision"] is None and "revision" not in smollm2.settings()
+    ours = propose_paraphrases(local, "The answer might be", m=2, round_index=1, seed=0)
+    theirs = propose_paraphrases(smollm2, "The answer might be", m=2, round_index=1, seed=0)
+    assert [g.text for g in ours] == [g.text for g in theirs] and local.loads == 1
+    with pytest.raises(ConfigError, match=r"paraphraser 'hf': unknown keys \['api_key'\]"):
+        make_paraphraser({"kind": "hf", "model": "x", "api_key": "k"})
+
+
+def test_a_hub_paraphraser_is_downloaded_and_an_api_one_runs_where_snakemake_runs(tmp_path):
+    """Compute nodes read the cache only: a hub paraphraser is a download source and the search job waits for the
+    download; the OpenAI one needs the network, so its search is a local rule (the login node)."""
+    import yaml
+
+    from conftest import run_snakemake, workflow_copy
+    from mmcal.hub.download import sources
+
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    from snakemake.utils import update_config, validate
+
+    update_config(cfg, paper)
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    found = {s["key"]: s for s in sources(cfg)}
+    assert cfg["promptopt"]["paraphraser"]["kind"] == "hf"
+    assert found["promptopt.paraphraser"]["path"] == cfg["promptopt"]["paraphraser"]["model"]
+    assert found["promptopt.paraphraser"]["revision"] == cfg["promptopt"]["paraphraser"]["revision"]
+    wd = workflow_copy(tmp_path)
+    plan = run_snakemake(wd, "-n", "--configfile", "config/paper.yaml").stdout
+    search = plan[plan.index("rule prompt_search:") :].split("\n\n")[0]
+    assert "data/downloads/resolved.json" in search
+    paper["promptopt"]["paraphraser"] = {"kind": "openai", "model": "gpt-4o-mini"}
+    (wd / "config/api.yaml").write_text(yaml.safe_dump(paper))
+    assert "prompt_search" not in _local_rules(wd, "config/paper.yaml")
+    assert "prompt_search" in _local_rules(wd, "config/api.yaml")
+
+
+def _local_rules(workdir: Path, configfile: str) -> list[str]:
+    """The workflow's local rules (run where Snakemake runs, e.g. a cluster's login node), as Snakemake parses
+    them (a dry run prints every job as `rule` when nothing is submitted)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pathlib import Path\n"
+        "from snakemake.api import SnakemakeApi\n"
+        "from snakemake.settings.types import OutputSettings, ConfigSettings, ResourceSettings\n"
+        "with SnakemakeApi(OutputSettings(quiet={'all'})) as api:\n"
+        f"    wf = api.workflow(ResourceSettings(), ConfigSettings(configfiles=[Path('{configfile}')]),"
+        " snakefile=Path('Snakefile'), workdir=Path('.'))\n"
+        "    print(sorted(wf._workflow._localrules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
 def test_smollm2_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ParaphraserError, match="no model checkpoint"):
         SmolLM2Paraphraser(tmp_path / "nowhere").sample("The answer is", 0)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_recalibration import make_records
 
 from mmcal.calibration import fit_on_records, repeated_splits
 from mmcal.calibration.study import recalibration_study, split_robustness
@@ -18,6 +17,7 @@ from mmcal.engine.prompts import PromptVariant, prompt_from_config, question_tex
 from mmcal.errors import ConfigError
 from mmcal.promptopt.ranking import accuracy_band, rank_key
 from mmcal.records import select
+from test_recalibration import make_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "idk"
 INSTRUCTION = "Please provide the option letter directly."
@@ -153,6 +153,7 @@ def test_prompt_search_candidates_in_the_reference_pt_prompt_without_the_image(t
 
 def test_an_unknown_search_scenario_fails_at_planning(tmp_path):
     import yaml
+
     from conftest import run_snakemake, workflow_copy
 
     wd = workflow_copy(tmp_path)

@@ -1,10 +1,28 @@
 # The iterative prompt search: paraphrased answer prompts scored on calib, the best on test.
 
 
+# The OpenAI paraphraser needs the network, which a cluster's login node has and its compute nodes may not:
+# the search then runs where Snakemake runs (its scoring too: docs/cluster.md). A local paraphraser (kind hf or
+# smollm2) runs in the job, on the compute node, from the cache the download job filled.
+if (config["promptopt"].get("paraphraser") or {}).get("kind") == "openai":
+
+    localrules:
+        prompt_search,
+
+
 rule prompt_search:
     input:
         item_file="data/datasets/{dataset}/items.jsonl",
         model=lambda wildcards: plan.model_dir(config, wildcards.model) or [],
+        # hub models (the scored one, a hub paraphraser) are read from the cache the download job fills
+        downloads=lambda wildcards: (
+            [hub_download.RESOLVED]
+            if any(
+                s["key"] in (f"models.{wildcards.model}", "promptopt.paraphraser")
+                for s in hub_download.sources(config)
+            )
+            else []
+        ),
     output:
         trajectory="data/promptopt/{model}/{dataset}/trajectory.csv",
         best="data/promptopt/{model}/{dataset}/best.json",

@@ -62,6 +62,11 @@ def sources(config: dict) -> list[dict]:
                 out[key] = _model_source(key, entry)
         elif not mcfg.get("build"):
             out[f"models.{name}"] = _model_source(f"models.{name}", mcfg)
+    paraphraser = (config.get("promptopt") or {}).get("paraphraser") or {}
+    if (config.get("promptopt") or {}).get("enabled", True) and paraphraser.get("kind") == "hf":
+        source = _model_source("promptopt.paraphraser", {"path": paraphraser.get("model"), **paraphraser})
+        if not is_local(source["path"]):
+            out["promptopt.paraphraser"] = source
     describer = config.get("describer") or {}
     if describer.get("kind") == "captioner" and any(
         plan.scenario_needs_descriptions(config, r["scenario"]) for r in runs

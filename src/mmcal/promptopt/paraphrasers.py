@@ -14,12 +14,13 @@ from mmcal.promptopt.base import Generated, Paraphraser
 from mmcal.promptopt.cache import CandidateCache
 from mmcal.promptopt.openai_paraphraser import OpenAIParaphraser
 from mmcal.promptopt.rule import RuleParaphraser, rule_pick
-from mmcal.promptopt.smollm2_paraphraser import SmolLM2Paraphraser
+from mmcal.promptopt.smollm2_paraphraser import LocalLMParaphraser, SmolLM2Paraphraser
 from mmcal.promptopt.text import clean_candidate, derive_seed, is_acceptable, normalise
 
 PARAPHRASERS: dict[str, type[Paraphraser]] = {
     "rule": RuleParaphraser,
     "smollm2": SmolLM2Paraphraser,
+    "hf": LocalLMParaphraser,
     "openai": OpenAIParaphraser,
 }
 DEFAULT_PARAPHRASER = {"kind": "smollm2"}
