@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 # own their cores, switch spinning back on (workflow/scripts/_setup.py: start).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from mmcal import config as study_config  # noqa: E402
 from mmcal import plan, provenance  # noqa: E402
 from mmcal.cli import set_hub_offline  # noqa: E402
 from mmcal.engine import parity  # noqa: E402
@@ -28,13 +29,27 @@ from mmcal.paper.main_tex import PARTS  # noqa: E402
 PART_TITLES = {key: title for key, title, _ in PARTS}
 
 
-configfile: "config/config.yaml"
+# The study: one config file (default config/config.yaml, the default study) on its base chain (a file without
+# `base` builds on config/defaults.yaml: settings, scenarios and prompts, no runs), then further --configfile
+# overlays and --config values (mmcal.config). Every problem of the merged config is reported at once, each
+# naming its key, before anything is planned.
+config.clear()
+config.update(
+    study_config.load_study(
+        [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"],
+        dict(workflow.config_settings.config),
+        root=workflow.basedir,
+    )
+)
+study_config.check(
+    config, study_config.load_schema(workflow.basedir), "the study's config"
+)
 
 
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
 # Network access is configuration (`offline:`): jobs inherit these variables from this process (a
 # cluster job re-reads this Snakefile with the same config), so no rule passes them.
 set_hub_offline(config["offline"])

@@ -191,6 +191,7 @@ def test_rules_download_then_assemble(assembled, tmp_path):
 
     wd = workflow_copy(tmp_path)
     cfg = {
+        "base": "config.yaml",  # the default study's data sets and prompts, this model and run instead of its own
         "models": {
             MODEL: {"path": "data/models/llava-1.5-7b-stage1", "build": "llava_stage1", "sources": assembled["sources"]}
         },

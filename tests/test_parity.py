@@ -8,9 +8,10 @@ from dataclasses import replace
 
 import pytest
 import yaml
-from snakemake.utils import update_config, validate
+from snakemake.utils import validate
 
 from conftest import ROOT, run_snakemake, workflow_copy
+from mmcal.config import load_study
 from mmcal.engine import parity
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
@@ -20,9 +21,8 @@ from test_families import FAMILIES, _engine, replica_image, replicas  # noqa: F4
 
 
 def _config(name: str) -> dict:
-    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    if name != "config.yaml":
-        update_config(cfg, yaml.safe_load((ROOT / "config" / name).read_text()))
+    """A study's config as the Snakefile builds it (its base chain, the schema's defaults)."""
+    cfg = load_study([ROOT / "config" / name], root=ROOT)
     validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"))
     return cfg
 

@@ -306,15 +306,14 @@ def test_a_hub_paraphraser_is_downloaded_and_an_api_one_runs_where_snakemake_run
     """Compute nodes read the cache only: a hub paraphraser is a download source and the search job waits for the
     download; the OpenAI one needs the network, so its search is a local rule (the login node)."""
     import yaml
+    from snakemake.utils import validate
 
     from conftest import run_snakemake, workflow_copy
+    from mmcal.config import load_study
     from mmcal.hub.download import sources
 
     paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    from snakemake.utils import update_config, validate
-
-    update_config(cfg, paper)
+    cfg = load_study([REPO / "config/paper.yaml"], root=REPO)
     validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
     found = {s["key"]: s for s in sources(cfg)}
     assert cfg["promptopt"]["paraphraser"]["kind"] == "hf"

@@ -157,12 +157,12 @@ def test_an_unknown_search_scenario_fails_at_planning(tmp_path):
     from conftest import run_snakemake, workflow_copy
 
     wd = workflow_copy(tmp_path)
-    (wd / "config/po.yaml").write_text(yaml.safe_dump({"promptopt": {"scenario": "no-such"}}))
+    (wd / "config/po.yaml").write_text(yaml.safe_dump({"base": "config.yaml", "promptopt": {"scenario": "no-such"}}))
     proc = run_snakemake(wd, "-n", "--configfile", "config/po.yaml", check=False)
     assert proc.returncode != 0 and "promptopt.scenario: 'no-such' is not one of the config's scenarios" in (
         proc.stdout + proc.stderr
     )
-    (wd / "config/po.yaml").write_text(yaml.safe_dump({"promptopt": {"scenario": "blind"}}))
+    (wd / "config/po.yaml").write_text(yaml.safe_dump({"base": "config.yaml", "promptopt": {"scenario": "blind"}}))
     run_snakemake(wd, "-n", "--configfile", "config/po.yaml")
 
 
