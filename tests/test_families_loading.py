@@ -441,20 +441,24 @@ def test_real_qwen_ids_letters_and_image_span():
 
 
 def _load_stand_ins(monkeypatch, tok, model, seen: list | None = None):
+    """The stand-ins in place of the remote tokenizer and of the remote model as ``qwen_remote_compat`` loads it
+    (its fixes and checks are tested on their own in tests/test_qwen_remote_compat.py)."""
     import transformers
+
+    from mmcal.engine import qwen_remote_compat
 
     def tokenizer_from(path, **kw):
         if seen is not None:
             seen.append(kw["trust_remote_code"])
         return tok
 
-    def model_from(path, **kw):
+    def model_from(name, path, revision, dtype):
         if seen is not None:
-            seen.append(kw["trust_remote_code"])
-        return model
+            seen.append(True)  # load_causal_lm runs the remote code (trust_remote_code=True)
+        return model, []
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer_from)
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from)
+    monkeypatch.setattr(qwen_remote_compat, "load_causal_lm", model_from)
 
 
 def _letter_logprobs(model, tok, text: str, n: int):
@@ -595,9 +599,8 @@ def _image_at(folder: Path, n_bytes: int) -> Path:
 def test_adapter_records_image_paths_the_model_cannot_read(tmp_path, monkeypatch):
     """A path of 254 bytes is scored; 255 bytes (the model's slice misses the only <imgpad>) and a name not in NFC
     (the tokenizer normalises it, the model would open another file) are unscorable rows, and the job goes on."""
-    monkeypatch.setattr(transformers_auto(), "from_pretrained", lambda p, **kw: StandInQwenTokenizer())
     model = StandInQwenVLModel()
-    monkeypatch.setattr(transformers_auto("AutoModelForCausalLM"), "from_pretrained", lambda p, **kw: model)
+    _load_stand_ins(monkeypatch, StandInQwenTokenizer(), model)
     items = _image_items(tmp_path / "data", n=1)
     root = items.parent
     nfd = root / "cafe\u0301.png"  # "é" as e + combining accent
@@ -616,12 +619,6 @@ def test_adapter_records_image_paths_the_model_cannot_read(tmp_path, monkeypatch
     assert df.loc["b255", "status"].iloc[0] == "prompt too long: image path of 255 bytes, Qwen-VL reads at most 254"
     assert df.loc["nfd", "status"].iloc[0].startswith("image unreadable:")
     assert "NFC" in df.loc["nfd", "status"].iloc[0]
-
-
-def transformers_auto(cls: str = "AutoTokenizer"):
-    import transformers
-
-    return getattr(transformers, cls)
 
 
 def test_adapter_takes_only_the_reference_prompt(tmp_path):

@@ -29,10 +29,12 @@ import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
+from mmcal.engine import qwen_remote_compat
 from mmcal.engine.chat import ChatFormat
 from mmcal.engine.loading import LoadedModel, model_fingerprint
 from mmcal.engine.scoring import Engine
 from mmcal.errors import ConfigError, MmcalError
+from mmcal.hub import qwen_font
 from mmcal.torch_device import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,9 @@ class RemoteQwenVL:
     logits are cut here.
     """
 
-    def __init__(self, inner):
+    def __init__(self, inner, compat_fixes: list[str] | None = None):
         self.inner = inner
+        self.compat_fixes = list(compat_fixes or [])  # what load_causal_lm changed to run it (qwen_remote_compat)
 
     @property
     def config(self):
@@ -155,20 +158,35 @@ def check_interface(name: str, tokenizer, config, multimodal: bool) -> None:
 
 
 def _load_remote(name: str, path: str, adapter: str, multimodal: bool, device, dtype, revision, trust_remote_code):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.utils import cached_file
 
     if not trust_remote_code:
         raise ConfigError(f"models.{name}: adapter {adapter} runs the model's own code: set trust_remote_code: true")
     device = resolve_device(device)
-    kw = {"revision": revision, "trust_remote_code": True}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device), **kw)
+    tokenizer_file = cached_file(
+        path,
+        qwen_font.TOKENIZER_FILE,
+        revision=revision,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if qwen_font.check_font(name, tokenizer_file):  # imported, the tokenizer would have downloaded it itself
+        log.info(
+            "model %r: fetched %s/%s, which its tokenizer reads when imported",
+            name,
+            qwen_font.FONT_REPO,
+            qwen_font.FONT_FILE,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=True)
+    # the remote code as transformers 5 must run it, and checked after loading (engine/qwen_remote_compat.py)
+    model, fixes = qwen_remote_compat.load_causal_lm(name, path, revision, resolve_dtype(dtype, device))
     check_interface(name, tokenizer, model.config, multimodal)
     model.to(device)
     model.eval()
     return LoadedModel(
         name=name,
-        model=RemoteQwenVL(model),
+        model=RemoteQwenVL(model, fixes),
         processor=tokenizer,
         tokenizer=tokenizer,
         multimodal=multimodal,

@@ -31,6 +31,7 @@ from mmcal import hashing, plan
 from mmcal.data.registry import release_folder
 from mmcal.data.release_layout import inspect_release
 from mmcal.errors import ConfigError, DataError
+from mmcal.hub import qwen_font
 
 RESOLVED = "data/downloads/resolved.json"
 # owner/name: anything else (a relative or absolute path) is a local folder
@@ -154,19 +155,29 @@ def resolve(source: dict, offline: bool) -> dict:
         folder = Path(source["path"])
         if not folder.is_dir():
             raise DataError(f"{source['key']}: local folder {folder} does not exist")
-        return _local_record(source, folder)
+        return _with_qwen_font(_local_record(source, folder), offline)
     if source["type"] == "dataset":
         return _dataset_record(source, offline)
     folder = _snapshot(source, local_only=offline)
     if offline:
-        return _local_record(source, folder)
-    return {
+        return _with_qwen_font(_local_record(source, folder), offline)
+    record = {
         **source,
         "mode": "hub",
         "folder": str(folder),
         "commit": folder.name,  # snapshot folders are named by the commit they hold
         "files": [f.relative_to(folder).as_posix() for f in hashing.tree_files(folder)],
     }
+    return _with_qwen_font(record, offline)
+
+
+def _with_qwen_font(record: dict, offline: bool) -> dict:
+    """A model whose (Qwen-VL-Chat) tokenizer fetches SimSun.ttf when imported: the font too, where that tokenizer
+    looks it up (:mod:`mmcal.hub.qwen_font`), so that jobs load it offline."""
+    tokenizer = Path(record["folder"]) / qwen_font.TOKENIZER_FILE
+    if record["type"] == "model" and tokenizer.is_file() and qwen_font.fetches_font_on_import(tokenizer):
+        record["font"] = qwen_font.ensure_font(offline)
+    return record
 
 
 def _check_pin(rec: dict) -> None:
