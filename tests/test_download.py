@@ -215,7 +215,8 @@ def test_local_release_builds_through_the_dag(tmp_path):
     folder = _release_folder(tmp_path)
     cfg = yaml.safe_load((wd / "config/paper.yaml").read_text())
     cfg["offline"] = True
-    cfg["datasets"]["news-idk"].update(release={"path": str(folder)}, path="llava_idk.json")
+    # the fixture's answer turns are letters and option texts ("(C)", "B. Three"): read them with the default rule
+    cfg["datasets"]["news-idk"].update(release={"path": str(folder)}, path="llava_idk.json", answer="auto")
     del cfg["datasets"]["news-idk"]["image_root"]  # default: the file's folder, which holds images/
     (wd / "config/local-release.yaml").write_text(yaml.safe_dump(cfg))
     target = "data/datasets/news-idk/items.jsonl"
