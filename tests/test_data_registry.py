@@ -39,7 +39,7 @@ def test_each_builder_is_defined_in_its_module():
         "fashion_mnist": "mmcal.data.fashion_mnist",
         "fmnist_idk": "mmcal.data.idk.fmnist",
         "hub_mcq": "mmcal.data.hub_mcq",
-        "jsonl": "mmcal.data.registry",
+        "jsonl": "mmcal.data.jsonl",
         "llava_json": "mmcal.data.idk.llava_json",
         "text_mcq": "mmcal.data.text_mcq",
     }

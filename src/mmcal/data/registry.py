@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmcal.data.release_layout import LAYOUT_KEYS, inspect_release
 from mmcal.errors import ConfigError
-from mmcal.items import MCItem, read_items, write_items
+from mmcal.items import MCItem, write_items
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ BUILDER_MODULES = (
     "mmcal.data.idk.fmnist",
     "mmcal.data.idk.llava_json",
     "mmcal.data.idk.dated_news",
+    "mmcal.data.jsonl",
 )
 
 _BUILDERS: dict[str, Builder] = {}
@@ -78,12 +79,6 @@ def require(cfg: dict, key: str, name: str):
     return cfg[key]
 
 
-@register("jsonl")
-def build_jsonl(name: str, cfg: dict, out_dir: Path, context: BuildContext) -> list[MCItem]:
-    """Items already in the common schema: read (and validated) as they are."""
-    return read_items(require(cfg, "path", name))
-
-
 def release_folder(name: str, cfg: dict) -> str | None:
     """The folder of a data set's ``release`` (None without one): its local ``path`` (local mode), else
     ``data/downloads/<name>`` where the ``download_release`` rule puts the hub snapshot."""
@@ -110,6 +105,10 @@ def release_inputs(name: str, cfg: dict) -> dict[str, str]:
     path = str(cfg.get("path") or "")
     if cfg.get("builder") in ("llava_json", "dated_news") and path and not path.startswith("hf:"):
         return {"release": path}
+    if cfg.get("builder") == "jsonl" and path:
+        from mmcal.data.jsonl import jsonl_inputs
+
+        return {"release": jsonl_inputs(cfg)}  # the file and its images: an edit of either rebuilds the set
     return {}
 
 
