@@ -33,16 +33,18 @@ PART_TITLES = {key: title for key, title, _ in PARTS}
 # `base` builds on config/defaults.yaml: settings, scenarios and prompts, no runs), then further --configfile
 # overlays and --config values (mmcal.config). Every problem of the merged config is reported at once, each
 # naming its key, before anything is planned.
+# this workflow's own config/defaults.yaml and schema, also when another Snakefile includes this one
+WORKFLOW_ROOT = workflow.current_basedir.get_path_or_uri(secret_free=True)
 config.clear()
 config.update(
     study_config.load_study(
         [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"],
         dict(workflow.config_settings.config),
-        root=workflow.basedir,
+        root=WORKFLOW_ROOT,
     )
 )
 study_config.check(
-    config, study_config.load_schema(workflow.basedir), "the study's config"
+    config, study_config.load_schema(WORKFLOW_ROOT), "the study's config"
 )
 
 

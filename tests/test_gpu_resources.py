@@ -155,8 +155,8 @@ def test_per_model_resources_reach_the_jobs(tmp_path):
         seen[(rule, model)] = (res["mem_mb"], res["runtime"], res["gpu"])
     assert seen[("score", "smolvlm")] == ("16000", "120", "1")
     assert seen[("score", "llava-1.5-7b-stage1")] == ("32000", "240", "1")
-    assert seen[("prompt_search", "llava-1.5-7b")] == ("32000", "240", "1")
-    assert len({m for _, m in seen}) == 6
+    assert seen[("prompt_search", "qwen-vl-chat")] == ("32000", "240", "1")
+    assert len({m for _, m in seen}) == 8
 
 
 def test_cuda_without_a_gpu_fails_naming_the_device():

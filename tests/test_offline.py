@@ -74,10 +74,10 @@ def test_config_offline_key_reaches_jobs(tmp_path):
 
 
 def test_paper_config_is_online_and_default_configs_offline():
-    import yaml
+    from mmcal.config import load_study
 
     for name, offline in (("config.yaml", True), ("test.yaml", True), ("paper.yaml", False)):
-        assert yaml.safe_load((REPO / "config" / name).read_text())["offline"] is offline, name
+        assert load_study([REPO / "config" / name], root=REPO)["offline"] is offline, name
 
 
 def test_cli_is_offline_unless_online(tmp_path, monkeypatch, capsys):

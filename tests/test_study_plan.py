@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from mmcal import plan
+from mmcal.config import load_study
 from mmcal.errors import ConfigError
 from mmcal.figures.registry import KINDS, figure_plan
 from mmcal.paper.build import TABLE_PARTS, paper_sections, table_parts
@@ -14,9 +14,7 @@ from mmcal.paper.main_tex import PARTS
 
 @pytest.fixture
 def config(repo_root):
-    cfg = yaml.safe_load((repo_root / "config/config.yaml").read_text())
-    cfg.setdefault("metrics", {}).setdefault("split", "test")
-    return cfg
+    return load_study([repo_root / "config/config.yaml"], root=repo_root)
 
 
 def test_runs_expand_the_grid_and_merge_splits(config):

@@ -94,6 +94,30 @@ def cmd_records(args) -> int:
     return 0
 
 
+def cmd_config_check(args) -> int:
+    """``mmcal config check FILE [FILE ...]``: the merged study config (its base chain, overlays) against the
+    schema, every problem at once; then what planning checks (the runs, the same-text comparisons)."""
+    from mmcal import config as study_config
+
+    root = Path(args.root)
+    study = study_config.load_study(args.files, root=root)
+    problems = study_config.config_errors(study, study_config.load_schema(root))
+    if problems:
+        print(f"{args.files[0]}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    from mmcal import plan
+    from mmcal.engine import parity
+
+    runs = plan.expand_runs(study)
+    later = parity.check_comparisons(study)
+    print(f"{args.files[0]}: ok ({len(runs)} scored runs, {len(study.get('models') or {})} models)")
+    for pair in later:
+        print(f"  comparison {pair.comparison!r}: same text checked by the download job (hub templates)")
+    return 0
+
+
 def cmd_audit(args) -> int:
     """The chain behind an artifact, ``--verify`` against the disk, ``--export`` as an RO-Crate;
     ``--cell`` and ``--rescore`` go down to one number (mmcal.audit.cells, mmcal.audit.rescore)."""
@@ -183,6 +207,12 @@ def main(argv=None) -> int:
     )
     a.add_argument("--rescore", metavar="K", type=int, help="re-score K random items of a records file")
     a.set_defaults(func=cmd_audit)
+    c = sub.add_parser("config", help="check a study config (base chain, overlays) before running it")
+    c_sub = c.add_subparsers(dest="config_cmd", required=True)
+    check = c_sub.add_parser("check", help="every problem of the merged config at once (exit 1 if any)")
+    check.add_argument("files", nargs="+", help="the study's config file, then any overlays")
+    check.add_argument("--root", default=".", help="the workflow's directory (config/defaults.yaml, the schema)")
+    check.set_defaults(func=cmd_config_check)
     args = p.parse_args(argv)
     set_hub_offline(not args.online)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
