@@ -21,6 +21,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 
+# Long end-to-end runs of documented commands: only when asked for by their marker (`pytest -m e2e`), so the
+# suite CI runs stays within its time; each is run and reported by hand when the workflow changes.
+ON_REQUEST = {
+    "replica": "the paper study on hub-shaped replicas (minutes): pytest -m replica, in .venv-families",
+    "e2e": "a documented command end to end (minutes): pytest -m e2e",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    asked = config.getoption("markexpr") or ""
+    for item in items:
+        for mark, why in ON_REQUEST.items():
+            if item.get_closest_marker(mark) and mark not in asked:
+                item.add_marker(pytest.mark.skip(reason=f"on request only: {why}"))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
