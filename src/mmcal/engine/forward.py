@@ -218,22 +218,29 @@ class Forward:
         order = sorted(range(len(rows)), key=lambda i: rows[i].enc_index)
         rows_sorted = [rows[i] for i in order]
         ids = torch.tensor([encs[r.enc_index].prefix_ids + r.ids for r in rows_sorted], device=self.lm.device)
-        keep = len(rows_sorted[0].ids) + 1  # logits from the prefix's last token onwards
+        scored = any(r.span_from < len(r.ids) for r in rows_sorted)
+        keep = len(rows_sorted[0].ids) + 1 if scored else 1  # logits from the prefix's last token on, where read
         out = self.lm.model(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             logits_to_keep=keep,
+            **self._no_cache(),
             **self._extra_for(encs, appended=len(rows_sorted[0].ids)),
         )
         logits = out.logits  # [B, keep, V]; position t predicts continuation token t
         last = logits[:, -1].float().cpu()
         totals, counts = [0.0] * len(rows), [0] * len(rows)
-        if any(r.span_from < len(r.ids) for r in rows_sorted):
+        if scored:
             totals, counts = self._span_sums(logits[:, 0], logits[:, 1:], rows_sorted)
         results = [None] * len(rows)
         for b, i in enumerate(order):
             results[i] = RowOut(last[b], totals[b], counts[b])
         return results
+
+    def _no_cache(self) -> dict:
+        """Nothing follows a joined pass: no KV cache to keep (a 7B model's is ~0.3 GB per item). Families
+        without the cache interface (remote code behind an adapter) choose for themselves."""
+        return {"use_cache": False} if self.lm.prefix_cache_ok else {}
 
     def _prefix_pass(self, encs):
         """(model output with its KV cache and last-token logits, prefix length) for same-length prefixes."""
