@@ -118,3 +118,47 @@ def test_packed_pass_on_the_trained_size_tiny_llava(default_size_llava, fmnist_i
         np.testing.assert_allclose(a["option_scores"], b["option_scores"], atol=1e-5, rtol=0)
         np.testing.assert_allclose(a["option_logits"], b["option_logits"], atol=1e-5, rtol=0)
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+
+
+def test_fallbacks_are_logged_once_and_give_the_cached_records(tiny_llava_dir, fmnist_items, caplog, monkeypatch):
+    """A prompt longer than a sliding window, and a packed pass that disagrees with separate passes on its first
+    batch, both fall back to one cached pass per continuation length: said once per engine, the cached path's
+    records."""
+    import logging
+
+    from mmcal.engine.loading import load_model
+
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    packed = Engine(lm, PromptVariant(), batch_size=2, image_root=root)
+    expected = packed.score(items, Scenario())
+    assert packed.forward.tree_ok
+
+    def same(rows, expected):
+        for a, b in zip(rows, expected):
+            assert (a["item_id"], a["readout"]) == (b["item_id"], b["readout"])
+            np.testing.assert_allclose(a["option_scores"], b["option_scores"], atol=1e-5, rtol=0)
+
+    lm.model.config.text_config.sliding_window = 8  # the model's own masks now slide: a tree mask would not
+    cached = Engine(lm, PromptVariant(), batch_size=2, image_root=root)
+    cached.forward.tree_ok = False
+    cached_rows = cached.score(items, Scenario())
+    windowed = Engine(lm, PromptVariant(), batch_size=2, image_root=root)
+    with caplog.at_level(logging.INFO, logger="mmcal.engine.forward"):
+        same(windowed.score(items, Scenario()), cached_rows)
+    assert windowed.forward.tree_ok is None  # never tried
+    assert sum("sliding window (8)" in r.getMessage() for r in caplog.records) == 1
+    del lm.model.config.text_config.sliding_window
+
+    run_tree = Forward._run_tree
+
+    def off_by_a_bit(self, *args):
+        return [replace(o, span_logprob=o.span_logprob + 0.01) for o in run_tree(self, *args)]
+
+    monkeypatch.setattr(Forward, "_run_tree", off_by_a_bit)
+    caplog.clear()
+    wrong = Engine(lm, PromptVariant(), batch_size=2, image_root=root)
+    with caplog.at_level(logging.INFO, logger="mmcal.engine.forward"):
+        same(wrong.score(items, Scenario()), expected)
+    assert wrong.forward.tree_ok is False
+    assert [r.levelname for r in caplog.records if "differ from separate passes" in r.getMessage()] == ["WARNING"]
