@@ -131,9 +131,10 @@ class Shapes:
     inter: int
     layers: int
     vocab: int
+    attention: bool = True  # count attention's own products (False: the weights' matrix products only)
 
     @classmethod
-    def of(cls, config) -> "Shapes":
+    def of(cls, config, attention: bool = True) -> "Shapes":
         v, t = config.vision_config, config.text_config
         feature = config.vision_feature_layer
         needed = v.num_hidden_layers + 1 + feature if feature < 0 else feature  # hidden_states[k]: k layers
@@ -149,6 +150,7 @@ class Shapes:
             inter=t.intermediate_size,
             layers=t.num_hidden_layers,
             vocab=t.vocab_size,
+            attention=attention,
         )
 
     @property
@@ -160,17 +162,17 @@ class Shapes:
         """Vision tower (the layers the features need) + projector, for one image."""
         s = self.patches + 1  # + CLS
         embed = 2 * self.patches * 3 * self.patch**2 * self.d_v
-        layer = 2 * s * (4 * self.d_v**2 + 2 * self.d_v * self.i_v) + 4 * s * s * self.d_v
+        layer = 2 * s * (4 * self.d_v**2 + 2 * self.d_v * self.i_v) + self.attention * 4 * s * s * self.d_v
         projector = 2 * self.patches * (self.d_v * self.d + self.d * self.d)
         return embed + self.layers_v * layer + projector
 
     def prefix(self, n: int) -> float:
         """Language model over n tokens, causal attention, no logits."""
-        return self.layers * (2 * n * self.layer_params + 2 * self.d * n * (n + 1))
+        return self.layers * (2 * n * self.layer_params + self.attention * 2 * self.d * n * (n + 1))
 
     def nodes(self, prefix_len: int, depths: list[int]) -> float:
         """Packed continuation nodes: each attends to the prefix, its ancestors and itself."""
-        per_layer = sum(2 * self.layer_params + 4 * self.d * (prefix_len + k + 1) for k in depths)
+        per_layer = sum(2 * self.layer_params + self.attention * 4 * self.d * (prefix_len + k + 1) for k in depths)
         return self.layers * per_layer
 
     def logits(self, n: int) -> float:
