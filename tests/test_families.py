@@ -440,3 +440,57 @@ def test_letter_greedy_equals_an_independent_loop(family, replicas, replica_imag
     else:
         assert row["pred"] == letters.index(tok.decode([generated[step]]).strip())
         assert row["confidence"] == pytest.approx(float(torch.softmax(logits[step], -1)[generated[step]]), rel=1e-4)
+
+
+# ---- all continuations in one packed pass (issue 22, point 1) ------------------------------------------
+def _separate_pass(engine, enc, row) -> tuple[torch.Tensor, float]:
+    """One plain pass of prefix + this continuation alone (no cache, no batch): the full-vocabulary log-softmax
+    after its last token and the summed log-probability of its scored tokens (float64 maths)."""
+    from mmcal.engine.forward import APPENDED_TOKEN_TYPE
+
+    lm = engine.lm
+    ids = torch.tensor([enc.prefix_ids + row.ids])
+    extra = dict(enc.extra)
+    for k, v in extra.items():  # per-token types cover the continuation (PaliGemma: the answer is type 1)
+        if v.dim() == 2 and v.shape[1] == len(enc.prefix_ids) and not v.is_floating_point():
+            extra[k] = torch.cat([v, v.new_full((1, len(row.ids)), APPENDED_TOKEN_TYPE.get((lm.model_type, k), 0))], 1)
+    with torch.no_grad():
+        lp = torch.log_softmax(
+            lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0].double(), -1
+        )
+    n = len(enc.prefix_ids)
+    scored = sum(float(lp[n + j - 1, row.ids[j]]) for j in range(min(row.span_from, len(row.ids)), len(row.ids)))
+    return lp[-1], scored
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_readouts_equal_separate_passes(family, replicas, replica_image):
+    """Two items in one batch (different options, so their trees differ in size and are padded): the letter
+    branch's full-vocabulary log-probs and every option's summed log-probability from the packed tree equal one
+    plain pass per continuation within 1e-5 (fp32). Qwen2-VL (mrope) keeps one full pass per continuation."""
+    from dataclasses import replace
+
+    from mmcal.engine.forward import Forward
+
+    root, image = replica_image
+    engine = _engine(family, replicas, root)
+    mm = _multimodal(family)
+    first = engine.encode(0, _item(image if mm else None), _scenario(family))
+    assert first.status == "ok"
+    # the second item has the first one's prefix (a batch needs equal lengths) and other, longer options
+    other = MCItem("q2", "q2", QUESTION, REAL_OPTIONS[3:8], 0, "test", "replica")
+    encs = [first, replace(first, pos=1, item=other)]
+    rows = [r for j, e in enumerate(encs) for r in engine.readout_set.continuations(e, j)]
+    forward = Forward(engine.lm)
+    outs = forward.run_rows(encs, rows)
+    assert forward.tree_ok is (True if engine.lm.prefix_cache_ok else None)
+    assert engine.lm.prefix_cache_ok is (family != "qwen2-vl")
+    worst = 0.0
+    for row, out in zip(rows, outs):
+        last, scored = _separate_pass(engine, encs[row.enc_index], row)
+        if row.last:
+            worst = max(worst, float((torch.log_softmax(out.last_logits.double(), -1) - last).abs().max()))
+        else:
+            assert out.span_len == len(row.ids) - row.span_from
+            worst = max(worst, abs(out.span_logprob - scored))
+    assert worst <= 1e-5, worst

@@ -159,7 +159,7 @@ def test_shared_prefix_candidates_match_scoring_from_scratch(tiny_llava_dir, fmn
     prefixes = [answer_prefix_for(w) for w in ("The answer might be", "I think it is", "Probably")]
     shared = Engine(lm, PromptVariant(), readouts=["letter_restricted"], batch_size=3, image_root=root)
     reused = shared.score_answer_prefixes(items, Scenario(), prefixes)
-    assert shared.forward.packed_ok  # the packed path (one continuation per item) was checked and used
+    assert shared.forward.tree_ok  # the packed path (all candidates in one tree per item) was checked and used
     for pre in prefixes:
         alone = Engine(lm, PromptVariant(answer_prefix=pre), readouts=["letter_restricted"], image_root=root)
         scratch = alone.score(items, Scenario())

@@ -96,3 +96,19 @@ def test_shared_prefix_candidates_on_cuda(family, fmnist_items):
         by_id = {r["item_id"]: r for r in reused[pre]}
         for b in alone.score(items, Scenario()):
             np.testing.assert_allclose(by_id[b["item_id"]]["option_scores"], b["option_scores"], atol=1e-4)
+
+
+def test_packed_pass_on_cuda(family, fmnist_items):
+    """All readouts: the packed pass (letter branch + option tree behind the prefix's cache) is used where the
+    family allows it and gives the per-length cached path's records within 1e-5 (fp32)."""
+    name, path = family
+    root, items = fmnist_items
+    lm = load_model(name, str(path), device="cuda", dtype="float32")
+    packed = Engine(lm, PromptVariant(), batch_size=4, image_root=root)
+    rows = packed.score(items, Scenario())
+    assert packed.forward.tree_ok is (True if lm.prefix_cache_ok else None)
+    cached = Engine(lm, PromptVariant(), batch_size=4, image_root=root)
+    cached.forward.tree_ok = False
+    for a, b in zip(rows, cached.score(items, Scenario())):
+        assert (a["item_id"], a["readout"]) == (b["item_id"], b["readout"])
+        np.testing.assert_allclose(a["option_scores"], b["option_scores"], atol=1e-5, rtol=0)

@@ -1,11 +1,13 @@
 """Forward strategies: how the model runs an item's shared prefix and its continuations.
 
 Every readout needs a short *continuation* of an item's prefix (see :mod:`mmcal.engine.scoring`).
-When an item needs a single continuation, prefix + continuation run as one forward pass. When it
-needs several, the prefix runs once with ``use_cache=True`` and the continuations run on its KV
-cache, one unpadded pass per continuation length (prompt-search candidates: all of an item's
-candidates packed into one pass behind a block mask). Families whose position ids depend on the
-whole sequence get one full pass per continuation instead.
+When an item needs a single continuation (letter readouts alone), prefix + continuation run as one
+forward pass. When it needs several (the option log-likelihoods, prompt-search candidates), the
+prefix runs once with ``use_cache=True`` and all its continuations run in ONE more pass on its KV
+cache, packed as a token tree behind a block mask (:mod:`mmcal.engine.packing`); that path is
+checked once per engine against one pass per continuation length (``_run_cached``), which stays the
+fallback. Families whose position ids depend on the whole sequence get one full pass per
+continuation instead. Which path a model takes is logged once per engine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmcal.engine.loading import LoadedModel
+from mmcal.engine.packing import PREFIX, Tree, build_tree
 from mmcal.errors import MmcalError
 from mmcal.items import MCItem
 
@@ -47,20 +50,29 @@ class Encoded:
         return (len(self.prefix_ids),) + tuple((k, tuple(v.shape)) for k, v in sorted(self.extra.items()))
 
 
+NO_SPAN = 10**9  # a Row's span_from when none of its tokens is scored
+
+
 @dataclass
 class Row:
-    """One continuation of an item's prefix: ``ids`` appended; tokens ids[span_from:] are scored."""
+    """One continuation of an item's prefix: ``ids`` appended; tokens ids[span_from:] are scored;
+    ``last``: the logits after its last token are read."""
 
     enc_index: int
     ids: list[int]
     span_from: int
+    last: bool = True
 
 
 @dataclass
 class RowOut:
-    last_logits: object  # torch tensor [V]: logits after the row's last token
+    last_logits: object  # torch tensor [V]: logits after the row's last token (None: not read, packed tree)
     span_logprob: float
     span_len: int
+
+
+# Position of a sequence's first token, where it is not 0: PaliGemma's positions are 1-indexed.
+FIRST_POSITION = {"paligemma": 1}
 
 
 # Token type of continuation tokens, where it is not 0 (= text): PaliGemma attends bidirectionally over its
@@ -78,7 +90,8 @@ class Forward:
 
     def __init__(self, lm: LoadedModel):
         self.lm = lm
-        self.packed_ok: bool | None = None  # packed prompt-search candidates, checked on first use
+        self.tree_ok: bool | None = None  # packed continuation trees: checked on first use
+        self._said: set[str] = set()  # fallbacks already logged (once per engine)
 
     def _extra_for(self, encs: list[Encoded], appended: int = 0) -> dict:
         """Concatenate processor tensors along dim 0 (works for [1, C, H, W] and flat patches).
@@ -112,9 +125,10 @@ class Forward:
         with torch.inference_mode():
             if per_item.max() == 1 and len({len(r.ids) for r in rows}) == 1:
                 return self._run_joined(encs, rows)
-            if self.lm.prefix_cache_ok:
-                return self._run_cached(encs, rows)
-            return self._run_full(encs, rows)
+            if not self.lm.prefix_cache_ok:
+                self._say("its position ids depend on the whole sequence: one full pass per continuation")
+                return self._run_full(encs, rows)
+            return self._run_packed(encs, rows)
 
     def greedy(self, encs: list[Encoded], answer_ids: list[int], max_new_tokens: int) -> list[tuple[list[int], object]]:
         """Greedy decoding after prefix + ``answer_ids`` (same-length prefixes, so no padding).
@@ -204,22 +218,29 @@ class Forward:
         order = sorted(range(len(rows)), key=lambda i: rows[i].enc_index)
         rows_sorted = [rows[i] for i in order]
         ids = torch.tensor([encs[r.enc_index].prefix_ids + r.ids for r in rows_sorted], device=self.lm.device)
-        keep = len(rows_sorted[0].ids) + 1  # logits from the prefix's last token onwards
+        scored = any(r.span_from < len(r.ids) for r in rows_sorted)
+        keep = len(rows_sorted[0].ids) + 1 if scored else 1  # logits from the prefix's last token on, where read
         out = self.lm.model(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             logits_to_keep=keep,
+            **self._no_cache(),
             **self._extra_for(encs, appended=len(rows_sorted[0].ids)),
         )
         logits = out.logits  # [B, keep, V]; position t predicts continuation token t
         last = logits[:, -1].float().cpu()
         totals, counts = [0.0] * len(rows), [0] * len(rows)
-        if any(r.span_from < len(r.ids) for r in rows_sorted):
+        if scored:
             totals, counts = self._span_sums(logits[:, 0], logits[:, 1:], rows_sorted)
         results = [None] * len(rows)
         for b, i in enumerate(order):
             results[i] = RowOut(last[b], totals[b], counts[b])
         return results
+
+    def _no_cache(self) -> dict:
+        """Nothing follows a joined pass: no KV cache to keep (a 7B model's is ~0.3 GB per item). Families
+        without the cache interface (remote code behind an adapter) choose for themselves."""
+        return {"use_cache": False} if self.lm.prefix_cache_ok else {}
 
     def _prefix_pass(self, encs):
         """(model output with its KV cache and last-token logits, prefix length) for same-length prefixes."""
@@ -281,73 +302,171 @@ class Forward:
         return [self._run_joined([encs[r.enc_index]], [Row(0, r.ids, r.span_from)])[0] for r in rows]
 
     def candidate_last_logits(self, encs: list[Encoded], cand_ids: list[list[int]]) -> list[list]:
-        """Per item, per candidate: logits after the candidate's last token.
-
-        Fast path (checked once per engine against the general one): the candidates of an item go
-        into ONE continuation after its cached prefix, each attending to the prefix and itself only
-        (a block mask, positions restarting after the prefix), so the prefix cache is never copied.
-        """
-        if all(cand_ids) and self.lm.prefix_cache_ok and self.packed_ok is not False:
-            try:
-                packed = self._run_packed(encs, cand_ids)
-            except Exception as exc:  # an architecture without custom 4-D masks
-                log.info("packed candidates unavailable for %s: %s", self.lm.model_type, exc)
-                self.packed_ok = False
-            else:
-                if self.packed_ok is None:
-                    self.packed_ok = self._agrees(packed, self._run_rows_for(encs, cand_ids))
-                if self.packed_ok:
-                    return packed
-        return self._run_rows_for(encs, cand_ids)
-
-    def _run_rows_for(self, encs, cand_ids) -> list[list]:
-        rows = [Row(j, ids, 10**9) for j in range(len(encs)) for ids in cand_ids]
+        """Per item, per candidate answer prefix: the logits after the candidate's last token (all of an
+        item's candidates in one packed tree behind its prefix, where the family allows it)."""
+        rows = [Row(j, ids, NO_SPAN) for j in range(len(encs)) for ids in cand_ids]
         outs = self.run_rows(encs, rows)
         k = len(cand_ids)
         return [[o.last_logits for o in outs[j * k : (j + 1) * k]] for j in range(len(encs))]
 
-    def _agrees(self, a, b) -> bool:
+    def _say(self, why: str) -> None:
+        if why not in self._said:
+            self._said.add(why)
+            log.info("model %s (%s): %s", self.lm.name, self.lm.model_type, why)
+
+    def _tree_refusal(self, prefix_len: int, trees: list[Tree]) -> str | None:
+        """Why these continuations cannot run as packed trees (None: they can)."""
+        cfg = getattr(self.lm.model.config, "text_config", None) or self.lm.model.config
+        impl = getattr(cfg, "_attn_implementation", None) or getattr(self.lm.model.config, "_attn_implementation", "")
+        if "flash" in str(impl):
+            return f"attention {impl} takes no custom mask: one cached pass per continuation length"
+        window = getattr(cfg, "sliding_window", None)
+        if window and prefix_len + max(len(t.tokens) for t in trees) > window:
+            # a custom mask replaces the sliding window's: only exact while everything fits inside it
+            return f"prompts longer than the sliding window ({window}): one cached pass per continuation length"
+        if self.tree_ok is False:
+            return "packed trees disagreed with separate passes: one cached pass per continuation length"
+        return None
+
+    def _run_packed(self, encs, rows) -> list[RowOut]:
+        """All continuations of each item in one packed pass; checked on the engine's first batch against
+        one pass per continuation length (on its first item), which is the fallback."""
         import torch
 
+        by_item = [[i for i, r in enumerate(rows) if r.enc_index == j] for j in range(len(encs))]
+        trees = [build_tree([rows[i] for i in idx]) for idx in by_item]
+        why = self._tree_refusal(len(encs[0].prefix_ids), trees)
+        if why:
+            self._say(why)
+            return self._run_cached(encs, rows)
+        if self.tree_ok:
+            return self._run_tree(encs, rows, by_item, trees)
+        try:
+            outs = self._run_tree(encs, rows, by_item, trees)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            self.tree_ok = False
+            self._say(f"packed trees failed ({type(exc).__name__}: {exc}): one cached pass per continuation length")
+            return self._run_cached(encs, rows)
+        first = by_item[0]
+        alone = self._run_cached(encs[:1], [rows[i] for i in first])
+        worst = _worst_difference([outs[i] for i in first], alone)
         tol = 1e-3 if self.lm.model.dtype == torch.float32 else 0.25  # bf16 rounding vs a wrong mask
-        worst = max(
-            float((torch.log_softmax(x, -1) - torch.log_softmax(y, -1)).abs().max())
-            for xs, ys in zip(a, b)
-            for x, y in zip(xs, ys)
-        )
-        if worst > tol:
-            log.warning("packed candidates differ from separate passes by %.3g; not used", worst)
-        return worst <= tol
+        self.tree_ok = worst <= tol
+        if not self.tree_ok:
+            log.warning("model %s: packed trees differ from separate passes by %.3g; not used", self.lm.name, worst)
+            return self._run_cached(encs, rows)
+        self._say(f"all continuations in one packed pass (checked: max |log-prob difference| {worst:.2g})")
+        return outs
 
-    def _run_packed(self, encs, cand_ids) -> list[list]:
+    def _run_tree(self, encs, rows, by_item: list[list[int]], trees: list[Tree]) -> list[RowOut]:
+        """Prefix pass (KV cache), then every item's tree in one pass; logits only at read nodes."""
         import torch
 
-        dev = self.lm.device
-        with torch.inference_mode():
-            out, L = self._prefix_pass(encs)
-            B = len(encs)
-            flat = [t for c in cand_ids for t in c]
-            block = torch.tensor([k for k, c in enumerate(cand_ids) for _ in c], device=dev)
-            offset = torch.tensor([j for c in cand_ids for j in range(len(c))], device=dev)
-            T = len(flat)
-            # query t sees the whole prefix, and tokens of its own candidate up to itself
-            own = (block[:, None] == block[None, :]) & (offset[:, None] >= offset[None, :])
-            allowed = torch.cat([torch.ones((T, L), dtype=torch.bool, device=dev), own], 1)
-            if getattr(self.lm.model.config, "_attn_implementation", "sdpa") == "eager":
-                mask = torch.zeros(allowed.shape, dtype=self.lm.model.dtype, device=dev)
-                mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
-            else:
-                mask = allowed
-            ends = torch.cumsum(torch.tensor([len(c) for c in cand_ids], device=dev), 0) - 1
-            cout = self.lm.model(
-                input_ids=torch.tensor(flat, device=dev)[None].expand(B, T),
-                attention_mask=mask[None, None].expand(B, 1, T, L + T),
-                position_ids=(L + offset)[None].expand(B, T),
+        dev, model = self.lm.device, self.lm.model
+        out, L = self._prefix_pass(encs)
+        prefix_logits = out.logits[:, -1]  # [B, V]: the PREFIX node's logits
+        B, T, K = len(encs), max(len(t.tokens) for t in trees), max(t.n_read for t in trees)
+        logits = None
+        if T:
+            first = L + FIRST_POSITION.get(self.lm.model_type, 0)
+            ids = np.zeros((B, T), dtype=np.int64)
+            pos = np.full((B, T), first, dtype=np.int64)
+            allowed = np.zeros((B, T, L + T), dtype=bool)
+            allowed[:, :, :L] = True  # the prefix, for every node (padding nodes too: no empty softmax)
+            for b, t in enumerate(trees):
+                n = len(t.tokens)
+                ids[b, :n] = t.tokens
+                pos[b, :n] = first + np.asarray(t.depths, dtype=np.int64)
+                allowed[b, :n, L : L + n] = t.allowed()
+            mask = torch.from_numpy(allowed)[:, None].to(dev)
+            cfg = getattr(model.config, "text_config", None) or model.config
+            if getattr(cfg, "_attn_implementation", None) == "eager":
+                mask = torch.zeros(mask.shape, dtype=model.dtype, device=dev).masked_fill(
+                    ~mask, torch.finfo(model.dtype).min
+                )
+            cout = model(
+                input_ids=torch.from_numpy(ids).to(dev),
+                attention_mask=mask,
+                position_ids=torch.from_numpy(pos).to(dev),
                 cache=out.cache,
-                logits_to_keep=ends,
+                logits_to_keep=torch.arange(K, device=dev),
             )
-            logits = cout.logits.float()
-            if logits.shape[:2] != (B, len(cand_ids)):
-                raise MmcalError(f"unexpected logits shape {tuple(logits.shape)}")
-            logits = logits.cpu()
-        return [[logits[j, c] for c in range(len(cand_ids))] for j in range(B)]
+            logits = cout.logits  # [B, K, V]: node k's logits at position k
+            if tuple(logits.shape[:2]) != (B, K):
+                raise ForwardError(f"packed tree: logits of shape {tuple(logits.shape)}, expected ({B}, {K}, V)")
+        sums, counts = self._scored_sums(prefix_logits, logits, rows, by_item, trees)
+        lasts = self._last_logits(prefix_logits, logits, by_item, trees)
+        return [RowOut(lasts.get(i), sums[i], counts[i]) for i in range(len(rows))]
+
+    @staticmethod
+    def _pick(prefix_logits, logits, b, nodes):
+        """Logits [n, V] of nodes (PREFIX: the prefix's last token) of items b, in one gather each."""
+        import torch
+
+        at_prefix = nodes == PREFIX
+        if logits is None:
+            return prefix_logits[b]
+        return torch.where(at_prefix[:, None], prefix_logits[b], logits[b, nodes.clamp(min=0)])
+
+    def _scored_sums(self, prefix_logits, logits, rows, by_item, trees) -> tuple[list[float], list[int]]:
+        """Per row: sum and count of log p(token) over its scored tokens; log p = logit - logsumexp(logits)
+        at the node that predicts it, in float32, summed in float64 (as ``_span_sums``); one transfer."""
+        import torch
+
+        b, node, target, row = [], [], [], []
+        counts = [0] * len(rows)
+        for j, (idx, t) in enumerate(zip(by_item, trees)):
+            for local, i in enumerate(idx):
+                counts[i] = len(t.scored[local])
+                for n, tok in t.scored[local]:
+                    b.append(j), node.append(n), target.append(tok), row.append(i)
+        if not b:
+            return [0.0] * len(rows), counts
+        dev = prefix_logits.device
+        b_t, node_t, target_t = (torch.tensor(x, device=dev) for x in (b, node, target))
+        lse = torch.logsumexp(prefix_logits.float(), -1)[b_t]
+        picked = prefix_logits[b_t, target_t].float()
+        if logits is not None:
+            inside = node_t != PREFIX
+            tree_lse = torch.logsumexp(logits.float(), -1)  # [B, K]: each read node's normaliser, once
+            k = node_t.clamp(min=0)
+            lse = torch.where(inside, tree_lse[b_t, k], lse)
+            picked = torch.where(inside, logits[b_t, k, target_t].float(), picked)
+        totals = torch.zeros(len(rows), dtype=torch.float64, device=dev)
+        totals.index_add_(0, torch.tensor(row, device=dev), (picked - lse).double())
+        return totals.cpu().tolist(), counts
+
+    def _last_logits(self, prefix_logits, logits, by_item, trees) -> dict[int, object]:
+        """Row index -> the float32 CPU logits [V] after its last token, for rows whose last logits are read."""
+        import torch
+
+        b, node, row = [], [], []
+        for j, (idx, t) in enumerate(zip(by_item, trees)):
+            for local, i in enumerate(idx):
+                if t.last[local] is not None:
+                    b.append(j), node.append(t.last[local]), row.append(i)
+        if not row:
+            return {}
+        dev = prefix_logits.device
+        picked = self._pick(prefix_logits, logits, torch.tensor(b, device=dev), torch.tensor(node, device=dev))
+        picked = picked.float().cpu()
+        return {i: picked[k] for k, i in enumerate(row)}
+
+
+def _worst_difference(a: list[RowOut], b: list[RowOut]) -> float:
+    """Largest difference of two strategies' outputs for the same rows: full-vocabulary log-softmax of the
+    last logits, and mean log-probability of the scored tokens."""
+    import torch
+
+    worst = 0.0
+    for x, y in zip(a, b):
+        if x.span_len != y.span_len:
+            return float("inf")
+        if x.span_len:
+            worst = max(worst, abs(x.span_logprob - y.span_logprob) / x.span_len)
+        if x.last_logits is not None:
+            d = torch.log_softmax(x.last_logits, -1) - torch.log_softmax(y.last_logits, -1)
+            worst = max(worst, float(d.abs().max()))
+    return worst

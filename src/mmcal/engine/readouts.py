@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from mmcal import LETTERS
-from mmcal.engine.forward import Encoded, Row, RowOut
+from mmcal.engine.forward import NO_SPAN, Encoded, Row, RowOut
 from mmcal.engine.prompts import PromptVariant
 from mmcal.errors import MmcalError
 from mmcal.items import MCItem
@@ -158,10 +158,12 @@ class ReadoutSet:
         return row
 
     def continuations(self, enc: Encoded, enc_index: int) -> list[Row]:
-        """Continuations needed for this item's readouts: first the answer prefix, then options."""
+        """Continuations needed for this item's readouts: first the answer prefix (the logits after it),
+        then the options (their text's log-probabilities). They share the option prefix's tokens, which
+        :mod:`mmcal.engine.packing` runs once."""
         rows = []
         if {"letter_restricted", "letter_full_vocab"} & set(self.readouts):
-            rows.append(Row(enc_index, self.joined(self.prompt.answer_prefix), 10**9))
+            rows.append(Row(enc_index, self.joined(self.prompt.answer_prefix), NO_SPAN))
         if "option_loglik" in self.readouts:
             head = self.joined(self.prompt.option_prefix)
             for opt in enc.item.options:  # the option's tokens as they follow the head (Llama: "▁the", not "▁", "▁the")
@@ -171,7 +173,7 @@ class ReadoutSet:
                         f"item {enc.item.item_id!r}: option {opt!r} merges into the option prefix "
                         f"{self.prompt.option_prefix!r}"
                     )
-                rows.append(Row(enc_index, ids, len(head)))
+                rows.append(Row(enc_index, ids, len(head), last=False))  # only its tokens' log-probs are read
         return rows
 
     def rows(self, enc: Encoded, outs: list[RowOut], greedy: tuple | None = None) -> list[dict]:
