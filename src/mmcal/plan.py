@@ -82,7 +82,7 @@ def all_records(config: dict) -> list[str]:
 
 
 # Imported runs (config `imports:`): harness logs turned into records by the rule import_logs.
-IMPORT_REPORT = "data/imports/{name}.json"
+IMPORT_REPORT = "data/imports/{model}/{dataset}/{scenario}/{prompt}.json"
 IMPORT_DEFAULT_SCENARIO = {"lm-eval": "blind", "lmms-eval": "image", "vlmevalkit": "image"}
 
 
@@ -110,6 +110,13 @@ def import_runs(config: dict) -> list[dict]:
             }
         )
     return out
+
+
+def import_run(config: dict, name: str) -> dict:
+    for run in import_runs(config):
+        if run["import"] == name:
+            return run
+    raise ConfigError(f"no imports: entry named {name!r}; defined: {sorted(config.get('imports') or {})}")
 
 
 def import_items(config: dict, name: str) -> str | None:
