@@ -1,4 +1,6 @@
 # Helpers shared by the workflow: config lookups, the figure plan and the list of final targets.
+import re
+
 from mmcal.errors import ConfigError
 from mmcal.promptopt.openai_paraphraser import check_no_key
 
@@ -133,12 +135,19 @@ def recalibration_cfg():
 
 
 IMPORT_NAMES = [r["import"] for r in plan.import_runs(config)]
+# A records path is scored unless its model is an imported run's (rule import_logs writes those); the
+# model wildcard is followed by "/" in every path of the score rule.
+SCORED_MODEL = (
+    r"(?!(?:%s)(?:/|$))[A-Za-z0-9_.\-]+" % "|".join(re.escape(n) for n in IMPORT_NAMES)
+    if IMPORT_NAMES
+    else r"[A-Za-z0-9_.\-]+"
+)
 
 
 def import_inputs(wildcards):
     """The items an imported log joins by doc_id, when the entry's dataset is a `datasets:` entry."""
     items = plan.import_items(config, wildcards.model)
-    return {"items": items} if items else {}
+    return {"item_file": items} if items else {}
 
 
 def import_run(wildcards):

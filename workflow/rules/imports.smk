@@ -3,10 +3,7 @@
 import re
 
 
-# An imported model's records path also matches the score rule: the import rule produces it.
-ruleorder: import_logs > score
-
-
+# The score rule leaves these records paths alone (its model constraint, SCORED_MODEL in common.smk).
 rule import_logs:
     input:
         unpack(import_inputs),

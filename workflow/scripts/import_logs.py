@@ -15,7 +15,7 @@ report = run_import_entry(
     dict(sm.params.run),
     sm.output.records,
     sm.output.report,
-    sm.input.get("items"),
+    sm.input.get("item_file"),
 )
 log.info(
     "imported %s: %d of %d lines ok, accuracy %s",

@@ -46,8 +46,10 @@ def plot_reported_metrics(summary: pd.DataFrame, out_stem: Path, *, dpi: int = 2
     keys = varying(rows, GROUP_KEYS)
     fig, (left, right) = panel_grid(2, max_cols=2, panel_width=2.6, panel_height=2.4, sharex=False, sharey=False)
     handles = {}
-    for _, row in rows.iterrows():
-        color = model_color(row["model"])
+    one_per_model = rows["model"].is_unique
+    for i, (_, row) in enumerate(rows.iterrows()):
+        # a model's own colour when each model is one row; otherwise one colour per row
+        color = model_color(row["model"]) if one_per_model else f"C{i % 10}"
         label = _label(row, keys)
         for score, marker in MARKERS.items():
             x, y = row[f"conformal_{score}_set_size"], row[f"conformal_{score}_coverage"]

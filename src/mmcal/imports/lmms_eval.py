@@ -75,10 +75,10 @@ def find_logs(files: list[Path]) -> tuple[dict[str, list[tuple[Path, str]]], dic
 
 
 def _version_tuple(version: str | None) -> tuple[int, ...] | None:
-    if not version:
-        return None
-    numbers = re.findall(r"\d+", version)
-    return tuple(int(n) for n in numbers[:3]) if numbers else None
+    """(major, minor, patch) of a release number; None for anything else. lmms-eval 0.7 writes
+    ``lmms_eval_version`` as ``<git branch>@<commit>`` ("unknown@unknown" for a pip install)."""
+    match = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?$", str(version or "").strip())
+    return tuple(int(n or 0) for n in match.groups()) if match else None
 
 
 def read_task(
@@ -103,7 +103,7 @@ def read_task(
     has_doc = any(obj is not None and "doc" in obj for _, obj, _ in entries)
     output_type = config.get("output_type") or _guess_output_type(entries)
     version = results.get("lmms_eval_version")
-    layout = _layout_name(layouts, has_doc)
+    layout = _layout_name(layouts, has_doc) + (" (results with lmms_eval_version: 0.7 on)" if version else "")
     log = TaskLog(
         harness=HARNESS,
         task=task,
@@ -132,8 +132,13 @@ def read_task(
     _reported(log, results.get("results", {}).get(task, {}))
     if stringified:
         log.quirks.append("numbers are logged as strings (sanitize_list, v0.2.4 on): parsed back")
+    if version and _version_tuple(version) is None:
+        log.quirks.append(f"lmms_eval_version is {version!r} (git branch@commit, not a release number)")
     if not has_doc and items is None:
-        log.quirks.append("the lines carry no doc (v0.4 on) and no items were given: options and gold are unknown")
+        log.quirks.append(
+            "the lines carry no doc (v0.4 on) and no items were given: the gold from the target, the number "
+            "of options from the prompt's lettered lines"
+        )
     elif not has_doc:
         log.quirks.append(f"the lines carry no doc (v0.4 on): joined to {items.path} by doc_id = metadata.row")
     if output_type == "multiple_choice":
