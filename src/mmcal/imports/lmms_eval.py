@@ -229,16 +229,23 @@ def _fill(sample: Sample, obj: dict, output_type: str, items: ItemIndex | None, 
 
 
 def _prompt_and_continuations(obj: dict) -> tuple[str | None, list[str]]:
-    """The logged prompt and, when the line has them, every request's continuation."""
+    """The logged prompt and, when the line has them, every request's continuation. Up to 0.2.3
+    ``arguments`` is every request's serialisable arguments in one flat list ((context, continuation,
+    doc_id, task, split) per request); 0.2.4-0.3.x keep ``input`` (the first context) and replace
+    ``arguments`` with the characters of the first continuation (``enumerate`` of a string)."""
     args = obj.get("arguments")
     continuations = []
     prompt = obj.get("input") if isinstance(obj.get("input"), str) else None
-    if isinstance(args, list) and args and all(isinstance(a, (list, tuple)) for a in args):  # <= 0.2.3
+    n = len(obj["filtered_resps"]) if isinstance(obj.get("filtered_resps"), list) else 0
+    if isinstance(args, list) and args and all(isinstance(a, (list, tuple)) for a in args):  # per request
         prompt = prompt or (args[0][0] if args[0] and isinstance(args[0][0], str) else None)
         continuations = [a[1] for a in args if len(a) > 1 and isinstance(a[1], str)]
-    elif isinstance(obj.get("input"), list) and obj["input"]:  # 0.2.4-0.3.x: input = first request's args
-        first = obj["input"]
-        prompt = first[0] if isinstance(first[0], str) else None
+    elif isinstance(args, list) and n and len(args) % n == 0 and len(args) // n >= 2:  # <= 0.2.3: flat
+        width = len(args) // n
+        requests = [args[i : i + width] for i in range(0, len(args), width)]
+        if all(isinstance(r[0], str) and isinstance(r[1], str) for r in requests):
+            prompt = prompt or requests[0][0]
+            continuations = [r[1] for r in requests]
     return prompt, continuations
 
 

@@ -12,9 +12,9 @@ Files (read from VLMEvalKit's ``vlmeval/dataset/image_mcq.py`` and ``utils/multi
 - With an LLM judge, a prediction no pass could match becomes a **random option** (log "Failed to
   predict, thus randomly generate one."); under ``exact_matching`` it becomes "Z" (always wrong).
 
-Records: one ``generated`` row per prediction row; ``pred`` the option the text names
-(:func:`~mmcal.imports.common.parse_letter`), ``correct`` the judge's ``hit`` where it judged that
-row alone, else ``pred == gold``; a random fallback is flagged (``meta.random_fallback``) and counts
+Records: one ``generated`` row per prediction row; ``pred`` the option VLMEvalKit's exact matching
+reads in the text (:func:`match_answer`), ``correct`` the judge's ``hit`` where it judged that row
+alone, else ``pred == gold``; a random fallback is flagged (``meta.random_fallback``) and counts
 as no answer (its hit was chance). Circular rotations of a question share one cluster
 (``index mod 1e6``). The report gives the per-row accuracy and, for circular sets, the group
 accuracy next to the judge's.
@@ -30,14 +30,13 @@ from pathlib import Path
 
 from mmcal import LETTERS
 from mmcal.errors import DataError
-from mmcal.imports.common import Sample, TaskLog, letter_index, parse_letter
+from mmcal.imports.common import Sample, TaskLog, letter_index
 
 HARNESS = "vlmevalkit"
 RANDOM_FALLBACK = "Failed to predict, thus randomly generate one"
 CIRCULAR_NAMES = ("mmbench", "ccbench", "circular", "mmcr")
 CIRCULAR_STEP = 1_000_000
 _NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
-_RESULT = re.compile(r"^(?P<stem>.+)_(?P<judge>[^_]+)_result$")
 
 
 def read_table(path: Path) -> list[dict]:
@@ -87,24 +86,54 @@ def _number(text: str):
     return int(value) if value.is_integer() else value
 
 
+_PUNCTUATION = re.compile(r"[.()\[\],:;!*#{}]")
+_ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([A-D])\**")
+
+
+def match_answer(prediction: str | None, options: list[str]) -> int:
+    """The option VLMEvalKit's exact matching (``can_infer``, vlmeval/utils/matching_util.py at
+    e8e78f05) reads in a prediction; -1 when it reads none. First the letters: with punctuation as
+    spaces, exactly one option letter among the words and among the last five of them; then "answer
+    is X"; then the option texts: a prediction at most twice the options' total length that contains
+    exactly one option's text (case-insensitive)."""
+    if prediction is None:
+        return -1
+    letters = LETTERS[: len(options)]
+    words = _PUNCTUATION.sub(" ", prediction).split()
+    found = [c for c in letters if c in words]
+    if len(found) == 1 and words.index(found[0]) > len(words) - 5:
+        return letters.index(found[0])
+    match = _ANSWER_IS.search(prediction)
+    if match and match.group(1).upper() in letters:
+        return letters.index(match.group(1).upper())
+    lowered = prediction.lower()
+    if len(lowered) <= 2 * sum(len(o) for o in options):
+        hits = [i for i, o in enumerate(options) if o.lower() in lowered]
+        if len(hits) == 1:
+            return hits[0]
+    return -1
+
+
 def find_logs(files: list[Path]) -> dict[str, dict]:
-    """Per prediction file stem ``<model>_<dataset>``: its prediction file and result file (if any)."""
+    """Per prediction file stem ``<model>_<dataset>``: its prediction file and its judge's result file
+    ``<stem>_<judge>_result`` (the judge's name may hold underscores: "exact_matching")."""
     tables = [f for f in files if f.suffix in (".xlsx", ".tsv", ".csv")]
-    out: dict[str, dict] = {}
-    for f in tables:
-        match = _RESULT.match(f.stem)
-        if match:
-            out.setdefault(match.group("stem"), {})["result"] = f
-            out[match.group("stem")]["judge"] = match.group("judge")
-    for f in tables:
-        if not _RESULT.match(f.stem) and not f.stem.endswith(("_acc", "_score")):
-            out.setdefault(f.stem, {})["prediction"] = f
-    return {k: v for k, v in out.items() if "prediction" in v or "result" in v}
+    results = [f for f in tables if f.stem.endswith("_result")]
+    out: dict[str, dict] = {
+        f.stem: {"prediction": f}
+        for f in tables
+        if f not in results and not f.stem.endswith(("_acc", "_score", "_detailed_results"))
+    }
+    for f in results:
+        stems = [p for p in out if f.stem.startswith(p + "_")]
+        if not stems:
+            raise DataError(f"{f}: a VLMEvalKit result file without its prediction file <model>_<dataset>.xlsx")
+        stem = max(stems, key=len)
+        out[stem].update(result=f, judge=f.stem[len(stem) + 1 : -len("_result")])
+    return out
 
 
 def read_task(task: str, found: dict, dataset_name: str | None = None) -> TaskLog:
-    if "prediction" not in found:
-        raise DataError(f"VLMEvalKit {task!r}: only a result file ({found['result']}); the prediction file is needed")
     pred_rows = read_table(found["prediction"])
     result_rows = read_table(found["result"]) if "result" in found else []
     name = (dataset_name or task).lower()
@@ -161,7 +190,7 @@ def _fill(sample: Sample, row: dict, verdicts: dict, circular: bool) -> None:
     sample.cluster_id = str(group)
     prediction = row.get("prediction")
     sample.generated = None if prediction is None else str(prediction)
-    sample.pred = parse_letter(sample.generated, len(options), options)
+    sample.pred = match_answer(sample.generated, options)
     verdict = verdicts.get(sample.doc_id)
     sample.meta["circular_group"] = group if circular else None
     if verdict is not None:

@@ -163,13 +163,14 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float, methods:
             select(summary, **where),
         )
     vf = parts.get("visual_finetuning")
-    if vf:
-        where = {
-            "dataset": vf["dataset"],
-            "scenario": vf["scenario"],
-            "prompt": vf["prompt"],
-            "model": [vf["before"], vf["after"]],
-        }
+    vf_where = vf and {
+        "dataset": vf["dataset"],
+        "scenario": vf["scenario"],
+        "prompt": vf["prompt"],
+        "model": [vf["before"], vf["after"]],
+    }
+    if vf and not select(summary, **vf_where).empty:  # a study without those runs (imports only) has no table
+        where = vf_where
         put(
             "visual_finetuning",
             T.main_results_table(
@@ -182,12 +183,12 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float, methods:
             select(summary, **where),
         )
     tv = parts.get("text_vs_image")
-    if tv and summary["scenario"].isin(tv["scenarios"][1:]).any():
-        rows = select(summary, dataset=tv["dataset"], prompt=tv["prompt"])
+    rows = select(summary, dataset=tv["dataset"], prompt=tv["prompt"]) if tv else summary.iloc[:0]
+    if tv and rows["scenario"].isin(tv["scenarios"][1:]).any():
         put("text_vs_image", T.scenario_table(rows, tv["scenarios"]), "summary", rows)
     oo = parts.get("option_order")
-    if oo and summary["scenario"].isin(oo["scenarios"][1:]).any():
-        rows = select(summary, dataset=oo["dataset"], model=oo["model"], prompt=oo["prompt"])
+    rows = select(summary, dataset=oo["dataset"], model=oo["model"], prompt=oo["prompt"]) if oo else summary.iloc[:0]
+    if oo and rows["scenario"].isin(oo["scenarios"][1:]).any():
         put("option_order", T.scenario_table(rows, oo["scenarios"]), "summary", rows)
     comparisons = _read_csv(inputs["comparisons"])
     pr = parts.get("protocol")
