@@ -128,7 +128,9 @@ def letter_index(value, n_options: int) -> int | None:
             index = int(text)
         else:
             return None
-    return index if 0 <= index < max(n_options, 1) or n_options == 0 else None
+    if index < 0 or (n_options and index >= n_options):
+        return None
+    return index
 
 
 def options_in_prompt(prompt: str | None) -> int:
