@@ -16,7 +16,7 @@ import pandas as pd
 from mmcal.figures.registry import reported_rows
 from mmcal.paper import tables as T
 from mmcal.paper.main_tex import PARTS
-from mmcal.records import GROUP_KEYS, select
+from mmcal.records import GROUP_KEYS, RUN_KEYS, select
 
 # The ``parts`` entries make_tables reads: the tables job's params, so editing another part
 # (idk, recalibration) never re-writes the tables.
@@ -61,7 +61,7 @@ def table_parts(parts: dict, imported: list[dict] | None = None) -> dict:
     table of reported metrics shows beside the main group."""
     out = {key: parts[key] for key in TABLE_PARTS if parts.get(key)}
     if imported:
-        out["imports"] = [{k: r[k] for k in ("model", "dataset", "scenario", "prompt")} for r in imported]
+        out["imports"] = [{k: r[k] for k in RUN_KEYS} for r in imported]
     return out
 
 
