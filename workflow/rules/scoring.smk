@@ -10,6 +10,8 @@ rule score:
         "logs/score/{model}/{dataset}/{scenario}/{prompt}.log",
     benchmark:
         "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
+    wildcard_constraints:
+        model=SCORED_MODEL,
     conda:
         "../../envs/models.yaml"
     threads: config["scoring"]["threads"]
