@@ -72,6 +72,10 @@ STAGE1_DEFAULTS = {
     "n_train": None,  # None: steps * batch_size captions, each on a different image
     "feature_layer": -2,  # LLaVA-1.5's choice: the penultimate vision layer
     "projector_act": "gelu",  # LLaVA-1.5's mlp2x_gelu projector
+    # Length buckets: examples sorted by length within windows of this many batches, the batches of a
+    # window in seeded random order (0: no bucketing). Captions vary 22-65 tokens: unbucketed batches
+    # pad 24 % more tokens than they hold; windows of 8 batches, 4 %.
+    "bucket_window": 0,
     "bf16": False,  # see the note on bf16 above STAGE1_DEFAULTS
 }
 
@@ -90,6 +94,12 @@ STAGE2_DEFAULTS = {
     "n_train": None,  # None: steps * batch_size instructions, each on a different image
     "n_options": 4,  # an int, or a list of ints to mix (one drawn per example)
     "train_embeddings": False,  # the tied (49k x 576) embedding matrix stays frozen: cheaper steps
+    # Which decoder layers train: None, all of them; N, the top N (+ the final norm). With the projector
+    # frozen too (train_projector: false), nothing below the lowest trained layer needs a gradient, so
+    # autograd records nothing there: the frozen layers cost one forward pass and keep no activations.
+    "train_layers": None,
+    "train_projector": True,
+    "bucket_window": 0,  # as in stage 1; questions vary 57-63 tokens, so it buys little here
     "idk_train_classes": None,  # e.g. [5]: images whose gold answer is the IDK option
     "idk_fraction": 0.0,
     "idk_text": "I don't know",

@@ -31,6 +31,7 @@ from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.training import (
     adamw,
     autocast,
+    bucketed_order,
     collate,
     eager_attention,
     read_manifest,
@@ -114,6 +115,8 @@ def train_stage1(cfg: dict, vision_dir: str | Path, lm_dir: str | Path, out_dir:
     prompts = PromptTokenizer(processor, n_image_tokens(model))
     rows = np.arange(n_examples) % n_images
     examples = caption_examples(prompts, rows, data.labels[image_idx[rows]], cfg, rng)
+    order = bucketed_order([len(e.ids) for e in examples], batch, int(s1["bucket_window"]), rng)
+    examples = [examples[k] for k in order]
 
     params = freeze_all_but(model, [model.model.multi_modal_projector])
     optimizer = adamw(params, lr=float(s1["lr"]), weight_decay=0.0)
