@@ -1,4 +1,6 @@
 # The iterative prompt search: paraphrased answer prompts scored on calib, the best on test.
+# A 2-thread job and one of the largest: before any two scoring jobs (mmcal.scheduling).
+from mmcal.scheduling import PROMPT_SEARCH
 
 
 rule prompt_search:
@@ -13,6 +15,7 @@ rule prompt_search:
         "logs/promptopt/{model}/{dataset}.log",
     benchmark:
         "benchmarks/promptopt/{model}/{dataset}.tsv"
+    priority: PROMPT_SEARCH
     conda:
         "../../envs/models.yaml"
     threads: config["threads"]

@@ -1,4 +1,13 @@
 # Scoring: model × dataset × scenario × prompt → records (one forward pass per item).
+# Largest jobs first, the IDK variant's before the others (mmcal.scheduling).
+from mmcal.scheduling import score_priorities
+
+SCORE_PRIORITIES = score_priorities(config)
+
+
+def score_priority(wildcards):
+    key = (wildcards.model, wildcards.dataset, wildcards.scenario, wildcards.prompt)
+    return SCORE_PRIORITIES.get(key, 1)
 
 
 rule score:
@@ -10,6 +19,7 @@ rule score:
         "logs/score/{model}/{dataset}/{scenario}/{prompt}.log",
     benchmark:
         "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
+    priority: score_priority
     conda:
         "../../envs/models.yaml"
     threads: config["scoring"]["threads"]

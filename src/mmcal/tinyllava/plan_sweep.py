@@ -95,7 +95,7 @@ def run_candidate(cand: dict, args, results: Path) -> None:
     parents = {"lm": str(args.lm)}
     parent_key = None
     for stage in STAGES:
-        if stage == "stage2_idk" and "stage2_idk" not in training:
+        if stage == "stage2_idk" and "stage2_idk" not in training or stage not in args.stages:
             break
         cfg = stage_config(training, stage)
         if args.probe_steps:
@@ -172,7 +172,8 @@ def table(results: Path, names=None) -> str:
             s = r["summary"]
             cell = f"{stage} {r['wall_seconds'] or 0:.0f}s"
             if s.get("median_step_seconds") is not None:
-                cell += f" ({s['median_step_seconds']:.3f} s/step x {s.get('steps')})"
+                cpu = s.get("median_step_cpu_seconds", float("nan"))
+                cell += f" ({s['median_step_seconds']:.3f} s/step, {cpu:.3f} cpu-s x {s['steps']})"
             test = r.get("test") or {}
             accs = {k.removesuffix("_accuracy"): v for k, v in test.items() if k.endswith("_accuracy")}
             if accs:
@@ -191,6 +192,7 @@ def main(argv=None) -> None:
     ap.add_argument("--idk-items", type=Path, help="idk items.jsonl (test split scored for the IDK variant)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--probe-steps", type=int, default=0, help="time N steps per stage instead of training")
+    ap.add_argument("--stages", nargs="*", default=list(STAGES), help="train up to the last of these (default: all)")
     ap.add_argument("--dry-run", action="store_true", help="print each stage's folder; train nothing")
     ap.add_argument("--no-pins", action="store_true", help="leave the CPU kernels unpinned (for the pins' cost)")
     args = ap.parse_args(argv)

@@ -89,12 +89,19 @@ class TrainLog:
 
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
+    # CPU seconds of the process (all threads) per step: what a step costs whatever else shares the
+    # cores, as long as idle threads do not spin (GOMP_SPINCOUNT=0)
+    step_cpu_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
-    def seconds_per_step(self, skip: int = 2) -> float:
-        """Median step time after the first ``skip`` steps (allocations, first-touch)."""
-        times = self.step_seconds[skip:] or self.step_seconds
+    @staticmethod
+    def _median(times: list[float], skip: int) -> float:
+        """Median after the first ``skip`` steps (allocations, first-touch)."""
+        times = times[skip:] or times
         return float(np.median(times)) if times else float("nan")
+
+    def seconds_per_step(self, skip: int = 2) -> float:
+        return self._median(self.step_seconds, skip)
 
     def summary(self, tail: int = 10) -> dict:
         last = self.losses[-tail:] or [float("nan")]
@@ -104,6 +111,7 @@ class TrainLog:
             "final_loss_mean_last_%d" % tail: round(float(np.mean(last)), 4),
             "train_seconds": round(self.seconds, 1),
             "median_step_seconds": round(self.seconds_per_step(), 4),
+            "median_step_cpu_seconds": round(self._median(self.step_cpu_seconds, 2), 4),
         }
 
 
@@ -115,9 +123,10 @@ def run_steps(step_fn: Callable[[int], float], n_steps: int, desc: str) -> Train
     t0 = time.time()
     bar = tqdm(range(n_steps), desc=desc, file=_LogStream(log), mininterval=10.0, ascii=True)
     for step in bar:
-        t_step = time.perf_counter()
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         loss = float(step_fn(step))
         record.step_seconds.append(time.perf_counter() - t_step)
+        record.step_cpu_seconds.append(time.process_time() - cpu_step)
         if not math.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss} at step {step}")
         record.losses.append(loss)
