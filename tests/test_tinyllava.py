@@ -428,3 +428,24 @@ def test_training_jobs_ran_on_the_pinned_kernels(study):
         assert numerics["env"]["ATEN_CPU_CAPABILITY"] == "avx2"
         assert numerics["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
         assert ("MKL_CBWR" in numerics["env"]) == (cpu_vendor() == "GenuineIntel")
+
+
+def test_lora_adapters_merge_into_the_weights_they_adapt():
+    """A merged adapter computes what the adapted layer computed, and leaves a plain nn.Linear."""
+    from mmcal.tinyllava.lora import add_lora, merge_lora
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.GELU(), torch.nn.Linear(6, 4))
+    params = add_lora([block], rank=2, alpha=4.0)
+    assert len(params) == 4 and all(p.requires_grad for p in params)
+    assert not any(p.requires_grad for n, p in block.named_parameters() if "lora" not in n)
+    x = torch.randn(5, 8)
+    untouched = block(x).detach()
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p))  # as if trained
+    adapted = block(x).detach()
+    assert not torch.allclose(adapted, untouched)
+    assert merge_lora([block]) == 2
+    assert all(type(m) is torch.nn.Linear for m in (block[0], block[2]))
+    assert torch.allclose(block(x), adapted, atol=1e-5)

@@ -1,6 +1,12 @@
 # Models the DAG builds: the SmolLM2 checkpoint and the tiny-LLaVA stages. Training is one serial chain
 # that every scoring job waits on: its jobs go first whenever they are ready (mmcal.scheduling).
 from mmcal.scheduling import TRAINING
+from mmcal.tinyllava.config import resolve_config
+
+
+def training_threads(section, idk=False):
+    """The thread count a stage's recipe fixes (its weights depend on it): its job reserves that many cores."""
+    return resolve_config(training_cfg(section, idk=idk))[section]["threads"]
 
 
 rule convert_smollm2:
@@ -27,7 +33,7 @@ rule train_vision:
     priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("vision")
     params:
         cfg=training_cfg("vision"),
     script:
@@ -47,7 +53,7 @@ rule train_stage1:
     priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("stage1")
     params:
         cfg=training_cfg("stage1"),
     script:
@@ -66,7 +72,7 @@ rule train_stage2:
     priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("stage2")
     params:
         cfg=training_cfg("stage2"),
     script:
@@ -87,7 +93,7 @@ rule train_stage2_idk:
     priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("stage2", idk=True)
     params:
         cfg=training_cfg("stage2", idk=True),
     script:

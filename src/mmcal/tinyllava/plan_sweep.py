@@ -47,8 +47,15 @@ def stage_config(training: dict, stage: str, seed: int = 0) -> dict:
     return cfg
 
 
-def stage_key(cfg: dict, parent: str | None) -> str:
-    text = json.dumps({"cfg": cfg, "parent": parent}, sort_keys=True)
+def stage_key(cfg: dict, stage: str, parent: str | None) -> str:
+    """Hash of the stage's settings with the code's defaults filled in (a changed default is another
+    stage) and of its parent's key."""
+    from mmcal.tinyllava.config import resolve_config
+
+    resolved = resolve_config(cfg)
+    section = "stage2" if stage == "stage2_idk" else stage
+    own = {k: v for k, v in resolved.items() if k not in ("vision", "stage1", "stage2")}
+    text = json.dumps({"cfg": {**own, section: resolved[section]}, "parent": parent}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -100,7 +107,7 @@ def run_candidate(cand: dict, args, results: Path) -> None:
         cfg = stage_config(training, stage)
         if args.probe_steps:
             cfg = probe_config(cfg, stage, args.probe_steps)
-        key = stage_key(cfg, parent_key)
+        key = stage_key(cfg, stage, parent_key)
         out = args.out / f"{stage}-{key}"
         if args.dry_run:
             print(cand["name"], stage, out, "(done)" if (out / "sweep_result.json").exists() else "")

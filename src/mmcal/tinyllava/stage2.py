@@ -30,6 +30,7 @@ from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.evaluation import evaluate_stage, stratified_subset
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
+from mmcal.tinyllava.lora import add_lora, merge_lora
 from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.stage1 import check_parent_classes, freeze_all_but
@@ -96,13 +97,13 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     steps=300, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
     warm-up, then cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
-    idk_text="I don't know", bf16=False; the config's ``threads`` (2) fixes the thread count.
+    idk_text="I don't know", bf16=False; threads=None (the config's ``threads``, 2) fixes the thread count.
     """
     t_start = time.time()
     cfg = resolve_config(cfg)
     s2 = cfg["stage2"]
     seed = int(s2["seed"])
-    rng = seed_everything(seed, cfg["threads"])
+    rng = seed_everything(seed, s2["threads"])
     parent = check_parent_classes(stage1_dir, cfg["train_classes"], "the stage-1 model")
     data = load_train_file(cfg)
     model, processor = load_tiny_llava(stage1_dir)
@@ -126,6 +127,16 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     lr = {"lm": float(s2["lr_lm"]), "projector": float(s2["lr_projector"])}
     group_of = {name: "projector" if name == "multi_modal_projector" else "lm" for name, _ in trained}
     groups = {g: [p for name, m in trained if group_of[name] == g for p in m.parameters()] for g in ("lm", "projector")}
+    adapted = [m for name, m in trained if name.startswith("language_model.layers")]
+    if int(s2["lora_rank"]):
+        import torch
+
+        torch.manual_seed(seed)  # the adapters' initial weights
+        layer_params = {id(p) for m in adapted for p in m.parameters()}
+        groups["lm"] = [p for p in groups["lm"] if id(p) not in layer_params]
+        for m in adapted:
+            m.requires_grad_(False)  # the adapters alone train in these layers
+        groups["lm"] += add_lora(adapted, int(s2["lora_rank"]), float(s2["lora_alpha"]))
     optimizer = adamw(
         [{"params": params, "lr": lr[g], "name": g} for g, params in groups.items() if params],
         weight_decay=0.0,
@@ -148,6 +159,8 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
 
     with eager_attention(model):
         record = run_steps(step, steps, "stage 2")
+    if int(s2["lora_rank"]):
+        merge_lora(adapted)
     for p in model.parameters():
         p.requires_grad_(True)
     evaluation = evaluate_stage(model, processor, data, cfg, STAGE2_READOUTS)
@@ -177,6 +190,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
             "steps": steps,
             "batch_size": batch,
             "trained": [name for name, _ in trained],
+            "lora_rank": int(s2["lora_rank"]),
             "config": cfg,
         },
     )
