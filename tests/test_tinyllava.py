@@ -405,13 +405,14 @@ def test_training_kernel_pins_by_vendor():
     from mmcal.tinyllava.kernels import pin_training_kernels
 
     amd = {"OMP_WAIT_POLICY": "PASSIVE"}
-    pin_training_kernels(amd, vendor="AuthenticAMD")
+    pin_training_kernels(amd, vendor="AuthenticAMD", load=0.3)
     assert amd["ATEN_CPU_CAPABILITY"] == "avx2" and amd["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     # MKL's branches other than COMPATIBLE exist on Intel only: on AMD one would switch MKL's Zen kernels off
-    assert "MKL_CBWR" not in amd and "OMP_WAIT_POLICY" not in amd and int(amd["GOMP_SPINCOUNT"]) > 0
+    assert "MKL_CBWR" not in amd
+    assert amd["OMP_WAIT_POLICY"] == "ACTIVE"  # an idle machine: workers spin
     intel = {}
-    pin_training_kernels(intel, vendor="GenuineIntel")
-    assert intel["MKL_CBWR"] == "AVX2"
+    pin_training_kernels(intel, vendor="GenuineIntel", load=(os.cpu_count() or 1) + 3.0)
+    assert intel["MKL_CBWR"] == "AVX2" and intel["OMP_WAIT_POLICY"] == "PASSIVE"  # a busy machine: they sleep
     chosen = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
     pin_training_kernels(chosen, vendor="GenuineIntel")
     assert chosen["MKL_CBWR"] == "COMPATIBLE" and chosen["ATEN_CPU_CAPABILITY"] == "default"

@@ -23,16 +23,17 @@ def start(snakemake, training: bool = False) -> logging.Logger:
     """Send logging and stderr (progress bars, warnings) to the rule's log file.
 
     ``training``, for jobs that train weights (before torch loads its OpenMP runtime, MKL and oneDNN):
-    ``mmcal.tinyllava.kernels.pin_training_kernels`` caps MKL, ATen and oneDNN at their AVX2 code paths
-    (the same trained bits on every x86-64 CPU with AVX2) and lets idle OpenMP threads spin a bounded
-    while instead of the workflow's passive default (these jobs run thousands of small parallel regions).
+    ``mmcal.tinyllava.kernels.pin_training_kernels`` caps ATen and oneDNN at their AVX2 kernels (and MKL
+    at its AVX2 branch on Intel CPUs), so other CPUs of the vendor train the same bits, and lets idle
+    OpenMP threads spin instead of the workflow's passive default when the machine is otherwise idle.
     """
     global _started
     _started = time.time()
+    kernels = None
     if training:
         from mmcal.tinyllava.kernels import pin_training_kernels
 
-        pin_training_kernels()
+        kernels = pin_training_kernels()
     log_path = snakemake.log[0] if snakemake.log else None
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,8 @@ def start(snakemake, training: bool = False) -> logging.Logger:
         force=True,
     )
     _report_user_errors_plainly(getattr(snakemake, "rule", "?"))
+    if kernels:
+        logging.getLogger("mmcal").info("training kernels: %s", kernels)
     # A GPU job takes its own device before torch can initialise CUDA (mmcal.engine.devices).
     gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)
     if gpus:

@@ -34,11 +34,19 @@ AVX2_KERNELS = {
 }
 INTEL_MKL = {"MKL_CBWR": "AVX2"}
 
-# libgomp's busy-wait before an idle worker sleeps. Spinning (OMP_WAIT_POLICY=ACTIVE) made the vision
-# tower 1.9x and stage 1 1.3x faster on an idle 2-core machine, but spins without end: on a machine
-# shared with other processes the waiting thread holds a core its partner needs (measured: 25x
-# slower). A bounded spin keeps most of the idle-machine speed and yields when the core is wanted.
-SPIN_COUNT = "2000000"
+# Idle OpenMP workers: spin (ACTIVE) or sleep (PASSIVE, the workflow's default). Spinning made stage 1
+# 1.3x faster on an idle 2-core machine (README, measured before), but a spinning worker holds a core
+# its partner needs when other processes want the cores too: measured under load ~12 on 2 cores, a
+# spin of 10,000 (libgomp's GOMP_SPINCOUNT) made vision-tower steps 6.5x and 100,000 36x slower than
+# sleeping. So a training job spins only if the machine was idle when it started (load average below
+# the core count + 0.5: the job's own predecessors included). Which one never changes the bits.
+IDLE_MARGIN = 0.5
+
+
+def wait_policy(load: float | None = None, cpus: int | None = None) -> str:
+    load = os.getloadavg()[0] if load is None else load
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    return "ACTIVE" if load < cpus + IDLE_MARGIN else "PASSIVE"
 
 
 def cpu_vendor() -> str:
@@ -51,8 +59,8 @@ def cpu_vendor() -> str:
     return "unknown"
 
 
-def pin_training_kernels(environ=os.environ, vendor: str | None = None) -> dict:
-    """Set the kernel pins and the bounded OpenMP spin in ``environ``; returns the settings in force.
+def pin_training_kernels(environ=os.environ, vendor: str | None = None, load: float | None = None) -> dict:
+    """Set the kernel pins and the OpenMP wait policy in ``environ``; returns the settings in force.
 
     Raises if torch is already imported: its libraries read these variables once, at load.
     """
@@ -63,7 +71,6 @@ def pin_training_kernels(environ=os.environ, vendor: str | None = None) -> dict:
         pins.update(INTEL_MKL)
     for name, value in pins.items():
         environ.setdefault(name, value)
-    environ.pop("OMP_WAIT_POLICY", None)  # the workflow's PASSIVE would override the spin count
-    environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
-    names = (*AVX2_KERNELS, *INTEL_MKL, "GOMP_SPINCOUNT")
+    environ["OMP_WAIT_POLICY"] = wait_policy(load)
+    names = (*AVX2_KERNELS, *INTEL_MKL, "OMP_WAIT_POLICY")
     return {name: environ[name] for name in names if name in environ}

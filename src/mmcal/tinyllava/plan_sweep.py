@@ -157,7 +157,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "pins": {k: os.environ.get(k) for k in (*AVX2_KERNELS, "MKL_CBWR", "GOMP_SPINCOUNT")},
+        "pins": {k: os.environ.get(k) for k in (*AVX2_KERNELS, "MKL_CBWR", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
     }
 
 
