@@ -2,6 +2,8 @@
 import re
 
 from mmcal.errors import ConfigError
+from mmcal.scheduling import score_priorities
+from mmcal.tinyllava.config import resolve_config
 from mmcal.promptopt.openai_paraphraser import check_no_key
 
 # A prompt-search API key comes from the environment only: params (and so provenance) never hold it.
@@ -231,3 +233,23 @@ def training_cfg(section, idk=False):
         cfg[section].update(t.get("stage2_idk") or {})
         cfg[section]["idk_train_classes"] = config["classes"]["idk_train"]
     return cfg
+
+
+# --- priorities and thread counts (mmcal.scheduling; the training recipe fixes its threads) ---
+SCORE_PRIORITIES = score_priorities(config)
+
+
+def score_priority(wildcards):
+    key = (wildcards.model, wildcards.dataset, wildcards.scenario, wildcards.prompt)
+    return SCORE_PRIORITIES.get(key, 1)
+
+
+def training_threads(section, idk=False):
+    """The thread count a stage's recipe fixes (its weights depend on it): its job reserves that many cores.
+    Resolved when a job is planned, so a study that trains nothing (or no IDK variant) is not checked for it.
+    """
+
+    def threads(wildcards):
+        return resolve_config(training_cfg(section, idk=idk))[section]["threads"]
+
+    return threads

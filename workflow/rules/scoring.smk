@@ -1,6 +1,5 @@
 # Scoring: model × dataset × scenario × prompt → records (one forward pass per item).
-
-
+# Largest jobs first, the IDK variant's before the others (mmcal.scheduling).
 rule score:
     input:
         unpack(score_inputs),
@@ -12,6 +11,7 @@ rule score:
         "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
     wildcard_constraints:
         model=SCORED_MODEL,
+    priority: score_priority
     conda:
         "../../envs/models.yaml"
     threads: config["scoring"]["threads"]
