@@ -14,7 +14,7 @@ rule score:
     priority: score_priority
     conda:
         "../../envs/models.yaml"
-    threads: config["scoring"]["threads"]
+    threads: config["scoring"]["threads"] or config["threads"]
     resources:
         **model_resources(),
         gpu=model_gpus,

@@ -125,7 +125,7 @@ def rescore_report(records_path, k: int, configfile=None, seed: int = 0) -> dict
     device = resolve_device(cfg["device"])
     dtype = entry.get("dtype", cfg["dtype"])
     resolved_dtype = str(resolve_dtype(dtype, device)).replace("torch.", "")
-    torch.set_num_threads(int(cfg.get("threads", torch.get_num_threads())))
+    torch.set_num_threads(int(cfg["scoring"]["threads"] or cfg["threads"]))  # as the scoring job ran
     engine = scoring_engine(
         model,
         entry,
