@@ -10,6 +10,7 @@ from PIL import Image
 
 from mmcal.data.hub_mcq import build_hub_mcq_items
 from mmcal.data.registry import BuildContext, build_items
+from mmcal.errors import MmcalError
 
 BENCH = Path(__file__).parent / "fixtures" / "benchmarks"
 
@@ -132,3 +133,13 @@ def test_paper_config_entries_read_the_same_schemas(tmp_path, repo_root):
         entry["splits"] = {"calib": 2, "test": 100}
         items, report = build_items(name, entry, tmp_path / name, context)
         assert report["items"] == len(items) >= 3
+
+
+def test_a_split_without_items_is_an_error_and_a_short_one_is_reported(tmp_path):
+    """MMBench's fixture has 9 usable rows: asking 2 + 100 fills the test split with 7 and says so; asking
+    9 + 5 leaves the test split empty, which fails the build naming the data set and the split."""
+    items, report = _build("mmbench", tmp_path / "short", splits={"calib": 2, "test": 100})
+    assert sum(it.split == "test" for it in items.values()) == 7
+    assert report["short_splits"] == {"test": {"asked": 100, "got": 7}}
+    with pytest.raises(MmcalError, match=r"data set 'mmbench': no item left for split\(s\) \['test'\]"):
+        _build("mmbench", tmp_path / "empty", splits={"calib": 9, "test": 5})

@@ -7,11 +7,13 @@ import io
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from PIL import Image
 
 from mmcal.data.hub_mcq import build_hub_mcq_items
 from mmcal.data.registry import BuildContext, build_items
+from mmcal.errors import MmcalError
 
 
 def _png(color):
@@ -87,6 +89,7 @@ def test_scienceqa_img_with_the_paper_mapping(tmp_path):
         "items": 5,
         "excluded": {},
         "n_options": {"2": 2, "3": 1, "4": 1, "5": 1},
+        "short_splits": {"test": {"asked": 10, "got": 3}},
     }
     assert sorted(it.split for it in items) == ["calib", "calib", "test", "test", "test"]
     by_row = {it.metadata["row"]: it for it in items}
@@ -111,6 +114,7 @@ def test_scienceqa_full_text_only_keeps_the_rows_without_an_image(tmp_path):
         "items": 3,
         "excluded": {"has an image (text-only set)": 4},
         "n_options": {"3": 1, "4": 1, "5": 1},
+        "short_splits": {"test": {"asked": 10, "got": 2}},
     }
     assert {it.question for it in items} == {
         "Which word is a noun?",
@@ -129,5 +133,10 @@ def test_scienceqa_full_text_only_keeps_the_rows_without_an_image(tmp_path):
 def test_scienceqa_full_with_images_excludes_the_rows_without_one(tmp_path):
     entry = _paper_entry("scienceqa-img", tmp_path)
     entry["hub"]["name"] = "ScienceQA-FULL"
+    entry["splits"] = {"calib": 1, "test": 10}
     items, report = build_hub_mcq_items("full", entry, tmp_path / "out")
     assert report["rows"] == 7 and report["excluded"] == {"no image": 3} and len(items) == 4
+    # the paper's split sizes on these 7 rows: every usable row goes to calib, none is left for test
+    entry["splits"] = {"calib": 500, "test": 1500}
+    with pytest.raises(MmcalError, match=r"data set 'full': no item left for split\(s\) \['test'\]"):
+        build_hub_mcq_items("full", entry, tmp_path / "out2")

@@ -176,6 +176,16 @@ def rows_to_items(
     # Option counts vary (ScienceQA: 2-5); option-order scenarios rotate each item through its own n.
     n_options = dict(sorted(Counter(str(len(it.options)) for it in items).items()))
     report = {"rows": len(rows), "items": len(items), "excluded": excluded, "n_options": n_options}
+    got = Counter(it.split for it in items)
+    empty = [s for s, _ in want if not got[s]]
+    if empty:
+        raise MmcalError(
+            f"data set {name!r}: no item left for split(s) {empty} (asked {dict(want)}): {len(rows)} rows, "
+            f"{len(items)} usable items went to the splits before, excluded: {excluded or 'none'}"
+        )
+    short = {s: {"asked": n, "got": got[s]} for s, n in want if got[s] < n}
+    if short:  # fewer rows than asked: the manifest says so (the splits are filled in order)
+        report["short_splits"] = short
     if any(k != "1" for k in n_images):
         report["n_images"] = dict(sorted(n_images.items()))
     return items, report
@@ -263,7 +273,7 @@ def _cluster(row, column, modulo, name: str, item_id: str) -> str:
 
 def build_hub_mcq_items(name: str, cfg: dict, out_dir: Path, seed: int = 0):
     rows = load_source(require(cfg, "hub", name))
-    return rows_to_items(
+    items, report = rows_to_items(
         rows,
         name,
         cfg.get("columns") or {},
@@ -274,6 +284,9 @@ def build_hub_mcq_items(name: str, cfg: dict, out_dir: Path, seed: int = 0):
         seed,
         {k: cfg[k] for k in ("options_in_question", "multi_image", "where", "cluster_modulo") if k in cfg},
     )
+    if not cfg.get("splits"):
+        report.pop("short_splits", None)  # no splits asked: every usable row, however many that is
+    return items, report
 
 
 @register("hub_mcq")
