@@ -7,6 +7,8 @@
 #                                   `slurm` extras; no apt, no sudo, no Fashion-MNIST. Same as MMCAL_SETUP=paper.
 #                                   MMCAL_TORCH_INDEX=https://download.pytorch.org/whl/cuXYZ picks the torch
 #                                   CUDA build (docs/setup.md: how to choose it for your driver).
+#   MMCAL_TORCH_INDEX=https://download.pytorch.org/whl/cpu (any mode): torch's CPU-only wheel (~200 MB instead
+#                                   of PyPI's multi-GB CUDA build) on a machine without a GPU.
 #   bash envs/setup.sh --families   also .venv-families (step 3)
 #
 # The default study's Fashion-MNIST step needs root or sudo once; without either, the venv is still made and
@@ -56,15 +58,28 @@ fi
 
 # 2. Python environment with exact pins (here torch==2.13.0 is the local CPU wheel).
 PY=${PYTHON:-python3}
+# Debian's python3 makes no venv without the python3-venv package (no ensurepip): install it like the data.
+if [ ! -x .venv/bin/python ] && ! "$PY" -c "import ensurepip" 2>/dev/null; then
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; }; then
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "python${PYVER}-venv" \
+      || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv
+  else
+    echo "envs/setup.sh: $PY cannot make a venv (no ensurepip): install python3-venv (apt) or set PYTHON" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+if [ -n "${MMCAL_TORCH_INDEX:-}" ]; then
+  # torch and torchvision from the same index: a torchvision built for another torch fails on import.
+  TV=$([ "$MODE" = paper ] && echo torchvision==0.28.0)
+  .venv/bin/python -m pip install -q --index-url "$MMCAL_TORCH_INDEX" torch==2.13.0 $TV
+fi
 if [ "$MODE" = paper ]; then
-  if [ -n "${MMCAL_TORCH_INDEX:-}" ]; then
-    # torch and torchvision from the same index: a torchvision built for another torch fails on import.
-    .venv/bin/python -m pip install -q --index-url "$MMCAL_TORCH_INDEX" torch==2.13.0 torchvision==0.28.0
-  fi
   .venv/bin/python -m pip install -q -e ".[test,families,slurm]"
   .venv/bin/python - <<'PYEOF'
 import torch
