@@ -128,3 +128,18 @@ def test_an_edit_rebuilds_that_set_and_what_reads_it_nothing_else(tmp_path):
     Image.new("RGB", (8, 8), (0, 0, 0)).save(wd / "mydata/set-a/img/b.png")  # one image redrawn
     jobs = scheduled()
     assert "build_dataset dataset=set-a" in jobs and not any("set-b" in j for j in jobs)
+
+
+def test_the_shipped_example_builds_through_snakemake(tmp_path):
+    """config/examples/my-dataset.yaml: its items file (real Fashion-MNIST images) builds as the README says."""
+    wd = _workdir(tmp_path)
+    _run(wd, "--cores", "1", "data/datasets/my-items/manifest.json", "--configfile", "config/examples/my-dataset.yaml")
+    items = read_items(wd / "data/datasets/my-items/items.jsonl")
+    assert [it.split for it in items].count("calib") == 3 and len(items) == 8
+    manifest = json.loads((wd / "data/datasets/my-items/manifest.json").read_text())
+    assert manifest["build_report"]["n_items"] == 8 and manifest["build_report"]["n_missing_images"] == 0
+    for it in items:  # the 28x28 grey images, read from beside the file
+        with Image.open(wd / "data/datasets/my-items" / it.image) as img:
+            assert img.size == (28, 28)
+    rows = [json.loads(line) for line in (wd / "config/examples/my-items/items.jsonl").read_text().splitlines()]
+    assert [it.options[it.gold] for it in items] == [r["options"]["ABCD".index(r["gold"])] for r in rows]
