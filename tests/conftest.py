@@ -26,6 +26,7 @@ FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-m
 ON_REQUEST = {
     "replica": "the paper study on hub-shaped replicas (minutes): pytest -m replica, in .venv-families",
     "e2e": "a documented command end to end (minutes): pytest -m e2e",
+    "faults_slow": "a fault injected into a Snakemake run of the test study (minutes): pytest -m faults_slow",
 }
 
 
@@ -119,3 +120,7 @@ def study(tmp_path_factory):
 def test_study(study):
     """The same study under the name the audit tests use."""
     return study
+
+
+# The fault-injection suite's shared fixtures (tests/faults/, docs/reliability.md).
+from faults.faultkit import fault_workdir, fault_workflow, items8, reference8  # noqa: E402, F401

@@ -11,3 +11,8 @@ class DataError(MmcalError):
 
 class ConfigError(MmcalError):
     """The study configuration is invalid."""
+
+
+class OutputError(MmcalError, OSError):
+    """An output could not be written (disk full, file too large, read-only folder); the message names the file.
+    Still an OSError, so code that tolerates a failed write (the hash cache) keeps doing so."""
