@@ -1,7 +1,7 @@
 # mmcal: calibration of multimodal LLMs as one Snakemake DAG.
 #   data (datasets.smk) → tiny LLaVA (tinyllava.smk) → scoring, one forward pass per item
-#   (scoring.smk) → metrics, comparisons, IDK (analysis.smk) / recalibration (calibration.smk) /
-#   prompt search (promptopt.smk) → figures/ (figures.smk) and paper/ (paper.smk).
+#   (scoring.smk; harness logs: imports.smk) → metrics, comparisons, IDK (analysis.smk) /
+#   recalibration (calibration.smk) / prompt search (promptopt.smk) → figures/ (figures.smk) and paper/ (paper.smk).
 # Default study: `snakemake --cores all`; paper scale: add `--configfile config/paper.yaml`.
 import os
 import sys
@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mmcal import config as study_config  # noqa: E402
 from mmcal import plan, provenance  # noqa: E402
+from mmcal.errors import ConfigError  # noqa: E402
 from mmcal.cli import set_hub_offline  # noqa: E402
 from mmcal.engine import parity  # noqa: E402
 from mmcal.engine.devices import gpu_count  # noqa: E402
@@ -55,7 +56,9 @@ validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's de
 # Network access is configuration (`offline:`): jobs inherit these variables from this process (a
 # cluster job re-reads this Snakefile with the same config), so no rule passes them.
 set_hub_offline(config["offline"])
-RUNS = plan.expand_runs(config)
+RUNS = plan.expand_runs(config) + plan.import_runs(config)  # scored and imported runs
+if not RUNS:
+    raise ConfigError("the config has neither runs nor imports: nothing to analyse")
 # Two models compared on the same data set, scenario and prompt must be shown the same text (a base LLM
 # and its MLLM): checked now, or, for a hub model's own template, by the download job once it has the files.
 PARITY_AFTER_DOWNLOAD = parity.check_comparisons(config)
@@ -89,6 +92,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/tinyllava.smk"
 include: "workflow/rules/hub.smk"
 include: "workflow/rules/scoring.smk"
+include: "workflow/rules/imports.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/promptopt.smk"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mmcal"
-STAGES = ["data", "engine", "tinyllava", "analysis", "calibration", "promptopt", "figures", "paper"]
+STAGES = ["data", "engine", "tinyllava", "analysis", "imports", "calibration", "promptopt", "figures", "paper"]
 
 
 def _mmcal_imports(path: Path) -> set[str]:

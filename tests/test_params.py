@@ -85,4 +85,4 @@ def test_figure_options_rerun_only_the_figures_that_use_them(done):
     } | {("paper", "paper/main.tex")}
     dpi = _jobs_after(done, _set("figures", "dpi", value=120))
     assert {rule for rule, _ in dpi} == {"figure", "paper"}
-    assert len(dpi) == 17 + 1  # every figure of the test study, then the paper
+    assert len(dpi) == 18 + 1  # every figure of the test study (reported_metrics the 18th), then the paper

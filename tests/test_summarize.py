@@ -78,8 +78,8 @@ def test_summarize_counts_and_metrics():
     assert row.n == 49 and row.n_unscorable == 1
     other = table[(table.model == "tiny-b") & (table.readout == "option_loglik")].iloc[0]
     assert other.n == 50 and other.n_unscorable == 0
-    _, arrays = _group_arrays(records, "tiny-a", "letter_restricted")
-    direct = m.compute_all(**arrays)
+    group, arrays = _group_arrays(records, "tiny-a", "letter_restricted")
+    direct = m.compute_all(**arrays, cluster_ids=group.cluster_id.to_numpy())  # clusters: the conformal halves
     for key in m.METRIC_KEYS:
         assert row[key] == pytest.approx(direct[key], abs=1e-12, nan_ok=True), key
     assert row.accuracy_lo <= row.accuracy <= row.accuracy_hi

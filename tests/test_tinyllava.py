@@ -328,3 +328,125 @@ def test_stages_1_and_2_are_bit_identical_whatever_threads_the_job_was_given(tin
                 a, b = json.loads(a), json.loads(b)
                 a.get("parents", {}).pop("stage1", None), b.get("parents", {}).pop("stage1", None)
             assert a == b, f"{stage}/{name} differs"
+
+
+# ---- the training plan's levers: frozen lower layers, length buckets, kernel pins ----------
+
+
+def test_frozen_lower_layers_record_nothing_for_autograd(tiny_build):
+    """With the projector and the lower layers frozen, autograd starts at the lowest trained layer:
+    the frozen layers keep no activations for a backward pass (what makes stage 2's steps cheaper)."""
+    from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens
+    from mmcal.tinyllava.stage1 import freeze_all_but
+    from mmcal.tinyllava.stage2 import trained_parts
+    from mmcal.tinyllava.vision import patch_features, pixel_values
+
+    model, proc = load_tiny_llava(tiny_build["dirs"]["stage1"])
+    images, _ = load_fashion_mnist(DEFAULT_ROOT, "train")
+    ids = torch.tensor([[proc.tokenizer.convert_tokens_to_ids("<image>")] * n_image_tokens(model) + [1, 2, 3]])
+    mask, positions = torch.ones_like(ids), torch.tensor([[ids.shape[1] - 1]])
+    feats = patch_features(model.model.vision_tower, pixel_values(images[:1]), model.config.vision_feature_layer)
+    n_layers = len(model.model.language_model.layers)
+
+    def saved_tensors(s2):
+        names = [name for name, _ in trained_parts(model, {"train_embeddings": False, **s2})]
+        freeze_all_but(model, [m for _, m in trained_parts(model, {"train_embeddings": False, **s2})])
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            logits_from_features(model, ids, mask, feats, positions).sum().backward()
+        return names, len(saved)
+
+    names_all, saved_all = saved_tensors({"train_layers": None, "train_projector": True})
+    names_top, saved_top = saved_tensors({"train_layers": 2, "train_projector": False})
+    assert names_all[:2] == ["multi_modal_projector", "language_model.layers"]
+    assert names_top == [f"language_model.layers[{n_layers - 2}:{n_layers}]", "language_model.norm"]
+    # per layer about the same number of saved tensors: 2 trained layers save ~2/n_layers of all of them
+    assert saved_top < saved_all * 4 / n_layers
+    with pytest.raises(Exception, match="train_layers 31"):
+        trained_parts(model, {"train_layers": n_layers + 1, "train_projector": False, "train_embeddings": False})
+
+
+def test_stage2_trains_only_the_top_layers_it_is_told_to(tiny_build, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmcal.tinyllava.stage2 import train_stage2
+
+    cfg = {**TINY_TEST_CONFIG, "stage2": {**TINY_TEST_CONFIG["stage2"], "train_layers": 2, "train_projector": False}}
+    train_stage2(cfg, tiny_build["dirs"]["stage1"], tmp_path / "top2")
+    before = load_file(tiny_build["dirs"]["stage1"] / "model.safetensors")
+    after = load_file(tmp_path / "top2" / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    n_layers = 1 + max(int(k.split(".layers.")[1].split(".")[0]) for k in before if ".layers." in k)
+    top = (f".layers.{n_layers - 2}.", f".layers.{n_layers - 1}.")
+    assert changed and all(any(t in k for t in top) or k.endswith("model.norm.weight") for k in changed)
+    assert any(top[0] in k for k in changed) and any(top[1] in k for k in changed)
+    manifest = json.loads((tmp_path / "top2" / "training_manifest.json").read_text())
+    assert manifest["trained"] == [f"language_model.layers[{n_layers - 2}:{n_layers}]", "language_model.norm"]
+
+
+def test_length_buckets_keep_every_example_within_its_window():
+    from mmcal.tinyllava.training import bucketed_order
+
+    lengths = np.random.default_rng(0).integers(20, 70, size=3 * 4 * 8)  # 3 windows of 4 batches of 8
+    order = bucketed_order(lengths, 8, 4, np.random.default_rng(1))
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+    batches = order.reshape(-1, 8)
+    for w in range(3):
+        window = batches[4 * w : 4 * (w + 1)]
+        assert {int(i) // 32 for i in window.ravel()} == {w}  # a window's examples stay in that window
+        runs = sorted(np.sort(lengths[b]).tolist() for b in window)  # each batch: a run of the sorted lengths
+        assert sum(runs, []) == sorted(lengths[32 * w : 32 * (w + 1)].tolist())
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < sum(len(b) * lengths[b].max() for b in np.arange(len(lengths)).reshape(-1, 8))
+    assert np.array_equal(bucketed_order(lengths, 8, 0, np.random.default_rng(1)), np.arange(len(lengths)))
+
+
+def test_training_kernel_pins_by_vendor():
+    from mmcal.tinyllava.kernels import pin_training_kernels
+
+    amd = {"OMP_WAIT_POLICY": "PASSIVE"}
+    pin_training_kernels(amd, vendor="AuthenticAMD", load=0.3)
+    assert amd["ATEN_CPU_CAPABILITY"] == "avx2" and amd["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    # MKL's branches other than COMPATIBLE exist on Intel only: on AMD one would switch MKL's Zen kernels off
+    assert "MKL_CBWR" not in amd
+    assert amd["OMP_WAIT_POLICY"] == "ACTIVE"  # an idle machine: workers spin
+    intel = {}
+    pin_training_kernels(intel, vendor="GenuineIntel", load=(os.cpu_count() or 1) + 3.0)
+    assert intel["MKL_CBWR"] == "AVX2" and intel["OMP_WAIT_POLICY"] == "PASSIVE"  # a busy machine: they sleep
+    chosen = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
+    pin_training_kernels(chosen, vendor="GenuineIntel")
+    assert chosen["MKL_CBWR"] == "COMPATIBLE" and chosen["ATEN_CPU_CAPABILITY"] == "default"
+
+
+def test_training_jobs_ran_on_the_pinned_kernels(study):
+    """The test study's training jobs recorded ATen's AVX2 kernels in their provenance."""
+    from mmcal.tinyllava.kernels import cpu_vendor
+
+    for stage in ("vision", "stage1", "stage2", "stage2-idk"):
+        record = json.loads((study / f"provenance/data/models/tiny-llava-{stage}.json").read_text())
+        numerics = record["environment"]["numerics"]
+        assert numerics["cpu_capability"] in ("AVX2", "DEFAULT"), stage  # DEFAULT: a CPU without AVX2
+        assert numerics["env"]["ATEN_CPU_CAPABILITY"] == "avx2"
+        assert numerics["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+        assert ("MKL_CBWR" in numerics["env"]) == (cpu_vendor() == "GenuineIntel")
+
+
+def test_lora_adapters_merge_into_the_weights_they_adapt():
+    """A merged adapter computes what the adapted layer computed, and leaves a plain nn.Linear."""
+    from mmcal.tinyllava.lora import add_lora, merge_lora
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.GELU(), torch.nn.Linear(6, 4))
+    params = add_lora([block], rank=2, alpha=4.0)
+    assert len(params) == 4 and all(p.requires_grad for p in params)
+    assert not any(p.requires_grad for n, p in block.named_parameters() if "lora" not in n)
+    x = torch.randn(5, 8)
+    untouched = block(x).detach()
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p))  # as if trained
+    adapted = block(x).detach()
+    assert not torch.allclose(adapted, untouched)
+    assert merge_lora([block]) == 2
+    assert all(type(m) is torch.nn.Linear for m in (block[0], block[2]))
+    assert torch.allclose(block(x), adapted, atol=1e-5)

@@ -1,4 +1,4 @@
-"""``mmcal`` command line: score a model on a data set outside Snakemake, inspect records.
+"""``mmcal`` command line: score a model on a data set outside Snakemake, import harness logs, inspect records.
 
 ``mmcal score`` calls the scoring job the workflow's ``score`` rule calls
 (:func:`mmcal.engine.job.score_to_records`), so a CLI run and a DAG run produce identical records.
@@ -119,6 +119,53 @@ def cmd_config_check(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    """Harness logs -> records files under --out in the records layout, and a report (--json: as JSON)."""
+    from mmcal.imports import import_logs, write_import
+
+    options = {
+        "items": args.items,
+        "id_field": args.id_field,
+        "cluster_field": args.cluster_field,
+        "metric": args.metric,
+        "filter_name": args.filter,
+        "dataset_name": args.task,
+    }
+    imported = import_logs(
+        args.harness,
+        args.paths,
+        args.name,
+        task=args.task,
+        dataset=args.dataset,
+        scenario=args.scenario,
+        prompt=args.prompt,
+        calib_fraction=args.calib_fraction,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    reports = []
+    for imp in imported:
+        path = write_import(imp, Path(args.out) / Path(imp.relpath).relative_to("data/records"))
+        reports.append({**imp.summary, "records": str(path)})
+    if args.json:
+        print(json.dumps(reports, indent=1))
+        return 0
+    for r in reports:
+        acc = ", ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].items())
+        lines = f"{r['lines_ok']}/{r['lines']} lines ok"
+        print(f"{r['records']}: {r['harness']} {r['version']} task {r['task']}, {lines}; {acc}")
+        for check in r["accuracy_check"].values():
+            verdict = "equal" if check["equal"] else "DIFFERENT"
+            print(f"  accuracy ours {check['ours']:.6f}, harness {check['harness']:.6f}: {verdict}")
+        for status, n in r["lines_by_status"].items():
+            if status != "ok":
+                print(f"  {n} lines: {status}")
+        for quirk in r["quirks"]:
+            print(f"  - {quirk}")
+        if "not_available" in r:
+            print(f"  not available: {r['not_available']['metrics']} ({r['not_available']['reason']})")
+    return 0
+
+
 def cmd_audit(args) -> int:
     """The chain behind an artifact, ``--verify`` against the disk, ``--export`` as an RO-Crate;
     ``--cell`` and ``--rescore`` go down to one number (mmcal.audit.cells, mmcal.audit.rescore)."""
@@ -188,6 +235,23 @@ def main(argv=None) -> int:
     r = sub.add_parser("records", help="summarise a records Parquet file")
     r.add_argument("path")
     r.set_defaults(func=cmd_records)
+    i = sub.add_parser("import", help="records from lm-eval / lmms-eval / VLMEvalKit logs (docs/imports.md)")
+    i.add_argument("harness", choices=["lm-eval", "lmms-eval", "vlmevalkit"])
+    i.add_argument("paths", nargs="+", help="log files or folders (samples + results files)")
+    i.add_argument("--name", required=True, help="the model name of the records")
+    i.add_argument("--task", help="import only this task (default: every task of the logs)")
+    i.add_argument("--dataset", help="the records' dataset name (default: the task)")
+    i.add_argument("--scenario", help="default: image (lm-eval: blind)")
+    i.add_argument("--prompt", help="default: the harness's name")
+    i.add_argument("--items", help="an mmcal items.jsonl to join by doc_id (= metadata.row; lmms-eval >= 0.4)")
+    i.add_argument("--id-field", help="the doc field holding an item id (logs that carry their doc)")
+    i.add_argument("--cluster-field", help="the doc field holding a cluster id")
+    i.add_argument("--metric", help="the per-sample metric that is the harness's verdict (generation tasks)")
+    i.add_argument("--filter", help="lm-eval: the filter whose lines are imported")
+    i.add_argument("--calib-fraction", type=float, default=0.3, help="share of clusters marked calib (default 0.3)")
+    i.add_argument("--out", default="data/records", help="records root (default data/records)")
+    i.add_argument("--json", action="store_true", help="print the import report as JSON")
+    i.set_defaults(func=cmd_import)
     a = sub.add_parser("audit", help="provenance of an artifact: its chain to the sources, --verify, --export")
     a.add_argument("path", nargs="?", help="an artifact (a file or folder the workflow wrote)")
     a.add_argument("--root", default=".", help="the workflow's working directory (default: .)")

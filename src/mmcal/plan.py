@@ -77,7 +77,52 @@ def records_path(run: dict) -> str:
 
 
 def all_records(config: dict) -> list[str]:
-    return [records_path(r) for r in expand_runs(config)]
+    """Every records file the analysis reads: the scored runs' and the imported runs'."""
+    return [records_path(r) for r in expand_runs(config) + import_runs(config)]
+
+
+# Imported runs (config `imports:`): harness logs turned into records by the rule import_logs.
+IMPORT_REPORT = "data/imports/{model}/{dataset}/{scenario}/{prompt}.json"
+IMPORT_DEFAULT_SCENARIO = {"lm-eval": "blind", "lmms-eval": "image", "vlmevalkit": "image"}
+
+
+def import_runs(config: dict) -> list[dict]:
+    """Each ``imports:`` entry as a run: model = the entry's name, dataset = its ``dataset`` (else its
+    ``task``, else the name), scenario = its ``scenario`` (else image; blind for lm-eval), prompt = its
+    ``prompt`` (else the harness's name). A name that is also a ``models:`` entry is an error."""
+    out = []
+    for name, entry in (config.get("imports") or {}).items():
+        if name in (config.get("models") or {}):
+            raise ConfigError(f"imports.{name}: a models: entry has this name; an imported run needs its own")
+        harness = entry["harness"]
+        if harness not in IMPORT_DEFAULT_SCENARIO:
+            raise ConfigError(f"imports.{name}: harness {harness!r} is not one of {sorted(IMPORT_DEFAULT_SCENARIO)}")
+        out.append(
+            {
+                "model": name,
+                "dataset": entry.get("dataset") or entry.get("task") or name,
+                "scenario": entry.get("scenario") or IMPORT_DEFAULT_SCENARIO[harness],
+                "prompt": entry.get("prompt") or harness,
+                "splits": ["calib", "test"],
+                "limit": None,
+                "readouts": None,
+                "import": name,
+            }
+        )
+    return out
+
+
+def import_run(config: dict, name: str) -> dict:
+    for run in import_runs(config):
+        if run["import"] == name:
+            return run
+    raise ConfigError(f"no imports: entry named {name!r}; defined: {sorted(config.get('imports') or {})}")
+
+
+def import_items(config: dict, name: str) -> str | None:
+    """The items file an import joins by doc_id: its ``dataset`` when that names a ``datasets:`` entry."""
+    dataset = (config["imports"][name] or {}).get("dataset")
+    return f"data/datasets/{dataset}/items.jsonl" if dataset in (config.get("datasets") or {}) else None
 
 
 # Where the DAG writes each model it builds (the Snakemake rules produce exactly these folders).

@@ -39,6 +39,16 @@ confidence the model put on its best option when asked for the letter (confidenc
 not answering with perfect calibration). :func:`no_letter` finds these rows; the analysis option
 ``metrics.no_letter`` (``keep``, ours, or ``drop``, the released code's) is applied by
 :func:`apply_no_letter`.
+
+Records imported from evaluation-harness logs (``mmcal import``, :mod:`mmcal.imports`) have their own
+readouts (``IMPORTED_READOUTS``): ``harness_loglik`` (``option_logits`` = the per-option
+log-likelihood the harness logged, under its own convention: summed over tokens in
+lm-evaluation-harness, minus the mean token NLL in lmms-eval; ``option_scores`` its log-softmax;
+``pred`` the harness's own choice), ``harness_loglik_norm`` (the harness's length-normalised scores,
+behind its ``acc_norm``) and ``generated`` (only the generated answer: ``pred`` the option it names,
+-1 for none, ``correct`` the harness's own verdict, ``confidence``/``entropy``/scores NaN or empty
+with status "ok", the text in ``generated``). ``option_mass`` is NaN for all three. A readout of
+``NO_CONFIDENCE_READOUTS`` has no confidence: the analysis reports accuracy only and says why.
 """
 
 from __future__ import annotations
@@ -56,6 +66,12 @@ from mmcal.errors import DataError
 READOUTS = ("letter_restricted", "letter_full_vocab", "option_loglik")  # one forward pass per item
 GREEDY_READOUT = "letter_greedy"  # a generation loop of its own
 ALL_READOUTS = (*READOUTS, GREEDY_READOUT)
+# Readouts of records imported from harness logs (mmcal.imports; docs/imports.md).
+HARNESS_LOGLIK = "harness_loglik"
+HARNESS_LOGLIK_NORM = "harness_loglik_norm"
+GENERATED = "generated"
+IMPORTED_READOUTS = (HARNESS_LOGLIK, HARNESS_LOGLIK_NORM, GENERATED)
+NO_CONFIDENCE_READOUTS = (GENERATED,)
 GREEDY_MAX_TOKENS = 20
 NO_LETTER_POLICIES = ("keep", "drop")
 # What one scoring job is (one records file) and what one analysed group is (a readout of it).
@@ -85,7 +101,7 @@ COLUMNS = [
     "meta",
     "status",
 ]
-OPTIONAL_COLUMNS = ["generated"]  # written only by runs that have letter_greedy rows
+OPTIONAL_COLUMNS = ["generated"]  # written only by runs that have letter_greedy (or imported generated) rows
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

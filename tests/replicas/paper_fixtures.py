@@ -16,7 +16,10 @@ What it writes (seeded: a second run writes the same bytes; ~10 s):
   ``topic``, ``category``, ``skill``, ``lecture``, ``solution``); FULL mixes image and text-only rows;
 - ``July24-NewsVQA/``: the IDK release's layout, ``questions.json`` (LLaVA conversation records, the
   "I don't know" option among lettered options, the answer turn a letter) + ``images/``;
-- ``news/``: dated news records (``records.jsonl`` + images) for the ``dated_news`` entry.
+- ``news/``: dated news records (``records.jsonl`` + images) for the ``dated_news`` entry;
+- ``mmbench/``, ``seedbench/``: copies of the committed benchmark fixtures in lmms-lab/MMBench's and
+  lmms-lab/SEED-Bench's schema and layout (tests/fixtures/benchmarks; SEED-Bench's 40 rows are those lmms-eval
+  read for tests/fixtures/harness_logs).
 
 Questions and images are synthetic (seeded coloured shapes; the question asks which shape or colour the image
 shows), so they are answerable from the image but carry no real benchmark content.
@@ -236,6 +239,17 @@ def write_dated_news(out: Path, rng: np.random.Generator, n: int = 8) -> None:
     (root / "records.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def write_benchmarks(out: Path) -> None:
+    fixtures = HERE.parent / "fixtures"
+    for name in ("mmbench", "seedbench"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    shutil.copytree(fixtures / "benchmarks" / "mmbench", out / "mmbench")
+    (out / "seedbench" / "data").mkdir(parents=True)
+    shutil.copy(fixtures / "benchmarks" / "seedbench" / "README.md", out / "seedbench" / "README.md")
+    rows = fixtures / "harness_logs" / "lmms-eval" / "data" / "seedbench" / "test-00000-of-00001.parquet"
+    shutil.copy(rows, out / "seedbench" / "data" / rows.name)
+
+
 def materialise(out: str | Path = "data/replica") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +260,7 @@ def materialise(out: str | Path = "data/replica") -> Path:
     write_scienceqa(out, np.random.default_rng(SEED))
     write_idk_release(out, np.random.default_rng(SEED + 1))
     write_dated_news(out, np.random.default_rng(SEED + 2))
+    write_benchmarks(out)
     return out
 
 

@@ -1,4 +1,6 @@
 # Analysis on records only (CPU): metrics with CIs, paired comparisons, IDK self-assessment.
+# Before the figures and tables that read them (mmcal.scheduling).
+from mmcal.scheduling import ANALYSIS
 
 
 rule summarize:
@@ -15,6 +17,7 @@ rule summarize:
         "logs/metrics/summary.log",
     benchmark:
         "benchmarks/metrics/summary.tsv"
+    priority: ANALYSIS
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -37,6 +40,7 @@ rule compare:
         "logs/metrics/comparisons.log",
     benchmark:
         "benchmarks/metrics/comparisons.tsv"
+    priority: ANALYSIS
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -56,6 +60,7 @@ rule no_letter:
         "logs/metrics/no_letter.log",
     benchmark:
         "benchmarks/metrics/no_letter.tsv"
+    priority: ANALYSIS
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -81,6 +86,7 @@ rule idk_metrics:
         "logs/metrics/idk.log",
     benchmark:
         "benchmarks/metrics/idk.tsv"
+    priority: ANALYSIS
     conda:
         "../../envs/analysis.yaml"
     params:

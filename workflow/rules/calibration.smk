@@ -21,7 +21,7 @@ rule recalibrate:
     conda:
         "../../envs/analysis.yaml"
     params:
-        cfg=config["recalibration"],
+        cfg=recalibration_cfg(),
         metrics=config["metrics"],
         seed=config["seed"],
     script:

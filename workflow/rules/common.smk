@@ -1,5 +1,9 @@
 # Helpers shared by the workflow: config lookups, the figure plan and the list of final targets.
+import re
+
 from mmcal.errors import ConfigError
+from mmcal.scheduling import score_priorities
+from mmcal.tinyllava.config import resolve_config
 from mmcal.promptopt.openai_paraphraser import check_no_key
 
 # A prompt-search API key comes from the environment only: params (and so provenance) never hold it.
@@ -120,7 +124,11 @@ def recalibration_records():
             for r in RUNS
             if "calib" in r["splits"]
             and r["dataset"] not in IDK_SETS
-            and r["scenario"] == "image"
+            and (r["scenario"] == "image" or r.get("import"))
+            and not (
+                r.get("import")
+                and config["imports"][r["import"]]["harness"] == "vlmevalkit"
+            )
         ]
     )
     return [plan.records_path(r) for r in targets]
@@ -145,6 +153,46 @@ def recalibration_fit_records():
             )
         out.append(plan.records_path(run))
     return sorted(set(out))
+
+
+def recalibration_cfg():
+    """`recalibration`, plus the harness readouts that carry a confidence when the study imports logs."""
+    cfg = dict(config["recalibration"])
+    if config.get("imports"):
+        extra = ["harness_loglik", "harness_loglik_norm"]
+        cfg["readouts"] = list(cfg["readouts"]) + [
+            r for r in extra if r not in cfg["readouts"]
+        ]
+    return cfg
+
+
+IMPORT_NAMES = [r["import"] for r in plan.import_runs(config)]
+# A records path is scored unless its model is an imported run's (rule import_logs writes those); the
+# model wildcard is followed by "/" in every path of the score rule.
+SCORED_MODEL = (
+    r"(?!(?:%s)(?:/|$))[A-Za-z0-9_.\-]+" % "|".join(re.escape(n) for n in IMPORT_NAMES)
+    if IMPORT_NAMES
+    else r"[A-Za-z0-9_.\-]+"
+)
+
+
+def import_inputs(wildcards):
+    """The items an imported log joins by doc_id, when the entry's dataset is a `datasets:` entry."""
+    items = plan.import_items(config, wildcards.model)
+    return {"item_file": items} if items else {}
+
+
+def import_run(wildcards):
+    """An import entry's run keys; a path with other keys is not that entry's records file."""
+    run = plan.import_run(config, wildcards.model)
+    asked = {
+        k: getattr(wildcards, k) for k in ("model", "dataset", "scenario", "prompt")
+    }
+    if any(run[k] != v for k, v in asked.items()):
+        raise ConfigError(
+            f"imports.{wildcards.model} writes {plan.records_path(run)}, not that path"
+        )
+    return run
 
 
 FIGURES = figure_plan(config, RUNS)
@@ -185,3 +233,23 @@ def training_cfg(section, idk=False):
         cfg[section].update(t.get("stage2_idk") or {})
         cfg[section]["idk_train_classes"] = config["classes"]["idk_train"]
     return cfg
+
+
+# --- priorities and thread counts (mmcal.scheduling; the training recipe fixes its threads) ---
+SCORE_PRIORITIES = score_priorities(config)
+
+
+def score_priority(wildcards):
+    key = (wildcards.model, wildcards.dataset, wildcards.scenario, wildcards.prompt)
+    return SCORE_PRIORITIES.get(key, 1)
+
+
+def training_threads(section, idk=False):
+    """The thread count a stage's recipe fixes (its weights depend on it): its job reserves that many cores.
+    Resolved when a job is planned, so a study that trains nothing (or no IDK variant) is not checked for it.
+    """
+
+    def threads(wildcards):
+        return resolve_config(training_cfg(section, idk=idk))[section]["threads"]
+
+    return threads

@@ -22,7 +22,7 @@ rule tables:
     conda:
         "../../envs/analysis.yaml"
     params:
-        parts=table_parts(config["parts"]),
+        parts=table_parts(config["parts"], plan.import_runs(config)),
         level=config["metrics"]["level"],
         # How each metric file was computed, written into the cell maps (<table>.cells.json) that
         # `mmcal audit TABLE --cell ROW,COL` recomputes a printed number with.

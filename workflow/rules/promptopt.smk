@@ -1,5 +1,6 @@
 # The iterative prompt search: paraphrased answer prompts scored on calib, the best on test.
-
+# A 2-thread job and one of the largest: before any two scoring jobs (mmcal.scheduling).
+from mmcal.scheduling import PROMPT_SEARCH
 
 # The OpenAI paraphraser needs the network, which a cluster's login node has and its compute nodes may not:
 # the search then runs where Snakemake runs (its scoring too: docs/cluster.md). A local paraphraser (kind hf or
@@ -31,6 +32,7 @@ rule prompt_search:
         "logs/promptopt/{model}/{dataset}.log",
     benchmark:
         "benchmarks/promptopt/{model}/{dataset}.tsv"
+    priority: PROMPT_SEARCH
     conda:
         "../../envs/models.yaml"
     threads: config["threads"]

@@ -1,6 +1,5 @@
 # Scoring: model × dataset × scenario × prompt → records (one forward pass per item).
-
-
+# Largest jobs first, the IDK variant's before the others (mmcal.scheduling).
 rule score:
     input:
         unpack(score_inputs),
@@ -10,6 +9,9 @@ rule score:
         "logs/score/{model}/{dataset}/{scenario}/{prompt}.log",
     benchmark:
         "benchmarks/score/{model}/{dataset}/{scenario}/{prompt}.tsv"
+    wildcard_constraints:
+        model=SCORED_MODEL,
+    priority: score_priority
     conda:
         "../../envs/models.yaml"
     threads: config["scoring"]["threads"]

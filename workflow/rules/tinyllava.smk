@@ -1,4 +1,6 @@
-# Models the DAG builds: the SmolLM2 checkpoint and the tiny-LLaVA stages.
+# Models the DAG builds: the SmolLM2 checkpoint and the tiny-LLaVA stages. Training is one serial chain
+# that every scoring job waits on: its jobs go first whenever they are ready (mmcal.scheduling).
+from mmcal.scheduling import TRAINING
 
 
 rule convert_smollm2:
@@ -8,6 +10,7 @@ rule convert_smollm2:
         "logs/models/smollm2.log",
     benchmark:
         "benchmarks/models/smollm2.tsv"
+    priority: TRAINING
     conda:
         "../../envs/models.yaml"
     script:
@@ -21,9 +24,10 @@ rule train_vision:
         "logs/models/vision.log",
     benchmark:
         "benchmarks/models/vision.tsv"
+    priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("vision")
     params:
         cfg=training_cfg("vision"),
     script:
@@ -40,9 +44,10 @@ rule train_stage1:
         "logs/models/stage1.log",
     benchmark:
         "benchmarks/models/stage1.tsv"
+    priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("stage1")
     params:
         cfg=training_cfg("stage1"),
     script:
@@ -58,9 +63,10 @@ rule train_stage2:
         "logs/models/stage2.log",
     benchmark:
         "benchmarks/models/stage2.tsv"
+    priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("stage2")
     params:
         cfg=training_cfg("stage2"),
     script:
@@ -78,9 +84,10 @@ rule train_stage2_idk:
         "logs/models/stage2_idk.log",
     benchmark:
         "benchmarks/models/stage2_idk.tsv"
+    priority: TRAINING
     conda:
         "../../envs/models.yaml"
-    threads: config["threads"]
+    threads: training_threads("stage2", idk=True)
     params:
         cfg=training_cfg("stage2", idk=True),
     script:

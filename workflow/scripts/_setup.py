@@ -6,7 +6,6 @@ Snakefile, which sets it from the config's ``offline`` key.
 """
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,22 +22,18 @@ _started: float | None = None
 def start(snakemake, training: bool = False) -> logging.Logger:
     """Send logging and stderr (progress bars, warnings) to the rule's log file.
 
-    ``training``, for jobs that train weights (before torch loads its OpenMP runtime and MKL):
-    - idle OpenMP threads spin (``OMP_WAIT_POLICY=ACTIVE``) instead of the workflow's passive
-      default: these jobs own their cores and run thousands of small parallel regions (measured on
-      2 cores: vision tower 1.9x, stage 1 1.3x faster, same weights);
-    - MKL's matrix kernels take its base AVX-512 code path (``MKL_CBWR=AVX512``) on any AVX-512 CPU,
-      so that a newer CPU's own path does not change the trained bits (measured here: the same
-      weights as MKL's automatic choice; ``MKL_CBWR=AVX2`` gives others).
+    ``training``, for jobs that train weights (before torch loads its OpenMP runtime, MKL and oneDNN):
+    ``mmcal.tinyllava.kernels.pin_training_kernels`` caps ATen and oneDNN at their AVX2 kernels (and MKL
+    at its AVX2 branch on Intel CPUs), so other CPUs of the vendor train the same bits, and lets idle
+    OpenMP threads spin instead of the workflow's passive default when the machine is otherwise idle.
     """
     global _started
     _started = time.time()
+    kernels = None
     if training:
-        if "torch" in sys.modules:
-            raise RuntimeError("start(training=True) must run before torch is imported")
-        os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
-        if _cpu_has("avx512f"):
-            os.environ.setdefault("MKL_CBWR", "AVX512")
+        from mmcal.tinyllava.kernels import pin_training_kernels
+
+        kernels = pin_training_kernels()
     log_path = snakemake.log[0] if snakemake.log else None
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +45,8 @@ def start(snakemake, training: bool = False) -> logging.Logger:
         force=True,
     )
     _report_user_errors_plainly(getattr(snakemake, "rule", "?"))
+    if kernels:
+        logging.getLogger("mmcal").info("training kernels: %s", kernels)
     # A GPU job takes its own device before torch can initialise CUDA (mmcal.engine.devices).
     gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)
     if gpus:
@@ -62,13 +59,6 @@ def start(snakemake, training: bool = False) -> logging.Logger:
 
         torch.set_num_threads(int(threads))
     return logging.getLogger("mmcal")
-
-
-def _cpu_has(flag: str) -> bool:
-    try:
-        return any(line.startswith("flags") and flag in line.split() for line in open("/proc/cpuinfo"))
-    except OSError:
-        return False
 
 
 def _report_user_errors_plainly(rule: str) -> None:

@@ -59,11 +59,42 @@ Metric definitions (W = sum_i w_i, which is n for the point estimate):
   (the expected accuracy under random tie-breaking), so the metric is deterministic.
 - ``mean_entropy``: mean of -sum_k p~_ik log p~_ik (nats), if probs given.
 
+Metrics other benchmarks report, with their definitions (checked against their code in tests):
+
+- ``helm_ece_10``: HELM's ``ece_10_bin``, the equal-mass ECE of the ``uncertainty-calibration``
+  package (``get_ece_em(confidence, correct, num_bins=10)``): the sorted confidences are cut into
+  M = min(10, n) runs of sizes ceil/floor(n/M) (``np.array_split``: the longer runs first), each
+  inner bin edge is the midpoint between the last value of a run and the first of the next, a row
+  goes to the bin of ``searchsorted(edges, c, side="left")`` (a value equal to an edge goes
+  below it, so tied rows share a bin), and ECE = (1/n) sum_b |sum_{i in b} (c_i - y_i)|.
+- ``helm_acc_at_cov_10``: HELM's ``selective_acc@10`` (``get_selective_stats``): accuracy of the
+  floor(0.1 n) + 1 most confident rows. A tie group cut by that count counts fractionally (the
+  expected accuracy under random tie-breaking); HELM's unstable sort picks one arbitrary order,
+  so the two agree exactly when the cut does not fall inside a tie group.
+- ``conformal_{lac,aps}_{coverage,set_size}``: split conformal prediction sets at
+  alpha = ``CONFORMAL_ALPHA`` (0.1) as LLM-Uncertainty-Bench computes them (Ye et al. 2024,
+  ``uncertainty_quantification_via_cp.py``): the rows are split by cluster into a calibration and
+  a test half (``conformal_calib_mask``: a keyed hash of the cluster id and ``CONFORMAL_SEED``,
+  half the clusters each side); with the calibration rows' scores s_i (LAC: 1 - p~_{i,g_i}; APS:
+  the sum of p~_ik over the options at least as likely as the gold one, in the order of a stable
+  ascending sort reversed, gold included), n their number and q = ceil((n + 1)(1 - alpha)) / n,
+  the threshold is numpy's ``quantile(s, q, method="higher")`` (q capped at 1); a test row's LAC
+  set holds the options with p~_k >= 1 - qhat (empty: the most likely option), its APS set the
+  options in that order while their running sum stays <= qhat (at least the first). Coverage =
+  share of test rows whose set holds the gold option; set size = mean number of options in the
+  set. Rows with unknown gold take no part; options with probability exactly 0 (padding of items
+  with fewer options) never enter a set. ``conformal_sets(..., rule="split")`` gives the
+  textbook split-conformal rule instead (qhat = the ceil((n + 1)(1 - alpha))-th smallest score,
+  infinite when that exceeds n; empty sets allowed), the rule of MAPIE and crepes.
+  Under bootstrap weights the calibration and test halves keep their clusters and the quantile is
+  taken over the calibration rows repeated w_i times.
+
 With n = 0 every metric is NaN and ``n`` is 0.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -77,6 +108,15 @@ COVERAGES = (0.5, 0.8, 0.9)
 PROB_FLOOR = 1e-12
 SMECE_GRID_POINTS = 257  # nodes on [0, 1], spacing 1/256; the mirrored period has 512 points
 SMECE_SIGMAS = np.geomspace(1e-4, 1.0, 193)  # bandwidth grid for the fixed-point search
+
+HELM_BINS = 10  # HELM's ece_10_bin
+HELM_COVERAGE = 0.1  # HELM's selective_acc@10
+CONFORMAL_ALPHA = 0.1  # LLM-Uncertainty-Bench's error rate
+CONFORMAL_CALIB_FRACTION = 0.5  # LLM-Uncertainty-Bench's cal_ratio (here: of clusters)
+CONFORMAL_SEED = 0
+CONFORMAL_SCORES = ("lac", "aps")
+CONFORMAL_RULES = ("llm-uncertainty-bench", "split")
+CONFORMAL_KEYS = tuple(f"conformal_{s}_{q}" for s in CONFORMAL_SCORES for q in ("coverage", "set_size"))
 
 # Replicates of this key are centred on the plug-in value named here (see mmcal.analysis.stats).
 DEBIASED_PLUGIN = {"ece_debiased_sq": "_ece_sq_plugin_15"}
@@ -103,6 +143,9 @@ def metric_keys(n_bins_list=ECE_BINS) -> tuple[str, ...]:
         "augrc",
         *(f"acc_at_cov_{round(100 * x)}" for x in COVERAGES),
         "mean_entropy",
+        "helm_ece_10",
+        "helm_acc_at_cov_10",
+        *CONFORMAL_KEYS,
     )
 
 
@@ -127,14 +170,18 @@ class MetricInputs:
     order: np.ndarray  # rows sorted by confidence, ascending, stable
     tie_starts: np.ndarray  # start of each group of equal confidence in ``order``
     n_bins_list: tuple[int, ...]
+    conformal: dict | None = None  # per score: ConformalScore (None without probs)
 
     @property
     def n(self) -> int:
         return int(self.confidence.shape[0])
 
 
-def prepare(confidence, correct, probs=None, gold=None, n_bins_list=ECE_BINS) -> MetricInputs:
-    """Validate the arrays and precompute the weight-independent parts of every metric."""
+def prepare(confidence, correct, probs=None, gold=None, n_bins_list=ECE_BINS, cluster_ids=None) -> MetricInputs:
+    """Validate the arrays and precompute the weight-independent parts of every metric.
+
+    ``cluster_ids`` (one per row; None: every row its own cluster) choose the conformal metrics'
+    calibration/test halves (``conformal_calib_mask``)."""
     confidence = _as_confidence(confidence)
     n = confidence.shape[0]
     correct = np.asarray(correct).astype(bool).reshape(-1).astype(np.float64)
@@ -160,6 +207,7 @@ def prepare(confidence, correct, probs=None, gold=None, n_bins_list=ECE_BINS) ->
         order=order,
         tie_starts=tie_starts,
         n_bins_list=tuple(int(m) for m in n_bins_list),
+        conformal=None if probs is None else _conformal_inputs(probs, gold, cluster_ids, n),
     )
 
 
@@ -210,9 +258,9 @@ def _proper_scores(probs, gold, n: int):
 # Entry points
 
 
-def compute_all(confidence, correct, probs=None, gold=None, n_bins_list=ECE_BINS) -> dict[str, float]:
+def compute_all(confidence, correct, probs=None, gold=None, n_bins_list=ECE_BINS, cluster_ids=None) -> dict[str, float]:
     """All metrics of one set of rows, as ``{key: float}`` with the keys of ``metric_keys``."""
-    inputs = prepare(confidence, correct, probs, gold, n_bins_list)
+    inputs = prepare(confidence, correct, probs, gold, n_bins_list, cluster_ids)
     keys = metric_keys(inputs.n_bins_list)
     if inputs.n == 0:
         return {k: (0 if k == "n" else float("nan")) for k in keys}
@@ -239,6 +287,8 @@ def metric_replicates(inputs: MetricInputs, weights: np.ndarray, keys=None) -> d
         (_MASS_KEYS, _equal_mass_family),
         (_RANK_KEYS, _ranking_family),
         ({"smece"}, _smece_family),
+        ({"helm_ece_10"}, _helm_ece_family),
+        (set(CONFORMAL_KEYS), _conformal_family),
     )
     out: dict[str, np.ndarray] = {}
     for family_keys, family in families:
@@ -258,7 +308,7 @@ _MEAN_KEYS = {
     "mean_entropy",
 }
 _MASS_KEYS = {"ece_adaptive_15", "ece_debiased", "ece_debiased_sq", "_ece_sq_plugin_15"}
-_RANK_KEYS = {"auroc", "aurc", "augrc", *(f"acc_at_cov_{round(100 * x)}" for x in COVERAGES)}
+_RANK_KEYS = {"auroc", "aurc", "augrc", "helm_acc_at_cov_10", *(f"acc_at_cov_{round(100 * x)}" for x in COVERAGES)}
 
 
 def _ratio(num, den):
@@ -403,18 +453,223 @@ def _ranking_family(inputs: MetricInputs, w: np.ndarray) -> dict[str, np.ndarray
 
 def _accuracy_at_coverage(group_w, group_pos, total) -> dict[str, np.ndarray]:
     """Accuracy of the top X of the weight; groups in descending confidence order."""
-    cum_w, cum_pos = np.cumsum(group_w, axis=1), np.cumsum(group_pos, axis=1)
-    out = {}
-    for x in COVERAGES:
-        mass = x * total
-        k = np.minimum((cum_w < mass[:, None]).sum(axis=1), group_w.shape[1] - 1)[:, None]
-        before_w = np.take_along_axis(cum_w - group_w, k, axis=1)[:, 0]
-        before_pos = np.take_along_axis(cum_pos - group_pos, k, axis=1)[:, 0]
-        boundary_w = np.take_along_axis(group_w, k, axis=1)[:, 0]
-        boundary_pos = np.take_along_axis(group_pos, k, axis=1)[:, 0]
-        fraction = np.nan_to_num(_ratio(mass - before_w, boundary_w))
-        out[f"acc_at_cov_{round(100 * x)}"] = _ratio(before_pos + fraction * boundary_pos, mass)
+    out = {f"acc_at_cov_{round(100 * x)}": _top_accuracy(group_w, group_pos, x * total) for x in COVERAGES}
+    # HELM counts rows: the floor(0.1 n) + 1 most confident (uncertainty-calibration's accs[int(0.1 n)])
+    out["helm_acc_at_cov_10"] = _top_accuracy(group_w, group_pos, np.floor(HELM_COVERAGE * total) + 1)
     return out
+
+
+def _top_accuracy(group_w, group_pos, mass) -> np.ndarray:
+    """Accuracy of the ``mass`` most confident rows (per weight row); the tie group at the cut
+    counts fractionally. Groups in descending confidence order."""
+    cum_w, cum_pos = np.cumsum(group_w, axis=1), np.cumsum(group_pos, axis=1)
+    k = np.minimum((cum_w < mass[:, None]).sum(axis=1), group_w.shape[1] - 1)[:, None]
+    before_w = np.take_along_axis(cum_w - group_w, k, axis=1)[:, 0]
+    before_pos = np.take_along_axis(cum_pos - group_pos, k, axis=1)[:, 0]
+    boundary_w = np.take_along_axis(group_w, k, axis=1)[:, 0]
+    boundary_pos = np.take_along_axis(group_pos, k, axis=1)[:, 0]
+    fraction = np.nan_to_num(_ratio(mass - before_w, boundary_w))
+    return _ratio(before_pos + fraction * boundary_pos, mass)
+
+
+# ---------------------------------------------------------------------------------------------
+# HELM's equal-mass ECE (uncertainty-calibration's get_ece_em)
+
+
+def _helm_ece_family(inputs: MetricInputs, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Per weight row: bins from the runs of the rows repeated w_i times (module docstring)."""
+    c, y = inputs.confidence[inputs.order], inputs.correct[inputs.order]
+    ws = w[:, inputs.order]
+    cum = np.cumsum(ws, axis=1)
+    total = cum[:, -1] if inputs.n else np.zeros(len(w))
+    n_runs = np.minimum(HELM_BINS, total)
+    safe = np.maximum(n_runs, 1)
+    size, longer = total // safe, total % safe  # array_split: the first `longer` runs have size + 1
+    edges = np.ones((len(w), HELM_BINS - 1))  # 1.0: no edge (fewer than 10 runs); no row lies above it
+    for i in range(HELM_BINS - 1):
+        first_of_next = (i + 1) * size + np.minimum(i + 1, longer)  # position in the repeated sorted rows
+        mid = (_value_at(c, cum, first_of_next - 1) + _value_at(c, cum, first_of_next)) / 2.0
+        edges[:, i] = np.where(i < n_runs - 1, mid, 1.0)
+    bins = (edges[:, :, None] < c[None, None, :]).sum(axis=1)  # searchsorted(edges, c, side="left")
+    flat = (bins + HELM_BINS * np.arange(len(w))[:, None]).ravel()
+    gaps = np.bincount(flat, weights=(ws * (c - y)).ravel(), minlength=len(w) * HELM_BINS)
+    return {"helm_ece_10": _ratio(np.abs(gaps.reshape(len(w), HELM_BINS)).sum(axis=1), total)}
+
+
+def _value_at(sorted_values: np.ndarray, cum: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """The value at 0-based ``position`` of the sorted rows repeated by their weights (``cum``:
+    cumulative weights per weight row)."""
+    index = (cum <= position[:, None]).sum(axis=1)
+    return sorted_values[np.minimum(index, len(sorted_values) - 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conformal prediction sets (LLM-Uncertainty-Bench's LAC and APS; the textbook split rule)
+
+
+@dataclass(frozen=True)
+class ConformalScore:
+    """One score function's weight-independent parts: calibration rows sorted by score, and per test
+    row and option the value compared with the threshold (NaN: not an option)."""
+
+    calib_rows: np.ndarray  # calibration rows (known gold), ascending by score, stable
+    calib_sorted: np.ndarray  # their scores, ascending
+    test_rows: np.ndarray  # test rows (known gold)
+    values: np.ndarray  # [m, K]: an option is in a test row's set when its value <= the threshold
+    gold_col: np.ndarray  # [m] the gold option's column
+    fallback_is_gold: np.ndarray  # [m] the set of an empty rule is the top option: is that gold?
+    shift: float  # threshold = qhat + shift (LAC: p >= 1 - qhat  <=>  -p <= qhat - 1)
+
+
+def cluster_rank_key(cluster_id: str, seed: int) -> tuple[int, str]:
+    """The order of a cluster in a seeded cluster-level split: a keyed hash of (seed, id), so it
+    never depends on the row order or on which other clusters are present."""
+    digest = hashlib.blake2b(f"{seed}\x1f{cluster_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big"), cluster_id
+
+
+def conformal_calib_mask(cluster_ids, fraction: float = CONFORMAL_CALIB_FRACTION, seed: int = CONFORMAL_SEED):
+    """Rows of the conformal calibration half: the first round(fraction * clusters) clusters in
+    ``cluster_rank_key`` order (at least one cluster each side; all False with one cluster)."""
+    ids = np.asarray([str(c) for c in cluster_ids], dtype=object)
+    clusters = sorted(set(ids.tolist()), key=lambda c: cluster_rank_key(c, seed))
+    if len(clusters) < 2:
+        return np.zeros(len(ids), dtype=bool)
+    n_calib = min(max(int(np.floor(fraction * len(clusters) + 0.5)), 1), len(clusters) - 1)
+    return np.isin(ids, clusters[:n_calib])
+
+
+def _conformal_inputs(probs, gold, cluster_ids, n: int) -> dict[str, ConformalScore] | None:
+    if gold is None:
+        return None
+    p = _renormalised(probs, n)
+    gold = np.asarray(gold).astype(np.int64).reshape(-1)
+    ids = np.arange(n) if cluster_ids is None else np.asarray(cluster_ids).reshape(-1)
+    if len(ids) != n:
+        raise ValueError(f"cluster_ids has {len(ids)} rows, confidence has {n}")
+    calib = conformal_calib_mask(ids)
+    return {score: conformal_score(p, gold, calib, score) for score in CONFORMAL_SCORES}
+
+
+def conformal_score(p: np.ndarray, gold: np.ndarray, calib: np.ndarray, score: str) -> ConformalScore:
+    """Calibration scores and test-set values of ``score`` (lac | aps) for option probabilities
+    ``p`` ([n, K], rows summing to 1), ``gold`` ([n], -1 unknown) and the calibration mask."""
+    if score not in CONFORMAL_SCORES:
+        raise ValueError(f"conformal score must be one of {CONFORMAL_SCORES}, got {score!r}")
+    n, k = p.shape
+    known = gold >= 0
+    rows = np.arange(n)
+    safe_gold = np.where(known, gold, 0)
+    option = p > 0  # exactly 0: padding of a row with fewer options
+    if score == "lac":
+        values = np.where(option, -p, np.nan)
+        per_row = 1 - p[rows, safe_gold]  # LAC's score: 1 - p(gold)
+        top = np.argmax(p, axis=1)
+        shift = -1.0
+    else:
+        order = np.argsort(p, axis=1, kind="stable")[:, ::-1]  # descending; ties: later option first
+        running = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+        values = np.empty_like(p)
+        np.put_along_axis(values, order, running, axis=1)  # each option's running sum, in option order
+        values = np.where(option, values, np.nan)
+        per_row = values[rows, safe_gold]
+        top = order[:, 0]
+        shift = 0.0
+    calib_rows = rows[calib & known]
+    sorted_idx = np.argsort(per_row[calib_rows], kind="stable")
+    test_rows = rows[~calib & known]
+    return ConformalScore(
+        calib_rows=calib_rows[sorted_idx],
+        calib_sorted=per_row[calib_rows][sorted_idx],
+        test_rows=test_rows,
+        values=values[test_rows].reshape(len(test_rows), k),
+        gold_col=gold[test_rows],
+        fallback_is_gold=top[test_rows] == gold[test_rows],
+        shift=shift,
+    )
+
+
+def conformal_thresholds(score: ConformalScore, w: np.ndarray, alpha: float, rule: str) -> np.ndarray:
+    """qhat per weight row from the calibration rows repeated w_i times (NaN without any)."""
+    if rule not in CONFORMAL_RULES:
+        raise ValueError(f"conformal rule must be one of {CONFORMAL_RULES}, got {rule!r}")
+    if not len(score.calib_rows):
+        return np.full(len(w), np.nan)
+    cum = np.cumsum(w[:, score.calib_rows], axis=1)
+    total = cum[:, -1]
+    rank = np.ceil((total + 1) * (1 - alpha))  # the ceil((n + 1)(1 - alpha))-th smallest score
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if rule == "split":
+            position = rank - 1
+        else:  # numpy's quantile(s, min(rank / n, 1), method="higher"): index ceil((n - 1) q)
+            position = np.ceil((total - 1) * np.minimum(rank / total, 1.0))
+    index = np.minimum((cum <= position[:, None]).sum(axis=1), len(score.calib_rows) - 1)
+    qhat = score.calib_sorted[index]
+    if rule == "split":
+        qhat = np.where(rank > total, np.inf, qhat)  # fewer scores than the rank: every option
+    return np.where(total > 0, qhat, np.nan)
+
+
+def conformal_sets(score: ConformalScore, qhat: np.ndarray, rule: str) -> np.ndarray:
+    """[B, m, K] membership of each test row's options in its set, one threshold per weight row."""
+    thr = np.asarray(qhat, dtype=np.float64).reshape(-1) + score.shift
+    with np.errstate(invalid="ignore"):
+        member = score.values[None, :, :] <= thr[:, None, None]
+    if rule == "llm-uncertainty-bench" and member.size:  # an empty set becomes the top option
+        b_idx, m_idx = np.nonzero(~member.any(axis=2) & np.isfinite(thr)[:, None])
+        member[b_idx, m_idx, _fallback_columns(score)[m_idx]] = True
+    return member
+
+
+def _fallback_columns(score: ConformalScore) -> np.ndarray:
+    """The top option of each test row: LAC the largest p (the first of ties, as np.argmax), APS the
+    first of its order (the smallest running sum)."""
+    return np.argmin(np.where(np.isnan(score.values), np.inf, score.values), axis=1)
+
+
+def _coverage_and_size(score: ConformalScore, w: np.ndarray, alpha: float, rule: str):
+    """Weighted coverage and mean set size over the test rows, per weight row."""
+    qhat = conformal_thresholds(score, w, alpha, rule)
+    member = conformal_sets(score, qhat, rule)
+    wt = w[:, score.test_rows]
+    covered = member[:, np.arange(len(score.test_rows)), score.gold_col] if len(score.test_rows) else member[..., 0]
+    total = wt.sum(axis=1)
+    ok = ~np.isnan(qhat)  # no calibration row: no threshold
+    coverage = np.where(ok, _ratio((wt * covered).sum(axis=1), total), np.nan)
+    size = np.where(ok, _ratio((wt * member.sum(axis=2)).sum(axis=1), total), np.nan)
+    return coverage, size
+
+
+def _conformal_family(inputs: MetricInputs, w: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    for name in CONFORMAL_SCORES:
+        if inputs.conformal is None:
+            coverage = size = np.full(len(w), np.nan)
+        else:
+            coverage, size = _coverage_and_size(inputs.conformal[name], w, CONFORMAL_ALPHA, CONFORMAL_RULES[0])
+        out[f"conformal_{name}_coverage"], out[f"conformal_{name}_set_size"] = coverage, size
+    return out
+
+
+def conformal_prediction(
+    probs, gold, calib_mask, alpha: float = CONFORMAL_ALPHA, score: str = "lac", rule: str = CONFORMAL_RULES[0]
+) -> dict:
+    """Split conformal prediction sets on plain arrays: calibrate on the rows of ``calib_mask``, predict
+    the others (rows with gold -1 take no part). Returns ``qhat``, ``test_rows``, ``sets`` ([m, K]
+    bool), ``coverage`` and ``set_size`` (the summary's conformal metrics with ``rule`` and
+    ``alpha`` as given; see the module docstring)."""
+    p = _renormalised(probs, np.asarray(probs).shape[0])
+    cs = conformal_score(p, np.asarray(gold).astype(np.int64), np.asarray(calib_mask, dtype=bool), score)
+    ones = np.ones((1, p.shape[0]))
+    qhat = conformal_thresholds(cs, ones, alpha, rule)
+    coverage, size = _coverage_and_size(cs, ones, alpha, rule)
+    return {
+        "qhat": float(qhat[0]),
+        "test_rows": cs.test_rows,
+        "sets": conformal_sets(cs, qhat, rule)[0],
+        "coverage": float(coverage[0]),
+        "set_size": float(size[0]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,3 +852,13 @@ def accuracy_at_coverage(confidence, correct, coverage: float) -> float:
     if coverage not in COVERAGES:
         raise ValueError(f"coverage must be one of {COVERAGES}")
     return _single(key, confidence, correct)
+
+
+def helm_ece(confidence, correct) -> float:
+    """HELM's ``ece_10_bin``: equal-mass ECE over 10 bins as uncertainty-calibration's get_ece_em."""
+    return _single("helm_ece_10", confidence, correct)
+
+
+def helm_selective_accuracy(confidence, correct) -> float:
+    """HELM's ``selective_acc@10``: accuracy of the floor(0.1 n) + 1 most confident rows."""
+    return _single("helm_acc_at_cov_10", confidence, correct)

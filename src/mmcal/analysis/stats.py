@@ -196,8 +196,8 @@ def _take(data: dict, idx: np.ndarray) -> dict:
 # Metrics of mmcal.analysis.metrics, vectorised over replicates
 
 
-def _inputs(data: dict) -> m.MetricInputs:
-    return m.prepare(data["confidence"], data["correct"], data.get("probs"), data.get("gold"))
+def _inputs(data: dict, cluster_ids=None) -> m.MetricInputs:
+    return m.prepare(data["confidence"], data["correct"], data.get("probs"), data.get("gold"), cluster_ids=cluster_ids)
 
 
 def _recentre_debiased(point: dict, reps: dict) -> dict:
@@ -251,7 +251,7 @@ def metric_cis(
     ``mmcal.analysis.metrics.METRIC_KEYS`` except ``n`` (or of ``keys``). ``cluster_ids=None`` treats
     every row as its own cluster.
     """
-    inputs = m.prepare(confidence, correct, probs, gold)
+    inputs = m.prepare(confidence, correct, probs, gold, cluster_ids=cluster_ids)
     keys = [k for k in (m.METRIC_KEYS if keys is None else keys) if k != "n"]
     out: dict[str, float] = {"n": inputs.n}
     if inputs.n == 0:
@@ -302,7 +302,7 @@ def paired_metric_differences(
     margins: dict | None = None,
 ) -> dict[str, dict]:
     """``paired_difference`` for several metric names at once (one set of draws)."""
-    inputs_a, inputs_b = _inputs(data_a), _inputs(data_b)
+    inputs_a, inputs_b = _inputs(data_a, cluster_ids), _inputs(data_b, cluster_ids)
     if inputs_a.n != inputs_b.n:
         raise ValueError(f"paired data need the same rows: {inputs_a.n} vs {inputs_b.n}")
     margins = margins or {}

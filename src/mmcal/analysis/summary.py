@@ -8,6 +8,10 @@ Rows with ``status != "ok"`` are counted (``n_unscorable``) and left out of ever
 comparison uses the items scorable on both sides. Option probabilities are exp(option_scores);
 a group whose rows have different numbers of options is padded with probability 0.
 
+A readout without a confidence (``mmcal.records.NO_CONFIDENCE_READOUTS``: ``generated``, a harness log
+with only the generated answer) gets accuracy and its interval only; every other metric is NaN and the
+column ``unavailable`` says which and why (it is empty for the other groups).
+
 ``letter_greedy`` rows without a letter (:func:`mmcal.records.no_letter`) follow ``no_letter``
 (config ``metrics.no_letter``): ``keep`` (default: counted as wrong, with the confidence
 :mod:`mmcal.records` defines) or ``drop`` (left out, as the reference study's released code did; in a
@@ -28,6 +32,7 @@ from mmcal.records import (
     ALL_SPLITS,
     GREEDY_READOUT,
     GROUP_KEYS,
+    NO_CONFIDENCE_READOUTS,
     NO_LETTER_POLICIES,
     apply_no_letter,
     in_split,
@@ -67,6 +72,8 @@ MAIN_FAMILY = "main"
 def group_arrays(frame: pd.DataFrame) -> tuple[dict, np.ndarray]:
     """Metric inputs (confidence, correct, probs, gold) and cluster ids of scorable rows."""
     data = metric_arrays(frame)
+    if len(frame) and frame["readout"].isin(NO_CONFIDENCE_READOUTS).all():
+        return data, frame["cluster_id"].to_numpy()  # accuracy only (summarize); no confidence to check
     if np.isnan(data["confidence"]).any():
         ids = frame.index if "item_id" not in frame.columns else frame["item_id"]
         bad = list(ids[np.isnan(data["confidence"])])[:5]
@@ -109,15 +116,36 @@ def summarize(
         row = dict(zip(GROUP_KEYS, key))
         row["split"] = ALL_SPLITS if split is None else split
         row["n_unscorable"] = int(len(group) - len(scored))
-        row.update(stats.metric_cis(**data, cluster_ids=clusters, B=B, seed=group_seed, level=level))
-        if smece_test:
+        readout = row["readout"]
+        if readout in NO_CONFIDENCE_READOUTS:
+            no_confidence = np.zeros(len(ok))  # not used by accuracy, which is all there is
+            cis = stats.metric_cis(
+                no_confidence,
+                data["correct"],
+                cluster_ids=clusters,
+                B=B,
+                seed=group_seed,
+                level=level,
+                keys=["accuracy"],
+            )
+            row.update(cis)
+            row["unavailable"] = UNAVAILABLE.format(readout=readout)
+        else:
+            row.update(stats.metric_cis(**data, cluster_ids=clusters, B=B, seed=group_seed, level=level))
+            row["unavailable"] = ""
+        if smece_test and readout not in NO_CONFIDENCE_READOUTS:
             test = stats.smece_calibration_test(data["confidence"], data["correct"], B, group_seed)
             row["smece_p_calibrated"] = test["p_value"]
         rows.append(row)
     columns = [*GROUP_KEYS, "split", "n", "n_unscorable", *_metric_columns()]
     if smece_test:
         columns.append("smece_p_calibrated")
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*columns, "unavailable"])
+
+
+UNAVAILABLE = (
+    "every metric but accuracy: readout {readout!r} has no confidence (the harness logged only the generated answer)"
+)
 
 
 def no_letter_summary(
@@ -220,6 +248,10 @@ def _compare_one(frame, comparison, B, seed, level, margin_default, metrics) -> 
     common = side_a.index.intersection(side_b.index).sort_values()
     data_a, clusters = group_arrays(side_a.loc[common])
     data_b, _ = group_arrays(side_b.loc[common])
+    if any(side["readout"].isin(NO_CONFIDENCE_READOUTS).any() for side in (side_a, side_b)):
+        metrics = [k for k in metrics if k == "accuracy"]  # a side without confidence: accuracy only
+        for data in (data_a, data_b):
+            data.update(confidence=np.zeros(len(common)), probs=None, gold=None)
     margins = {k: _margin(k, comparison.get("margin"), margin_default) for k in metrics}
     results = stats.paired_metric_differences(
         data_a,

@@ -18,14 +18,12 @@ a probability can move by ~1e-2 between batchings: 2e-2.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from mmcal.errors import ConfigError, DataError
 from mmcal.records import RUN_KEYS, option_probs, read_records, scorable, to_frame
@@ -45,26 +43,17 @@ def project_root(records_path) -> Path:
     return Path(records_path).absolute().parents[5]
 
 
-def _merge(base: dict, over: dict) -> dict:
-    """Snakemake's config merge: mappings merge, everything else (lists too) replaces."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_config(root: Path, configfile=None) -> dict:
-    """The config the workflow ran with: ``config/config.yaml`` with ``configfile`` merged over it,
-    validated against the workflow's schema (which fills the defaults)."""
+    """The config the workflow ran with: ``configfile`` (default ``config/config.yaml``) on its base chain
+    (mmcal.config, as the Snakefile loads it), validated against the workflow's schema (which fills the
+    defaults)."""
     from snakemake.utils import validate
 
-    base = root / "config/config.yaml"
-    cfg = yaml.safe_load(base.read_text())
-    if configfile:
-        path = Path(configfile)
-        path = path if path.is_absolute() or path.exists() else root / path
-        if path.resolve() != base.resolve():
-            cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
+    from mmcal.config import load_study
+
+    path = Path(configfile) if configfile else root / "config/config.yaml"
+    path = path if path.is_absolute() or path.exists() else root / path
+    cfg = load_study([path], root=root)
     validate(cfg, str(root / "workflow/schemas/config.schema.yaml"))
     return cfg
 

@@ -7,7 +7,6 @@ and :func:`summarise_splits` gives its mean and Student-t interval over seeds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -15,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mmcal.analysis.metrics import compute_all
+from mmcal.analysis.metrics import cluster_rank_key, compute_all
 from mmcal.calibration.base import Calibrated, argmax_answers, make_recalibrator
 from mmcal.calibration.records_adapter import records_to_scores, rows_to_fit
 from mmcal.errors import DataError
@@ -33,11 +32,6 @@ class ClusterSplit:
     @property
     def test_mask(self) -> np.ndarray:
         return ~self.calib_mask
-
-
-def _cluster_rank_key(cluster_id: str, seed: int) -> tuple[int, str]:
-    digest = hashlib.blake2b(f"{seed}\x1f{cluster_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big"), cluster_id
 
 
 def calib_test_split(records_or_cluster_ids, frac_calib: float = 0.5, seed: int = 0) -> ClusterSplit:
@@ -60,7 +54,7 @@ def calib_test_split(records_or_cluster_ids, frac_calib: float = 0.5, seed: int 
     if ids.isna().any():
         raise DataError("some rows have no cluster_id; cluster-level splitting needs one on every row")
     ids = ids.astype(str)
-    clusters = sorted(ids.unique(), key=lambda c: _cluster_rank_key(c, seed))
+    clusters = sorted(ids.unique(), key=lambda c: cluster_rank_key(c, seed))
     if len(clusters) < 2:
         raise DataError(f"need at least two clusters to split, got {len(clusters)}")
     n_calib = min(max(int(np.floor(frac_calib * len(clusters) + 0.5)), 1), len(clusters) - 1)

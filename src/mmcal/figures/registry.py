@@ -18,11 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmcal import figures as F
 from mmcal.plan import records_path
-from mmcal.records import GROUP_KEYS, RUN_KEYS, in_split, read_records, select
+from mmcal.records import (
+    GROUP_KEYS,
+    IMPORTED_READOUTS,
+    NO_CONFIDENCE_READOUTS,
+    RUN_KEYS,
+    in_split,
+    read_records,
+    select,
+)
 
 Inputs = dict[str, list[str]]
 
@@ -66,8 +75,12 @@ SHARED = {
     "bins": lambda config: int(config["figures"]["reliability_bins"]),
     "seed": lambda config: int(config["seed"]),
     "split": lambda config: config["metrics"]["split"],
-    "readouts": lambda config: list(config["readouts"]),
+    # imported runs add the harness readouts that carry a confidence (mmcal.imports)
+    "readouts": lambda config: (
+        list(config["readouts"]) + (list(IMPORTED_WITH_CONFIDENCE) if config.get("imports") else [])
+    ),
 }
+IMPORTED_WITH_CONFIDENCE = tuple(r for r in IMPORTED_READOUTS if r not in NO_CONFIDENCE_READOUTS)
 
 
 def figure_plan(config: dict, runs: list[dict]) -> dict[str, Figure]:
@@ -79,7 +92,7 @@ def figure_plan(config: dict, runs: list[dict]) -> dict[str, Figure]:
             spec = {
                 "kind": kind,
                 "dpi": int(config["figures"]["dpi"]),
-                "model_order": list(config["models"]),
+                "model_order": [*config["models"], *(config.get("imports") or {})],
                 **{key: SHARED[key](config) for key in fk.shared},
                 **copy.deepcopy(own),
             }
@@ -127,7 +140,11 @@ def _describe(where: dict) -> str:
 # ---- reliability_<model>: one per model, on the main group (else the model's first run) -------
 def _plan_reliability(config, runs):
     plans = {}
-    for model in config["models"]:
+    # imported runs too, but VLMEvalKit's logs carry no confidence to draw
+    imported = [
+        r["model"] for r in runs if r.get("import") and config["imports"][r["import"]]["harness"] != "vlmevalkit"
+    ]
+    for model in dict.fromkeys([*config["models"], *imported]):
         mine = _runs_where(_main_runs(config, runs), model=model) or _runs_where(runs, model=model)
         if mine:
             run = mine[0]
@@ -139,6 +156,10 @@ def _render_reliability(inputs, spec, out_stem):
     rec = _test_records(inputs["records"], spec["split"])
     readouts = [r for r in spec["readouts"] if (rec["readout"] == r).any()]
     panels = [(r.replace("_", " "), rec[rec["readout"] == r]) for r in readouts]
+    if not panels and rec["readout"].isin(NO_CONFIDENCE_READOUTS).any():  # a generation-only harness log
+        from mmcal.figures.reported_metrics import plot_no_confidence
+
+        return plot_no_confidence(rec, out_stem, dpi=spec["dpi"])
     return F.plot_reliability_panels(panels, out_stem, bins=spec["bins"], seed=spec["seed"], dpi=spec["dpi"])
 
 
@@ -178,6 +199,51 @@ def _caption_risk_coverage(spec):
     return (
         f"Risk-coverage curves on the main group ({spec['readout']} readout, {spec['split']} split): the "
         "error rate among the items answered when only the most confident are kept; AURC in the legend."
+    )
+
+
+# ---- the metrics other benchmarks report: the main group and every imported run ----------------------
+def _reported_groups(config, runs):
+    """The main group (its readout) and every imported run (readouts with a confidence)."""
+    main = config["parts"]["main"]
+    groups = [
+        {**{k: r[k] for k in RUN_KEYS}, "readout": main.get("readout", "letter_restricted")}
+        for r in _main_runs(config, runs)
+    ]
+    groups += [{**{k: r[k] for k in RUN_KEYS}, "readout": None} for r in runs if r.get("import")]
+    return groups
+
+
+def _plan_reported_metrics(config, runs):
+    groups = _reported_groups(config, runs)
+    return {"reported_metrics": ({"summary": ["data/metrics/summary.csv"]}, {"groups": groups})} if groups else {}
+
+
+def reported_rows(summary: pd.DataFrame, groups: list[dict]) -> pd.DataFrame:
+    """The summary rows of ``groups`` (``readout: None``: each readout with a confidence)."""
+    keep = np.zeros(len(summary), dtype=bool)
+    for g in groups:
+        where = {k: v for k, v in g.items() if v is not None}
+        keep |= summary.index.isin(select(summary, **where).index)
+    return summary[keep & ~summary["readout"].isin(NO_CONFIDENCE_READOUTS).to_numpy()]
+
+
+def _render_reported_metrics(inputs, spec, out_stem):
+    from mmcal.figures.reported_metrics import plot_reported_metrics
+
+    rows = reported_rows(pd.read_csv(inputs["summary"][0]), spec["groups"])
+    return plot_reported_metrics(rows, out_stem, dpi=spec["dpi"])
+
+
+def _caption_reported_metrics(spec):
+    imported = sorted({g["model"] for g in spec["groups"] if g["readout"] is None})
+    return (
+        "The uncertainty metrics other benchmarks report, on the main group"
+        + (f" and the imported harness runs ({', '.join(imported)})" if imported else "")
+        + ": conformal prediction sets as LLM-Uncertainty-Bench computes them (LAC filled, APS open; "
+        "alpha 0.1, seeded cluster halves), coverage against mean set size, the dashed line the target; "
+        "HELM's equal-mass ECE-10 against its accuracy on the 10 % most confident items. 95 % "
+        "cluster-bootstrap intervals."
     )
 
 
@@ -514,6 +580,7 @@ KINDS: dict[str, FigureKind] = {
     "recalibration_ece": FigureKind(
         "recalibration", _plan_recalibration_ece, _render_recalibration_ece, _caption_recalibration_ece
     ),
+    "reported_metrics": FigureKind("main", _plan_reported_metrics, _render_reported_metrics, _caption_reported_metrics),
     "forest": FigureKind("recalibration", _plan_forest, _render_forest, _caption_forest),
     "promptopt_trajectory": FigureKind(
         "prompt_search", _plan_promptopt, _render_promptopt, _caption_promptopt, ("seed",)

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from mmcal.atomic import write_text_atomically
+from mmcal.figures.registry import reported_rows
 from mmcal.paper import tables as T
 from mmcal.paper.main_tex import PARTS
-from mmcal.records import GROUP_KEYS, select
+from mmcal.records import GROUP_KEYS, RUN_KEYS, select
 
 # The ``parts`` entries make_tables reads: the tables job's params, so editing another part
 # (idk, recalibration) never re-writes the tables.
@@ -25,6 +26,7 @@ TABLE_PARTS = ("main", "visual_finetuning", "base_vs_mllm", "text_vs_image", "op
 # Table (file stem under paper/tables/) → the part of main.tex that shows it.
 TABLE_SECTIONS = {
     "main_results": "main",
+    "reported_metrics": "main",
     "visual_finetuning": "visual_ft",
     "base_vs_mllm": "base_vs_mllm",
     "text_vs_image": "text_vs_image",
@@ -55,8 +57,13 @@ def table_inputs(figures: dict) -> dict[str, str]:
     return inputs
 
 
-def table_parts(parts: dict) -> dict:
-    return {key: parts[key] for key in TABLE_PARTS if parts.get(key)}
+def table_parts(parts: dict, imported: list[dict] | None = None) -> dict:
+    """The ``parts`` entries the tables read, and (``imports``) the run keys of imported runs, which the
+    table of reported metrics shows beside the main group."""
+    out = {key: parts[key] for key in TABLE_PARTS if parts.get(key)}
+    if imported:
+        out["imports"] = [{k: r[k] for k in RUN_KEYS} for r in imported]
+    return out
 
 
 def _read_csv(path) -> pd.DataFrame:
@@ -129,6 +136,19 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float, methods:
     main = parts["main"]
     where = {"dataset": main["dataset"], "scenario": main["scenario"], "prompt": main["prompt"]}
     put("main_results", T.main_results_table(summary, where=where), "summary", select(summary, **where))  # tab:main
+    groups = [{**where, "readout": main.get("readout", "letter_restricted")}]
+    groups += [{**g, "readout": None} for g in parts.get("imports", [])]
+    reported = reported_rows(summary, groups)
+    if not reported.empty and "conformal_lac_coverage" in reported.columns:
+        tex = T.metrics_table(
+            reported,
+            T.REPORTED_METRICS,
+            caption="The uncertainty metrics other benchmarks report: HELM's equal-mass ECE-10 and accuracy of "
+            "the 10\\% most confident; conformal prediction sets as LLM-Uncertainty-Bench computes them "
+            "(alpha 0.1: coverage and mean set size of LAC and APS).",
+            label="tab:reported",
+        )
+        put("reported_metrics", tex, "summary", reported)
     bm = parts.get("base_vs_mllm")
     if bm and ((summary["dataset"] == bm["dataset"]) & (summary["scenario"] == bm["scenario"])).any():
         where = {"dataset": bm["dataset"], "scenario": bm["scenario"], "prompt": bm["prompt"]}
@@ -144,13 +164,14 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float, methods:
             select(summary, **where),
         )
     vf = parts.get("visual_finetuning")
-    if vf:
-        where = {
-            "dataset": vf["dataset"],
-            "scenario": vf["scenario"],
-            "prompt": vf["prompt"],
-            "model": [vf["before"], vf["after"]],
-        }
+    vf_where = vf and {
+        "dataset": vf["dataset"],
+        "scenario": vf["scenario"],
+        "prompt": vf["prompt"],
+        "model": [vf["before"], vf["after"]],
+    }
+    if vf and not select(summary, **vf_where).empty:  # a study without those runs (imports only) has no table
+        where = vf_where
         put(
             "visual_finetuning",
             T.main_results_table(
@@ -163,12 +184,12 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float, methods:
             select(summary, **where),
         )
     tv = parts.get("text_vs_image")
-    if tv and summary["scenario"].isin(tv["scenarios"][1:]).any():
-        rows = select(summary, dataset=tv["dataset"], prompt=tv["prompt"])
+    rows = select(summary, dataset=tv["dataset"], prompt=tv["prompt"]) if tv else summary.iloc[:0]
+    if tv and rows["scenario"].isin(tv["scenarios"][1:]).any():
         put("text_vs_image", T.scenario_table(rows, tv["scenarios"]), "summary", rows)
     oo = parts.get("option_order")
-    if oo and summary["scenario"].isin(oo["scenarios"][1:]).any():
-        rows = select(summary, dataset=oo["dataset"], model=oo["model"], prompt=oo["prompt"])
+    rows = select(summary, dataset=oo["dataset"], model=oo["model"], prompt=oo["prompt"]) if oo else summary.iloc[:0]
+    if oo and rows["scenario"].isin(oo["scenarios"][1:]).any():
         put("option_order", T.scenario_table(rows, oo["scenarios"]), "summary", rows)
     comparisons = _read_csv(inputs["comparisons"])
     pr = parts.get("protocol")

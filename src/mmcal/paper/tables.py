@@ -31,6 +31,16 @@ MAIN_METRICS = ("accuracy", "ece_10", "brier", "nll", "auroc", "aurc")
 SCENARIO_METRICS = ("accuracy", "mean_confidence", "ece_10", "mean_entropy")
 IDK_METRICS = ("admit_rate", "false_idk_rate", "answerable_accuracy", "abstain_f1", "answered_ece_10")
 RECAL_METRICS = ("accuracy", "ece_10", "ece_debiased", "nll", "brier")
+# the metrics other benchmarks report (HELM; LLM-Uncertainty-Bench's conformal sets)
+REPORTED_METRICS = (
+    "accuracy",
+    "helm_ece_10",
+    "helm_acc_at_cov_10",
+    "conformal_lac_coverage",
+    "conformal_lac_set_size",
+    "conformal_aps_coverage",
+    "conformal_aps_set_size",
+)
 
 _HIGHER_IS_BETTER = {
     "accuracy",
@@ -81,6 +91,12 @@ METRIC_TEX = {
     "confident_answer_rate_50": "Conf. answer@50",
     "confident_answer_rate_80": "Conf. answer@80",
     "answered_ece_10": "ECE$_{10}$ (answered)",
+    "helm_ece_10": "ECE$_{10}^{\\mathrm{HELM}}$",
+    "helm_acc_at_cov_10": "Acc@10\\%$^{\\mathrm{HELM}}$",
+    "conformal_lac_coverage": "LAC cov.",
+    "conformal_lac_set_size": "LAC size",
+    "conformal_aps_coverage": "APS cov.",
+    "conformal_aps_set_size": "APS size",
     "idk_prob_unknowable": "$P$(IDK) unknowable",
     "idk_prob_answerable": "$P$(IDK) answerable",
 }
@@ -170,9 +186,9 @@ def format_p(p, decimals: int = 3) -> str:
 def metric_direction(metric: str) -> str | None:
     """``"max"`` / ``"min"`` (which value is best), ``"zero"`` (closest to 0 is best) or None
     (descriptive: no best, e.g. mean confidence)."""
-    if metric in _HIGHER_IS_BETTER or metric.startswith("acc_at_cov"):
+    if metric in _HIGHER_IS_BETTER or metric.startswith(("acc_at_cov", "helm_acc_at_cov")):
         return "max"
-    if metric in _LOWER_IS_BETTER or metric.startswith(("ece", "mce", "brier")):
+    if metric in _LOWER_IS_BETTER or metric.startswith(("ece", "mce", "brier", "helm_ece")):
         return "min"
     if metric == "overconfidence":
         return "zero"

@@ -30,6 +30,7 @@ SHARED_DEFAULTS = {
     "n_eval": 500,
     # Intra-op threads of every training stage: part of the recipe, not of the machine. Backward
     # reductions split their sums by thread count, so 1 and 2 threads give other weights (measured).
+    # A stage's own ``threads`` (not None) overrides it; the stage's job reserves that many cores.
     "threads": 2,
 }
 
@@ -52,6 +53,9 @@ VISION_DEFAULTS = {
     "seed": 0,
     "n_train": None,  # None: every known-class image outside the validation slice
     "bf16": False,  # measured: bf16 autocast slows this small ViT down on CPU
+    # Measured (docs/training-plan.md): its steps cost the same CPU time at 1 thread as at 2, so one
+    # thread trains it as fast and leaves the other core to the jobs that start beside it.
+    "threads": 1,
 }
 
 # bf16 autocast (``bf16: true``) trains stages 1-2 faster on AMX CPUs, but oneDNN picks its bf16
@@ -72,7 +76,12 @@ STAGE1_DEFAULTS = {
     "n_train": None,  # None: steps * batch_size captions, each on a different image
     "feature_layer": -2,  # LLaVA-1.5's choice: the penultimate vision layer
     "projector_act": "gelu",  # LLaVA-1.5's mlp2x_gelu projector
+    # Length buckets: examples sorted by length within windows of this many batches, the batches of a
+    # window in seeded random order (0: no bucketing). Captions vary 22-65 tokens: unbucketed batches
+    # pad 24 % more tokens than they hold; windows of 8 batches, 4 %.
+    "bucket_window": 0,
     "bf16": False,  # see the note on bf16 above STAGE1_DEFAULTS
+    "threads": None,  # None: the shared ``threads``
 }
 
 STAGE2_DEFAULTS = {
@@ -90,6 +99,17 @@ STAGE2_DEFAULTS = {
     "n_train": None,  # None: steps * batch_size instructions, each on a different image
     "n_options": 4,  # an int, or a list of ints to mix (one drawn per example)
     "train_embeddings": False,  # the tied (49k x 576) embedding matrix stays frozen: cheaper steps
+    # Which decoder layers train: None, all of them; N, the top N (+ the final norm). With the projector
+    # frozen too (train_projector: false), nothing below the lowest trained layer needs a gradient, so
+    # autograd records nothing there: the frozen layers cost one forward pass and keep no activations.
+    "train_layers": None,
+    "train_projector": True,
+    # LoRA: rank > 0 trains low-rank adapters (scale alpha / rank) beside the trained layers' frozen linear
+    # weights instead of the weights themselves, merged into them before saving (mmcal.tinyllava.lora).
+    "lora_rank": 0,
+    "lora_alpha": 16.0,
+    "bucket_window": 0,  # as in stage 1; questions vary 57-63 tokens, so it buys little here
+    "threads": None,  # None: the shared ``threads``
     "idk_train_classes": None,  # e.g. [5]: images whose gold answer is the IDK option
     "idk_fraction": 0.0,
     "idk_text": "I don't know",
@@ -133,6 +153,11 @@ def resolve_config(cfg: dict | None) -> dict:
             f"tiny_llava: unknown keys {sorted(unknown)}; known: {sorted(set(SHARED_DEFAULTS) | set(SECTIONS))}"
         )
     out.update(cfg)
+    for name in SECTIONS:
+        threads = out[name]["threads"] if out[name]["threads"] is not None else out["threads"]
+        if int(threads) < 1:
+            raise ConfigError(f"tiny_llava.{name}.threads must be at least 1, not {threads}")
+        out[name]["threads"] = int(threads)
     out["train_classes"] = _class_list(out["train_classes"], "train_classes")
     if len(out["train_classes"]) < 2:
         raise ConfigError("tiny_llava.train_classes: need at least 2 classes")

@@ -31,6 +31,7 @@ from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.training import (
     adamw,
     autocast,
+    bucketed_order,
     collate,
     eager_attention,
     read_manifest,
@@ -92,13 +93,13 @@ def train_stage1(cfg: dict, vision_dir: str | Path, lm_dir: str | Path, out_dir:
     ``cfg``: the whole tiny-LLaVA config (``tinyllava_config``); its ``stage1`` section:
     steps=200, batch_size=16, question_fraction=0.75, lr=3e-3, warmup=10, seed=0, n_train=None
     (steps * batch_size images, each captioned once), feature_layer=-2, projector_act="gelu",
-    bf16=False; the config's ``threads`` (2) fixes the thread count.
+    bf16=False; threads=None (the config's ``threads``, 2) fixes the thread count.
     """
     t_start = time.time()
     cfg = resolve_config(cfg)
     s1 = cfg["stage1"]
     seed = int(s1["seed"])
-    rng = seed_everything(seed, cfg["threads"])
+    rng = seed_everything(seed, s1["threads"])
     check_parent_classes(vision_dir, cfg["train_classes"], "the vision tower")
     data = load_train_file(cfg)
     model, processor = assemble_tiny_llava(vision_dir, lm_dir, int(s1["feature_layer"]), s1["projector_act"], seed)
@@ -114,6 +115,8 @@ def train_stage1(cfg: dict, vision_dir: str | Path, lm_dir: str | Path, out_dir:
     prompts = PromptTokenizer(processor, n_image_tokens(model))
     rows = np.arange(n_examples) % n_images
     examples = caption_examples(prompts, rows, data.labels[image_idx[rows]], cfg, rng)
+    order = bucketed_order([len(e.ids) for e in examples], batch, int(s1["bucket_window"]), rng)
+    examples = [examples[k] for k in order]
 
     params = freeze_all_but(model, [model.model.multi_modal_projector])
     optimizer = adamw(params, lr=float(s1["lr"]), weight_decay=0.0)

@@ -25,16 +25,19 @@ import numpy as np
 
 from mmcal.data.fashion_mnist import CLASSES
 from mmcal.engine.prompts import PromptVariant
+from mmcal.errors import MmcalError
 from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.evaluation import evaluate_stage, stratified_subset
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
+from mmcal.tinyllava.lora import add_lora, merge_lora
 from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.stage1 import check_parent_classes, freeze_all_but
 from mmcal.tinyllava.training import (
     adamw,
     autocast,
+    bucketed_order,
     collate,
     eager_attention,
     run_steps,
@@ -94,13 +97,13 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     steps=300, batch_size=16, lr_lm=3e-4, lr_projector=1e-3, betas=[0.9, 0.95], warmup=10 (linear
     warm-up, then cosine decay), seed=0, n_train=None (one known-class image per example), n_options=4 (or a
     list to mix), train_embeddings=False, idk_train_classes=None, idk_fraction=0.0,
-    idk_text="I don't know", bf16=False; the config's ``threads`` (2) fixes the thread count.
+    idk_text="I don't know", bf16=False; threads=None (the config's ``threads``, 2) fixes the thread count.
     """
     t_start = time.time()
     cfg = resolve_config(cfg)
     s2 = cfg["stage2"]
     seed = int(s2["seed"])
-    rng = seed_everything(seed, cfg["threads"])
+    rng = seed_everything(seed, s2["threads"])
     parent = check_parent_classes(stage1_dir, cfg["train_classes"], "the stage-1 model")
     data = load_train_file(cfg)
     model, processor = load_tiny_llava(stage1_dir)
@@ -115,25 +118,30 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     prompts = PromptTokenizer(processor, n_image_tokens(model))
     prompt = PromptVariant()
     examples = [prompts.instruction_example(int(r), it, prompt) for r, it in zip(rows, items)]
+    steps, batch = int(s2["steps"]), int(s2["batch_size"])
+    order = bucketed_order([len(e.ids) for e in examples], batch, int(s2["bucket_window"]), rng)
+    examples = [examples[k] for k in order]
 
-    lm = model.model.language_model
-    lm_modules = [lm.layers, lm.norm] + ([lm.embed_tokens] if s2["train_embeddings"] else [])
-    freeze_all_but(model, [model.model.multi_modal_projector] + lm_modules)
-    lm_params = [p for m in lm_modules for p in m.parameters()]
+    trained = trained_parts(model, s2)
+    freeze_all_but(model, [module for _, module in trained])
     lr = {"lm": float(s2["lr_lm"]), "projector": float(s2["lr_projector"])}
+    group_of = {name: "projector" if name == "multi_modal_projector" else "lm" for name, _ in trained}
+    groups = {g: [p for name, m in trained if group_of[name] == g for p in m.parameters()] for g in ("lm", "projector")}
+    adapted = [m for name, m in trained if name.startswith("language_model.layers")]
+    if int(s2["lora_rank"]):
+        import torch
+
+        torch.manual_seed(seed)  # the adapters' initial weights
+        layer_params = {id(p) for m in adapted for p in m.parameters()}
+        groups["lm"] = [p for p in groups["lm"] if id(p) not in layer_params]
+        for m in adapted:
+            m.requires_grad_(False)  # the adapters alone train in these layers
+        groups["lm"] += add_lora(adapted, int(s2["lora_rank"]), float(s2["lora_alpha"]))
     optimizer = adamw(
-        [
-            {"params": lm_params, "lr": lr["lm"], "name": "lm"},
-            {
-                "params": list(model.model.multi_modal_projector.parameters()),
-                "lr": lr["projector"],
-                "name": "projector",
-            },
-        ],
+        [{"params": params, "lr": lr[g], "name": g} for g, params in groups.items() if params],
         weight_decay=0.0,
         betas=tuple(float(b) for b in s2["betas"]),
     )
-    steps, batch = int(s2["steps"]), int(s2["batch_size"])
     pad_id = processor.tokenizer.pad_token_id
 
     def step(i: int) -> float:
@@ -150,7 +158,9 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
         return loss.item()
 
     with eager_attention(model):
-        record = run_steps(step, steps, "stage 2 (projector + LM)")
+        record = run_steps(step, steps, "stage 2")
+    if int(s2["lora_rank"]):
+        merge_lora(adapted)
     for p in model.parameters():
         p.requires_grad_(True)
     evaluation = evaluate_stage(model, processor, data, cfg, STAGE2_READOUTS)
@@ -179,16 +189,15 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
             },
             "steps": steps,
             "batch_size": batch,
-            "trained": ["multi_modal_projector", "language_model.layers", "language_model.norm"]
-            + (["language_model.embed_tokens"] if s2["train_embeddings"] else []),
+            "trained": [name for name, _ in trained],
+            "lora_rank": int(s2["lora_rank"]),
             "config": cfg,
         },
     )
     summary = {
         **record.summary(),
         "seed": seed,
-        "trained": "projector + language model (vision tower frozen"
-        + (")" if s2["train_embeddings"] else ", tied embeddings frozen)"),
+        "trained": ", ".join(name for name, _ in trained) + " (the rest frozen)",
         "instruction examples": len(examples),
         "classes": ", ".join(CLASSES[c] for c in cfg["train_classes"]),
         "IDK classes": ", ".join(CLASSES[c] for c in s2["idk_train_classes"] or []) or "none",
@@ -202,6 +211,23 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     write_model_card(out_dir, title, __doc__, summary, card_eval, cfg)
     log.info("stage 2 done in %.1f s: %s", time.time() - t_start, evaluation)
     return {**summary, **evaluation}
+
+
+def trained_parts(model, s2: dict) -> list[tuple[str, object]]:
+    """(name, module) of what stage 2 trains: the projector (``train_projector``), the top
+    ``train_layers`` decoder layers (all when None) and the final norm, the tied embeddings if
+    ``train_embeddings``."""
+    lm = model.model.language_model
+    n_layers = len(lm.layers)
+    k = n_layers if s2["train_layers"] is None else int(s2["train_layers"])
+    if not 1 <= k <= n_layers:
+        raise MmcalError(f"tiny_llava.stage2.train_layers {k}: the language model has {n_layers} layers")
+    parts = [("multi_modal_projector", model.model.multi_modal_projector)] if s2["train_projector"] else []
+    layers = "language_model.layers" + ("" if k == n_layers else f"[{n_layers - k}:{n_layers}]")
+    parts += [(layers, lm.layers[n_layers - k :]), ("language_model.norm", lm.norm)]
+    if s2["train_embeddings"]:
+        parts.append(("language_model.embed_tokens", lm.embed_tokens))
+    return parts
 
 
 def evaluate_idk(model, processor, data, cfg: dict, used_images) -> dict:

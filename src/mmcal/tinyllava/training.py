@@ -85,10 +85,23 @@ class _LogStream:
 
 @dataclass
 class TrainLog:
-    """Per-step losses and the stage's wall time."""
+    """Per-step losses and wall times, and the stage's wall time."""
 
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    # CPU seconds of the process (all threads) per step: what a step costs whatever else shares the
+    # cores, as long as idle threads do not spin (GOMP_SPINCOUNT=0)
+    step_cpu_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+    @staticmethod
+    def _median(times: list[float], skip: int) -> float:
+        """Median after the first ``skip`` steps (allocations, first-touch)."""
+        times = times[skip:] or times
+        return float(np.median(times)) if times else float("nan")
+
+    def seconds_per_step(self, skip: int = 2) -> float:
+        return self._median(self.step_seconds, skip)
 
     def summary(self, tail: int = 10) -> dict:
         last = self.losses[-tail:] or [float("nan")]
@@ -97,6 +110,8 @@ class TrainLog:
             "first_loss": round(self.losses[0], 4) if self.losses else None,
             "final_loss_mean_last_%d" % tail: round(float(np.mean(last)), 4),
             "train_seconds": round(self.seconds, 1),
+            "median_step_seconds": round(self.seconds_per_step(), 4),
+            "median_step_cpu_seconds": round(self._median(self.step_cpu_seconds, 2), 4),
         }
 
 
@@ -108,7 +123,10 @@ def run_steps(step_fn: Callable[[int], float], n_steps: int, desc: str) -> Train
     t0 = time.time()
     bar = tqdm(range(n_steps), desc=desc, file=_LogStream(log), mininterval=10.0, ascii=True)
     for step in bar:
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         loss = float(step_fn(step))
+        record.step_seconds.append(time.perf_counter() - t_step)
+        record.step_cpu_seconds.append(time.process_time() - cpu_step)
         if not math.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss} at step {step}")
         record.losses.append(loss)
@@ -117,6 +135,25 @@ def run_steps(step_fn: Callable[[int], float], n_steps: int, desc: str) -> Train
     record.seconds = time.time() - t0
     log.info("%s: %d steps in %.1f s, final loss %.4f", desc, n_steps, record.seconds, loss)
     return record
+
+
+def bucketed_order(lengths, batch_size: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Example order for batches of similar length: within each run of ``window`` batches the examples
+    are sorted by length (stable) and cut into batches, whose order within the window is then shuffled.
+    ``window`` 0 or 1 keeps the given order. Which examples a window holds does not change, so the data a
+    stage sees by any step stays within one window of the unbucketed order."""
+    n = len(lengths)
+    if window <= 1:
+        return np.arange(n)
+    lengths = np.asarray(lengths)
+    span = window * batch_size
+    order = []
+    for start in range(0, n, span):
+        idx = np.arange(start, min(n, start + span))
+        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+        order.extend(batches[k] for k in rng.permutation(len(batches)))
+    return np.concatenate(order)
 
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> Path:

@@ -165,7 +165,7 @@ def train_vision(cfg: dict, out_dir: str | Path) -> dict:
     image_size=28, patch_size=14, hidden_size=128, intermediate_size=256, num_layers=4,
     num_heads=4, epochs=6, batch_size=128, lr=2e-3, weight_decay=0.05, flip=0.0, max_shift=0,
     warmup=100, seed=0, n_train=None (all known-class train-file images outside the validation
-    slice), bf16=False.
+    slice), bf16=False, threads=1.
     Returns the summary written to the model card.
     """
     import torch
@@ -175,7 +175,7 @@ def train_vision(cfg: dict, out_dir: str | Path) -> dict:
     t_start = time.time()
     cfg = resolve_config(cfg)
     vcfg = cfg["vision"]
-    rng = seed_everything(int(vcfg["seed"]), cfg["threads"])
+    rng = seed_everything(int(vcfg["seed"]), vcfg["threads"])
     data = load_train_file(cfg)
     classes = cfg["train_classes"]
     to_target = {c: i for i, c in enumerate(classes)}
