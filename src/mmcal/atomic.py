@@ -46,7 +46,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], what: st
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             message = f"cannot write {what} {path}: {exc.strerror or exc}"
-            raise (OutputError(exc.errno, message) if exc.errno else OutputError(message)) from exc
+            raise OutputError.from_os_error(exc, message) from exc
         raise
     return path
 

@@ -30,7 +30,7 @@ from mmcal.engine.forward import ForwardError
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import is_input_problem
-from mmcal.errors import DataError, MmcalError
+from mmcal.errors import DataError, MmcalError, OutputError
 from mmcal.items import read_items
 from mmcal.records import read_parquet_file, to_frame, write_records
 
@@ -168,7 +168,11 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True, keep_sh
     if spec.descriptions_path:
         descriptions = json.loads(Path(spec.descriptions_path).read_text())
     shard_dir = shard_dir_for(spec.out_path)
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only output folder: say which, before any item is scored
+        message = f"cannot create the shard folder {shard_dir}: {exc.strerror or exc}"
+        raise OutputError.from_os_error(exc, message) from exc
     key = job_key(spec, scenario)
     shards, done = finished_shards(shard_dir, spec, key)
     write_text_atomically(shard_dir / "job.json", json.dumps(key, sort_keys=True), "shard key")
