@@ -4,6 +4,7 @@ A rerun completes, re-scores nothing already in a shard, and ends with the recor
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from faults.faultkit import N_ITEMS, RECORDS, kill_when, run, score_cli, shard_stats, snakemake, start
 from mmcal.engine.job import shard_dir_for
@@ -32,6 +33,7 @@ def test_kill9_during_scoring_resumes_without_rescoring(tiny_llava_dir, items8, 
     assert not shard_dir_for(out).exists()
 
 
+@pytest.mark.faults_slow
 def test_kill9_of_snakemake_during_scoring(fault_workdir):
     """SIGKILL to Snakemake and its job together (a node lost, a killed session). Snakemake cannot tell its
     stale lock from a live run: the rerun refuses, naming ``--unlock``; after it, the rerun (the profile's
