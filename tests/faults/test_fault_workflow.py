@@ -82,9 +82,12 @@ def _study_copy(study, dst):
     """Outputs hard-linked (jobs replace files, never write into them); what Snakemake writes in place (its
     metadata, logs, benchmarks) copied, so the session's study is left as it was."""
     written_in_place = {".snakemake", "logs", "benchmarks"}
+    dst.mkdir(parents=True)
     for entry in study.iterdir():
-        if entry.name in written_in_place or not entry.is_dir():
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, dst / entry.name, symlinks=True)
+        if not entry.is_dir():
+            shutil.copy2(entry, dst / entry.name)
+        elif entry.name in written_in_place:
+            shutil.copytree(entry, dst / entry.name, symlinks=True)
         else:
             shutil.copytree(entry, dst / entry.name, copy_function=os.link, symlinks=True)
     return dst
