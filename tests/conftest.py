@@ -33,7 +33,7 @@ FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-m
 ON_REQUEST = {
     "replica": "the paper study on hub-shaped replicas (minutes): pytest -m replica, in .venv-families",
     "e2e": "a documented command end to end (minutes): pytest -m e2e",
-    "faults_slow": "a fault injected into a Snakemake run of the test study (minutes): pytest -m faults_slow",
+    "faults_slow": "a fault injected into a Snakemake or training run (minutes): pytest -m faults_slow tests/faults",
 }
 
 
