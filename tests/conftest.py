@@ -3,10 +3,12 @@ real Fashion-MNIST items. Everything is built locally; the hub is never contacte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The file-hash cache (mmcal.hashing) of this session, and of every Snakemake job it starts, lives in a
+# temporary folder: a test run never writes into ~/.cache/mmcal (removed at the end, pytest_unconfigure).
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="mmcal-tests-"))
+os.environ.setdefault("MMCAL_HASH_CACHE", str(_SESSION_TMP / "file_hashes.jsonl"))
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+if str(Path(__file__).parent) not in sys.path:  # tiny_models, conftest's helpers (pytest usually put it there)
+    sys.path.append(str(Path(__file__).parent))
 FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 
@@ -26,7 +33,21 @@ FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-m
 ON_REQUEST = {
     "replica": "the paper study on hub-shaped replicas (minutes): pytest -m replica, in .venv-families",
     "e2e": "a documented command end to end (minutes): pytest -m e2e",
+    "faults_slow": "a fault injected into a Snakemake or training run (minutes): pytest -m faults_slow tests/faults",
 }
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in reverse order (with -p randomly: a random order): no test may depend on another",
+    )
+    parser.addoption(
+        "--check-global-state",
+        action="store_true",
+        help="fail a test that leaves an environment variable, the cwd, torch's threads or a global RNG changed",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,6 +56,128 @@ def pytest_collection_modifyitems(config, items):
         for mark, why in ON_REQUEST.items():
             if item.get_closest_marker(mark) and mark not in asked:
                 item.add_marker(pytest.mark.skip(reason=f"on request only: {why}"))
+    if config.getoption("reverse"):
+        items.reverse()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+# --- global state: every test leaves the process as it found it ----------------------------------------
+# A test (or a fixture it sets up) that changes an environment variable, the working directory, torch's
+# thread count or a global random generator makes later tests depend on the order they run in. The check
+# below (from before the test's fixtures are set up to after they are torn down) fails that test, naming
+# what changed, and puts the state back so that the tests after it still start clean (on request,
+# --check-global-state, until every leak the suite has is fixed). Fix a leak with
+# monkeypatch (variables, cwd), torch.random.fork_rng / a seeded torch.Generator / np.random.default_rng
+# (random draws), try/finally (threads).
+def _global_state() -> dict:
+    import random
+
+    import numpy as np
+
+    state = {
+        "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+        "working directory": os.getcwd(),
+        "random (Python)": random.getstate(),
+        "numpy.random": np.random.get_state(legacy=False),
+    }
+    if "torch" in sys.modules:  # not imported yet: nothing of torch's to leak
+        import torch
+
+        state["torch threads"] = torch.get_num_threads()
+        state["torch RNG"] = torch.get_rng_state()
+    return state
+
+
+# Set by a library itself, once per process, the first time it needs it (torch: when inductor's config is first
+# read): not a test's doing, and the same whatever order the tests run in.
+SET_ONCE_BY_LIBRARIES = {"TORCHINDUCTOR_CACHE_DIR"}
+
+
+def _changes(before: dict, after: dict) -> list[str]:
+    import numpy as np
+
+    out = []
+    env_a, env_b = before["environment"], after["environment"]
+    for name in sorted(set(env_a) | set(env_b)):
+        if name in SET_ONCE_BY_LIBRARIES and name not in env_a:
+            continue
+        if env_a.get(name) != env_b.get(name):
+            out.append(f"environment variable {name}: {env_a.get(name)!r} -> {env_b.get(name)!r}")
+    for key in ("working directory", "random (Python)", "torch threads"):
+        if key in before and before[key] != after[key]:
+            out.append(f"{key} changed" + (f": {before[key]} -> {after[key]}" if key != "random (Python)" else ""))
+    a, b = before["numpy.random"], after["numpy.random"]
+    if a["state"]["key"].tobytes() != b["state"]["key"].tobytes() or a["state"]["pos"] != b["state"]["pos"]:
+        out.append("numpy.random's global state changed (use np.random.default_rng(seed))")
+    if "torch RNG" in before and not np.array_equal(before["torch RNG"].numpy(), after["torch RNG"].numpy()):
+        out.append("torch's global RNG changed (use torch.random.fork_rng() or a seeded torch.Generator)")
+    return out
+
+
+def _restore(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    for name in set(os.environ) - set(state["environment"]) - {"PYTEST_CURRENT_TEST"}:
+        del os.environ[name]
+    os.environ.update(state["environment"])
+    os.chdir(state["working directory"])
+    random.setstate(state["random (Python)"])
+    np.random.set_state(state["numpy.random"])
+    if "torch threads" in state:
+        import torch
+
+        torch.set_num_threads(state["torch threads"])
+        torch.set_rng_state(state["torch RNG"])
+
+
+_STATE_BEFORE = pytest.StashKey[dict]()
+
+
+@contextlib.contextmanager
+def own_global_state():
+    """Run code that seeds or draws from the global generators or sets torch's thread count (a seeded model
+    build, a training run: what a Snakemake job does in its own process) and put all of it back afterwards."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, legacy, threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(legacy)
+            torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item):
+    if not item.config.getoption("check_global_state"):
+        return (yield)
+    item.stash[_STATE_BEFORE] = _global_state()  # before any fixture: a fixture's leak is its first user's
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    before, after = item.stash.get(_STATE_BEFORE, None), _global_state()
+    if before is None:
+        return result
+    if "torch threads" not in before and "torch threads" in after:  # torch first imported by this test
+        before = {**before, "torch threads": after["torch threads"], "torch RNG": after["torch RNG"]}
+    changes = _changes(before, after)
+    if changes:
+        _restore(before)
+        pytest.fail(f"{item.nodeid} left global state changed:\n  " + "\n  ".join(changes), pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +195,8 @@ def smollm2_dir(tmp_path_factory) -> Path:
     from mmcal.tinyllava.smollm2 import convert_smollm2
 
     out = tmp_path_factory.mktemp("smollm2")
-    convert_smollm2(out)
+    with own_global_state():  # the conversion seeds torch
+        convert_smollm2(out)
     return out
 
 
@@ -119,3 +263,7 @@ def study(tmp_path_factory):
 def test_study(study):
     """The same study under the name the audit tests use."""
     return study
+
+
+# The fault-injection suite's shared fixtures (tests/faults/, docs/reliability.md).
+from faults.faultkit import fault_workdir, fault_workflow, items8, reference8  # noqa: E402, F401

@@ -16,6 +16,7 @@ from mmcal.engine.prompts import PromptVariant, build_messages
 from mmcal.engine.readouts import letter_token_ids
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine, load_image
+from mmcal.errors import ConfigError
 
 READOUT_ORDER = ("letter_restricted", "letter_full_vocab", "option_loglik")  # as _hand_readouts returns
 
@@ -86,8 +87,8 @@ def test_results_do_not_depend_on_batch_size(tiny_llava_dir, fmnist_items):
 
 def test_bad_items_are_recorded_not_dropped(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
-    (root / "images/corrupt.png").write_bytes(b"this is not a png")
-    bad_image = replace(items[0], item_id="corrupt", image="images/corrupt.png")
+    (tmp_path / "corrupt.png").write_bytes(b"this is not a png")  # outside the session's shared image folder
+    bad_image = replace(items[0], item_id="corrupt", image=str(tmp_path / "corrupt.png"))
     missing = replace(items[1], item_id="missing", image="images/nope.png")
     no_options = replace(items[2], item_id="empty", options=[], gold=0)
     lm = load_model("tiny", str(tiny_llava_dir))
@@ -104,17 +105,73 @@ def test_bad_items_are_recorded_not_dropped(tiny_llava_dir, fmnist_items, tmp_pa
     assert long_engine.score([items[3]], Scenario())[0]["status"].startswith("prompt too long")
 
 
-def test_blind_and_description_scenarios(tiny_llava_dir, fmnist_items):
+def _scores(rows) -> dict:
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    return {r["item_id"]: np.asarray(r["option_scores"]) for r in rows}
+
+
+def test_blind_scenario_drops_the_image(tiny_llava_dir, fmnist_items, tmp_path):
+    """No image token, no pixel values, and scores that do not depend on the image file at all."""
+    root, items = fmnist_items
+    lm = load_model("tiny", str(tiny_llava_dir))
+    image_token = lm.processor.image_token
+    image_id = lm.tokenizer.convert_tokens_to_ids(image_token)
+    blind, shown = Scenario(name="blind", image=False), Scenario()
+    engine = Engine(lm, PromptVariant(), readouts=["letter_restricted"], image_root=root)
+    text = engine.render(items[0], blind)
+    assert image_token not in text and items[0].question in text and items[0].options[0] in text
+    assert image_token in engine.render(items[0], shown)
+    enc, enc_shown = engine.encode(0, items[0], blind), engine.encode(0, items[0], shown)
+    assert enc.status == "ok" and "pixel_values" not in enc.extra and image_id not in enc.prefix_ids
+    assert "pixel_values" in enc_shown.extra and image_id in enc_shown.prefix_ids
+    # The same items with each other's images under their names: blind scores stay, shown scores move.
+    swapped = tmp_path / "swapped"
+    (swapped / "images").mkdir(parents=True)
+    for item, other in zip(items[:3], items[1:4]):
+        (swapped / item.image).write_bytes((root / other.image).read_bytes())
+    engine_swapped = Engine(lm, PromptVariant(), readouts=["letter_restricted"], image_root=swapped)
+    a, b = _scores(engine.score(items[:3], blind)), _scores(engine_swapped.score(items[:3], blind))
+    for item_id in a:
+        np.testing.assert_array_equal(a[item_id], b[item_id])
+    a, b = _scores(engine.score(items[:3], shown)), _scores(engine_swapped.score(items[:3], shown))
+    assert all(not np.allclose(a[i], b[i], atol=1e-6) for i in a)
+
+
+def test_description_scenarios_put_their_description_in_the_prompt(tiny_llava_dir, fmnist_items):
+    """The scenario's description (consistent or conflicting, as chosen) is in the prompt, beside the image
+    or instead of it, and changes what the model is scored on."""
     root, items = fmnist_items
     lm = load_model("tiny", str(tiny_llava_dir))
     engine = Engine(lm, PromptVariant(), readouts=["letter_restricted"], image_root=root)
-    blind = engine.score(items[:2], Scenario(name="blind", image=False))
-    assert all(r["status"] == "ok" for r in blind)
     desc = {
-        it.item_id: {"consistent": "Description: a shoe.", "conflicting": "Description: a bag."} for it in items[:2]
+        it.item_id: {
+            "consistent": f"Description: a photo of {it.options[it.gold]}.",
+            "conflicting": "Description: a bag.",
+        }
+        for it in items[:3]
     }
-    rows = engine.score(items[:2], Scenario(name="d", image=True, description="conflicting"), desc)
-    assert all(r["status"] == "ok" for r in rows)
+    consistent = Scenario(name="image-desc-consistent", image=True, description="consistent")
+    conflicting = Scenario(name="image-desc-conflicting", image=True, description="conflicting")
+    text_only = Scenario(name="text-desc", image=False, description="consistent")
+    item = items[0]
+    rendered = {s.name: engine.render(item, s, desc) for s in (consistent, conflicting, text_only)}
+    assert desc[item.item_id]["consistent"] in rendered["image-desc-consistent"]
+    assert "a bag" not in rendered["image-desc-consistent"]
+    assert desc[item.item_id]["conflicting"] in rendered["image-desc-conflicting"]
+    assert desc[item.item_id]["consistent"] not in rendered["image-desc-conflicting"]
+    assert desc[item.item_id]["consistent"] in rendered["text-desc"]
+    image_token = lm.processor.image_token
+    assert image_token in rendered["image-desc-consistent"] and image_token not in rendered["text-desc"]
+    assert "pixel_values" not in engine.encode(0, item, text_only, desc).extra
+    # what the model sees differs, so do its scores: each description against the image alone
+    alone = _scores(engine.score(items[:3], Scenario()))
+    with_consistent = _scores(engine.score(items[:3], consistent, desc))
+    with_conflicting = _scores(engine.score(items[:3], conflicting, desc))
+    for i in alone:
+        assert not np.allclose(alone[i], with_consistent[i], atol=1e-6)
+        assert not np.allclose(with_consistent[i], with_conflicting[i], atol=1e-6)
+    with pytest.raises(ConfigError, match=f"description of item {items[3].item_id!r}"):
+        engine.score(items[3:4], consistent, desc)
 
 
 def test_option_shift_moves_gold(tiny_llava_dir, fmnist_items):

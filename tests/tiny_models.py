@@ -6,11 +6,25 @@ same processors, same save/load through the Auto classes, just tiny and untraine
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
 from mmcal.engine.chat import TINY_LLAVA_CHAT_TEMPLATE
+
+
+def _seeded(build):
+    """Initialise the model from ``seed`` on a forked generator: the same weights every time, and torch's
+    global generator left as it was (the tests after a build draw what they would have drawn without it)."""
+
+    @functools.wraps(build)
+    def wrapper(out_dir, lm_dir, seed: int = 0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build(out_dir, lm_dir, seed)
+
+    return wrapper
 
 
 def _tokenizer(lm_dir: str | Path, extra_tokens: list[str]):
@@ -21,6 +35,7 @@ def _tokenizer(lm_dir: str | Path, extra_tokens: list[str]):
     return tok
 
 
+@_seeded
 def build_tiny_llava(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) -> Path:
     from transformers import (
         CLIPImageProcessor,
@@ -31,7 +46,6 @@ def build_tiny_llava(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) -> 
         LlavaProcessor,
     )
 
-    torch.manual_seed(seed)
     tok = _tokenizer(lm_dir, ["<image>"])
     vision = CLIPVisionConfig(
         hidden_size=32,
@@ -89,6 +103,7 @@ IDEFICS3_TEMPLATE = (
 )
 
 
+@_seeded
 def build_tiny_idefics3(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) -> Path:
     """SmolVLM / Idefics3 family: SigLIP-style encoder, pixel-shuffle connector, Llama LM."""
     from transformers import (
@@ -98,7 +113,6 @@ def build_tiny_idefics3(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) 
         Idefics3Processor,
     )
 
-    torch.manual_seed(seed)
     tok = _tokenizer(lm_dir, ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"])
     cfg = Idefics3Config(
         vision_config=dict(
@@ -144,6 +158,7 @@ QWEN2VL_TEMPLATE = (
 )
 
 
+@_seeded
 def build_tiny_qwen2vl(out_dir: str | Path, lm_dir: str | Path, seed: int = 0) -> Path:
     """Qwen2-VL family: its own ViT with 2x2 patch merging, and multimodal rotary positions (mrope),
     which the engine cannot reuse a prefix cache for. A 28x28 image is resized to 56x56 = 4 tokens.
@@ -161,7 +176,6 @@ def tiny_qwen2vl_parts(lm_dir: str | Path, seed: int = 0, video_processor=None):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    torch.manual_seed(seed)
     tok = _tokenizer(lm_dir, ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"])
     ids = tok.convert_tokens_to_ids
     cfg = Qwen2VLConfig(

@@ -73,6 +73,7 @@ def cmd_score(args) -> int:
         device=args.device or cfg.get("device", "auto"),
         dtype=cfg.get("dtype", "auto"),
         batch_size=(cfg.get("scoring") or {}).get("batch_size", 8),
+        shard_size=(cfg.get("scoring") or {}).get("shard_size", 64),
         limit_per_split=args.limit,
         descriptions_path=args.descriptions,
         max_unscorable=(cfg.get("scoring") or {}).get("max_unscorable", 0.02),

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmcal.atomic import write_text_atomically
+from mmcal.errors import DataError
 from mmcal.hashing import path_sha256
 
 SCHEMA = "mmcal.provenance/1"
@@ -253,9 +255,20 @@ def store_path(artifact: str | Path, root: str | Path = ".") -> Path:
     return Path(root) / STORE / f"{rel.as_posix()}.json"
 
 
+def _load(path: Path) -> dict:
+    """A record from the store; a damaged one (not JSON, no ``output``) is an error naming its file."""
+    try:
+        rec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: damaged provenance record ({exc}); rerun the job that wrote it") from exc
+    if not isinstance(rec, dict) or "output" not in rec:
+        raise DataError(f"{path}: not a provenance record (no 'output'); rerun the job that wrote it")
+    return rec
+
+
 def read_record(artifact: str | Path, root: str | Path = ".") -> dict | None:
     path = store_path(artifact, root)
-    return json.loads(path.read_text()) if path.exists() else None
+    return _load(path) if path.exists() else None
 
 
 def all_records(root: str | Path = ".") -> dict[str, dict]:
@@ -263,7 +276,7 @@ def all_records(root: str | Path = ".") -> dict[str, dict]:
     base = Path(root) / STORE
     out = {}
     for path in sorted(base.rglob("*.json")):
-        rec = json.loads(path.read_text())
+        rec = _load(path)
         out[rec["output"]] = rec
     return out
 
@@ -327,11 +340,8 @@ def write_job(snakemake, started: float, script: str | Path | None = None) -> fl
             _embed_in_parquet(p, {"schema": SCHEMA, "output": out, **job})
         record = {"schema": SCHEMA, "output": out, "sha256": path_sha256(p), **job, **run}
         record["provenance_seconds"] = round(time.perf_counter() - t0, 3)
-        target = store_path(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
-        tmp.replace(target)
+        text = json.dumps(record, indent=1, sort_keys=True, default=str)
+        write_text_atomically(store_path(out), text, "provenance record")
     return time.perf_counter() - t0
 
 

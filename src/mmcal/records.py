@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmcal.atomic import write_atomically
 from mmcal.errors import DataError
 
 READOUTS = ("letter_restricted", "letter_full_vocab", "option_loglik")  # one forward pass per item
@@ -176,25 +177,37 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def write_records(df: pd.DataFrame, path: str | Path, metadata: dict[bytes, str] | None = None) -> None:
-    """``metadata``: extra Parquet schema metadata (the job's provenance, mmcal.provenance)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.parquet")
-    if metadata:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    """``metadata``: extra Parquet schema metadata (the job's provenance, mmcal.provenance). Written atomically
+    (mmcal.atomic): a killed job or a full disk never leaves a half-written records file or shard under its name."""
 
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **metadata}), tmp)
-    else:
-        df.to_parquet(tmp, index=False)
-    tmp.replace(path)  # atomic: a killed job never leaves a half-written record file
+    def write(tmp: Path) -> None:
+        if metadata:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **metadata}), tmp)
+        else:
+            df.to_parquet(tmp, index=False)
+
+    write_atomically(path, write, "records file")
+
+
+def read_parquet_file(path: str | Path, **kwargs) -> pd.DataFrame:
+    """``pd.read_parquet`` with an error naming the file when it is not a readable Parquet file (truncated,
+    foreign bytes): pyarrow's own message does not say which file."""
+    try:
+        return pd.read_parquet(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its I/O errors OSErrors
+        raise DataError(f"{path}: not a readable records file: {exc}") from exc
 
 
 def read_records(paths) -> pd.DataFrame:
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    frames = [pd.read_parquet(p) for p in paths]
+    frames = [read_parquet_file(p) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else to_frame([])
 
 

@@ -76,15 +76,18 @@ def _report_user_errors_plainly(rule: str) -> None:
     sys.excepthook = hook
 
 
-def finish(snakemake) -> None:
+def finish(snakemake, cleanup=None) -> None:
     """Write the provenance record of every output (mmcal.provenance); the last call of every script,
-    so a failed job leaves none. Logs the seconds it took, for the overhead budget."""
+    so a failed job leaves none. Logs the seconds it took, for the overhead budget. ``cleanup()`` runs
+    after the records are written (the score job's shards, kept until then)."""
     from mmcal.provenance import write_job
 
     if _started is None:
         raise RuntimeError("finish(snakemake) without start(snakemake)")
     seconds = write_job(snakemake, _started, script=_script_file(snakemake))
     logging.getLogger("mmcal").info("provenance: %.3f s for %d outputs", seconds, len(snakemake.output))
+    if cleanup is not None:
+        cleanup()
 
 
 def _script_file(snakemake) -> Path | None:

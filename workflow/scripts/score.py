@@ -6,7 +6,7 @@ sys.path.insert(0, snakemake.scriptdir)  # noqa: F821
 from _setup import finish, start  # noqa: E402
 
 log = start(snakemake)  # noqa: F821
-from mmcal.engine.job import score_to_records  # noqa: E402
+from mmcal.engine.job import remove_shards, score_to_records  # noqa: E402
 from mmcal.engine.prompts import prompt_from_config  # noqa: E402
 from mmcal.engine.scenarios import scenario_from_config  # noqa: E402
 
@@ -30,5 +30,7 @@ score_to_records(
     model_path=sm.input.get("model"),
     descriptions_path=sm.input.get("descriptions"),
     max_unscorable=p["max_unscorable"],
+    keep_shards=True,
 )
-finish(snakemake)  # noqa: F821
+# the shards go only once provenance is written: a job failing there (a full disk) is assembled again, not re-scored
+finish(snakemake, cleanup=lambda: remove_shards(sm.output[0]))  # noqa: F821

@@ -2,7 +2,10 @@
 
 Items are scored in shards written next to the output (``<output>.shards/``). A killed job that
 is restarted reads the finished shards and scores only the items they do not hold; the final file
-is assembled from the shards in item order, then the shards are removed.
+is assembled from the shards in item order, then the shards are removed. A shard that cannot be
+trusted on resume (unreadable: truncated or foreign bytes; written for another model, prompt,
+readouts or scenario: ``job.json`` in the shard folder holds what they were written for) is
+discarded with a warning naming it, and its items are scored again.
 
 :func:`score_to_records` is the job with explicit arguments; the workflow's ``score`` rule and
 ``mmcal score`` both call it, so a DAG run and a CLI run write identical records.
@@ -10,6 +13,7 @@ is assembled from the shards in item order, then the shards are removed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -19,15 +23,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmcal.atomic import write_text_atomically
 from mmcal.data.idk.dated_news import items_for_model
 from mmcal.engine.build import build_engine, engine_fingerprint
 from mmcal.engine.forward import ForwardError
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import is_input_problem
-from mmcal.errors import MmcalError
+from mmcal.errors import DataError, MmcalError, OutputError
 from mmcal.items import read_items
-from mmcal.records import to_frame, write_records
+from mmcal.records import read_parquet_file, to_frame, write_records
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ class JobSpec:
     max_unscorable: float = 0.02
     # The model's knowledge cutoff: selects its items of a news set with per-model cutoffs.
     cutoff: str | None = None
+    # The readouts asked for: a shard with other readouts was written for another job.
+    readouts: tuple[str, ...] = ()
 
 
 def shard_dir_for(out_path: str | Path) -> Path:
@@ -59,25 +66,62 @@ def shard_dir_for(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + ".shards")
 
 
-def finished_shards(
-    shard_dir: Path, fingerprint: str | None = None, prompt_hash: str | None = None
-) -> tuple[list[Path], set[str]]:
-    """Shards a restarted job can reuse; stale ones (other model or prompt) are deleted."""
+def job_key(spec: JobSpec, scenario) -> dict:
+    """What the shards of this job are written for; shards written for another key are not reused."""
+    return {
+        "model_fingerprint": spec.fingerprint,
+        "prompt_hash": spec.prompt_hash,
+        "readouts": sorted(spec.readouts),
+        "scenario": dataclasses.asdict(scenario) if dataclasses.is_dataclass(scenario) else repr(scenario),
+    }
+
+
+def _shard_problem(df: pd.DataFrame, spec: JobSpec) -> str | None:
+    if spec.fingerprint and (df["model_fingerprint"] != spec.fingerprint).any():
+        return "written by another model"
+    if spec.prompt_hash and (df["prompt_hash"] != spec.prompt_hash).any():
+        return "written with another prompt"
+    if spec.readouts and set(df["readout"]) != set(spec.readouts):
+        return f"holds readouts {sorted(set(df['readout']))}, not {sorted(spec.readouts)}"
+    return None
+
+
+def finished_shards(shard_dir: Path, spec: JobSpec, key: dict | None = None) -> tuple[list[Path], set[str]]:
+    """Shards a restarted job can reuse and the items they hold. A shard that is unreadable (a crash on a
+    file system that lost its tail, foreign bytes) or written for another job is deleted with a warning
+    naming it: its items are scored again, never silently dropped or mixed in."""
     shards = sorted(shard_dir.glob("shard-*.parquet")) if shard_dir.exists() else []
+    key_file = shard_dir / "job.json"
+    if shards and key is not None and key_file.exists():
+        try:
+            written_for = json.loads(key_file.read_text())
+        except ValueError:
+            written_for = None
+        if written_for != key:
+            log.warning("discarding the %d shards in %s: written for another job (%s)", len(shards), shard_dir, key)
+            for s in shards:
+                s.unlink()
+            shards = []
     done: set[str] = set()
     kept = []
     for s in shards:
-        df = pd.read_parquet(s, columns=["item_id", "model_fingerprint", "prompt_hash"])
-        stale = (fingerprint and (df["model_fingerprint"] != fingerprint).any()) or (
-            prompt_hash and (df["prompt_hash"] != prompt_hash).any()
-        )
-        if stale:
-            log.warning("discarding %s: written by another model or prompt", s)
+        try:
+            df = read_parquet_file(s, columns=["item_id", "model_fingerprint", "prompt_hash", "readout"])
+            problem = _shard_problem(df, spec)
+        except (DataError, KeyError) as exc:  # KeyError: a Parquet file without the records columns
+            problem = f"unreadable: {exc}"
+        if problem:
+            log.warning("discarding %s: %s; its items are scored again", s, problem)
             s.unlink()
             continue
         kept.append(s)
         done.update(df["item_id"].tolist())
     return kept, done
+
+
+def remove_shards(out_path: str | Path) -> None:
+    """Delete a finished job's shards (after its records file and provenance are written)."""
+    shutil.rmtree(shard_dir_for(out_path), ignore_errors=True)
 
 
 def select_items(spec: JobSpec):
@@ -111,9 +155,11 @@ def check_unscorable(df: pd.DataFrame, spec: JobSpec) -> None:
         )
 
 
-def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict:
+def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True, keep_shards: bool = False) -> dict:
     """Score what is not yet scored, then assemble. ``make_engine()`` loads the model lazily,
-    so a job whose shards are all done never loads the model."""
+    so a job whose shards are all done never loads the model. ``keep_shards``: leave the shards for the
+    caller to remove (:func:`remove_shards`) once everything else the job writes is written, so that a job
+    failing after this (its provenance on a full disk) is assembled again, not scored again."""
     from tqdm import tqdm
 
     t0 = time.time()
@@ -122,8 +168,14 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
     if spec.descriptions_path:
         descriptions = json.loads(Path(spec.descriptions_path).read_text())
     shard_dir = shard_dir_for(spec.out_path)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    shards, done = finished_shards(shard_dir, spec.fingerprint, spec.prompt_hash)
+    try:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only output folder: say which, before any item is scored
+        message = f"cannot create the shard folder {shard_dir}: {exc.strerror or exc}"
+        raise OutputError.from_os_error(exc, message) from exc
+    key = job_key(spec, scenario)
+    shards, done = finished_shards(shard_dir, spec, key)
+    write_text_atomically(shard_dir / "job.json", json.dumps(key, sort_keys=True), "shard key")
     todo = [it for it in items if it.item_id not in done]
     log.info(
         "items: %d selected, %d already scored in %d shards, %d to score",
@@ -161,15 +213,17 @@ def run_job(spec: JobSpec, make_engine, scenario, progress: bool = True) -> dict
             write_records(to_frame(rows), shard_dir / f"shard-{next_index:05d}.parquet")
             next_index += 1
         bar.close()
-    frames = [pd.read_parquet(s) for s in sorted(shard_dir.glob("shard-*.parquet"))]
+    frames = [read_parquet_file(s) for s in sorted(shard_dir.glob("shard-*.parquet"))]
     df = pd.concat(frames, ignore_index=True) if frames else to_frame([])
     order = {it.item_id: i for i, it in enumerate(items)}
-    df = df[df["item_id"].isin(order)]
+    # one row per item and readout even if two shards hold an item (two writers of one output)
+    df = df[df["item_id"].isin(order)].drop_duplicates(["item_id", "readout"])
     df = df.assign(_o=df["item_id"].map(order)).sort_values(["_o", "readout"], kind="stable")
     df = df.drop(columns="_o").reset_index(drop=True)
     check_unscorable(df, spec)
     write_records(df, spec.out_path)
-    shutil.rmtree(shard_dir)
+    if not keep_shards:
+        remove_shards(spec.out_path)
     per_item = df.drop_duplicates("item_id")
     stats = {
         "items": len(items),
@@ -203,10 +257,12 @@ def score_to_records(
     descriptions_path: str | Path | None = None,
     max_unscorable: float = 0.02,
     progress: bool = True,
+    keep_shards: bool = False,
 ) -> dict:
     """Score one (model, dataset, scenario, prompt) into ``out_path``; returns the job's stats.
 
-    ``model_path`` is the folder the DAG built for the model (default: the entry's ``path``).
+    ``model_path`` is the folder the DAG built for the model (default: the entry's ``path``);
+    ``keep_shards``: see :func:`run_job`.
     """
     spec = JobSpec(
         model=model_name,
@@ -223,6 +279,7 @@ def score_to_records(
         prompt_hash=prompt.prompt_hash(),
         max_unscorable=float(max_unscorable),
         cutoff=model_entry.get("cutoff"),
+        readouts=tuple(readouts),
     )
 
     def make_engine():
@@ -238,7 +295,7 @@ def score_to_records(
             model_path=model_path,
         )
 
-    return run_job(spec, make_engine, scenario, progress)
+    return run_job(spec, make_engine, scenario, progress, keep_shards)
 
 
 def scoring_engine(

@@ -64,6 +64,12 @@ def is_input_problem(status: str) -> bool:
     return status.startswith(INPUT_PROBLEMS)
 
 
+def _finite(row: dict) -> bool:
+    """Every number a scored row is read by: option scores, confidence, entropy, option mass."""
+    values = [*row["option_scores"], row.get("confidence", 0.0), row.get("entropy", 0.0), row.get("option_mass", 0.0)]
+    return all(math.isfinite(v) for v in values)
+
+
 def _chunks(seq: list, size: int):
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
@@ -355,8 +361,11 @@ class Engine:
                 n_options=len(it.options),
                 meta=meta_json(it.metadata),
             )
-            if r["status"] == "ok" and not all(math.isfinite(v) for v in r["option_scores"]):
-                r["status"] = "non-finite scores"
+            if r["status"] == "ok" and not _finite(r):
+                # NaN/inf logits (fp16 overflow, broken weights): an unscorable row like any other (pred -1,
+                # NaN confidence), keeping the scores that show why; counted against scoring.max_unscorable
+                r.update(status="non-finite scores", pred=-1, correct=False)
+                r.update(confidence=float("nan"), entropy=float("nan"), option_mass=float("nan"))
         return rows
 
     def _batches(self, encs: list[Encoded]):

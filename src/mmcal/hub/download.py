@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from mmcal import hashing, plan
+from mmcal.atomic import write_text_atomically
 from mmcal.data.registry import release_folder
 from mmcal.data.release_layout import inspect_release
 from mmcal.errors import ConfigError, DataError
 from mmcal.hub import qwen_font
 
 RESOLVED = "data/downloads/resolved.json"
+log = logging.getLogger(__name__)
 # owner/name: anything else (a relative or absolute path) is a local folder
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # weight formats no loader of the study reads: a repo shipping TF/Flax/ONNX copies would triple the download
@@ -99,11 +103,65 @@ def _local_record(source: dict, folder: Path) -> dict:
     }
 
 
+# Waits (seconds) before each retry of a transient hub failure: a 5xx or 429 answer, a connection refused or cut
+# half way (huggingface_hub itself resumes a cut file a few times, then gives up), a timeout. Anything else (a
+# missing repository or revision, a gated repository, offline mode) fails at once.
+RETRY_WAITS_S = (2.0, 8.0, 30.0)
+_TRANSIENT_TYPES = {"TransportError", "TimeoutException", "ConnectionError", "TimeoutError"}
+
+
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure that may go away when asked again (the exception or anything that caused it)."""
+    for e in _causes(exc):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return True
+        if any(t.__name__ in _TRANSIENT_TYPES for t in type(e).__mro__):
+            return True
+    return False
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _with_retries(source: dict, fetch, what: str):
+    """``fetch()`` with the waits of :data:`RETRY_WAITS_S` between tries while it fails transiently; then an
+    error naming the source (its config key, repository and revision) and the endpoint."""
+    attempts = len(RETRY_WAITS_S) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return fetch()
+        except Exception as exc:  # huggingface_hub / datasets raise many types; is_transient sorts them
+            if not is_transient(exc):
+                raise
+            name = f"{source['key']}: {source['path']}@{source.get('revision') or 'main'}"
+            if attempt == attempts:
+                raise DataError(
+                    f"{name}: {what} from {_hub_endpoint()} failed {attempts} times (transient errors, retried "
+                    f"after {', '.join(f'{w:g}' for w in RETRY_WAITS_S)} s); last: {type(exc).__name__}: {exc}"
+                ) from exc
+            wait = RETRY_WAITS_S[attempt - 1]
+            log.warning("%s: %s failed (%s: %s); retry %d in %g s", name, what, type(exc).__name__, exc, attempt, wait)
+            time.sleep(wait)
+
+
 def _snapshot(source: dict, local_only: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     repo_type = "dataset" if source["type"] == "dataset" else "model"
-    try:
+
+    def fetch() -> Path:
         return Path(
             snapshot_download(
                 source["path"],
@@ -113,11 +171,16 @@ def _snapshot(source: dict, local_only: bool) -> Path:
                 ignore_patterns=IGNORE_PATTERNS,
             )
         )
+
+    try:
+        return fetch() if local_only else _with_retries(source, fetch, "download")
+    except DataError:
+        raise
     except Exception as exc:  # huggingface_hub raises several types (offline, missing revision, gated repo)
         where = (
             "in the HF cache (offline: run the download rule where the hub is reachable)"
             if local_only
-            else "on the hub"
+            else f"on the hub ({_hub_endpoint()})"
         )
         raise DataError(
             f"{source['key']}: {source['path']}@{source['revision'] or 'main'} not found {where}: {exc}"
@@ -129,8 +192,13 @@ def _dataset_record(source: dict, offline: bool) -> dict:
     name, split, revision), so the build job then finds it offline."""
     import datasets
 
+    def fetch():
+        return datasets.load_dataset(source["path"], source["name"], split=source["split"], revision=source["revision"])
+
     try:
-        ds = datasets.load_dataset(source["path"], source["name"], split=source["split"], revision=source["revision"])
+        ds = fetch() if offline else _with_retries(source, fetch, "loading the data set")
+    except DataError:
+        raise
     except Exception as exc:  # the datasets library raises many types for a missing repo/config/split/cache
         raise DataError(
             f"{source['key']}: cannot load {source['path']} ({source['name']}, {source['split']}): {exc}"
@@ -191,9 +259,7 @@ def download_all(study_sources: list[dict], offline: bool, out_path: str | Path)
     resolved = {s["key"]: resolve(s, offline) for s in study_sources}
     for rec in resolved.values():
         _check_pin(rec)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(out_path, json.dumps(resolved, indent=2, sort_keys=True) + "\n", "download record")
     return resolved
 
 
@@ -261,9 +327,7 @@ def download_release(
         }
         _check_pin(record)
     record["contents"] = inspect_release(name, record["folder"], layout or {})
-    record_path = Path(record_path)
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(record_path, json.dumps(record, indent=2, sort_keys=True) + "\n", "release record")
     return record
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmcal.atomic import write_text_atomically
 from mmcal.figures.registry import reported_rows
 from mmcal.paper import tables as T
 from mmcal.paper.main_tex import PARTS
@@ -129,7 +130,7 @@ def make_tables(inputs: dict, out_dir: Path, parts: dict, level: float, methods:
         path = out_dir / f"{name}.tex"
         T.write_table(tex, path)
         cells = cell_map(tex, frame, source, source_path or inputs[source], methods.get(source, {}))
-        (out_dir / f"{name}.cells.json").write_text(json.dumps(cells, indent=1, default=_jsonable) + "\n")
+        write_text_atomically(out_dir / f"{name}.cells.json", json.dumps(cells, indent=1, default=_jsonable) + "\n")
         written.append(path)
 
     main = parts["main"]

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmcal.atomic import write_text_atomically
 from mmcal.paper.tables import latex_escape
 
 PAPER_TITLE = "mmcal: calibration of multimodal LLMs --- regenerated study"
@@ -254,11 +255,7 @@ def write_main_tex(
     problems = latex_problems(tex)
     if problems:
         raise ValueError("generated main.tex is not balanced: " + "; ".join(problems))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tex, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomically(path, tex, "paper")
 
 
 _COMMENT = re.compile(r"(?<!\\)%.*")

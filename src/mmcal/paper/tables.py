@@ -17,12 +17,14 @@ Conventions shared by every table:
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mmcal.atomic import write_text_atomically
 from mmcal.records import GROUP_KEYS, RUN_KEYS, select
 
 MAIN_METRICS = ("accuracy", "ece_10", "brier", "nll", "auroc", "aurc")
@@ -133,8 +135,16 @@ _LATEX_SPECIALS = {
 
 
 def latex_escape(text) -> str:
-    """Text safe to put in LaTeX: ``_ & % # $ { } ~ ^ \\`` are escaped."""
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+    """Text safe to put in LaTeX: ``_ & % # $ { } ~ ^ \\`` are escaped; line breaks become spaces (a blank
+    line would end a table row's paragraph) and invisible control and format characters (zero-width
+    spaces, bidirectional overrides: Unicode Cc/Cf) are dropped (LaTeX rejects or mis-sets them)."""
+    out = []
+    for ch in str(text):
+        if ch in "\r\n\t":
+            out.append(" ")
+        elif unicodedata.category(ch) not in ("Cc", "Cf"):
+            out.append(_LATEX_SPECIALS.get(ch, ch))
+    return "".join(out)
 
 
 def _is_missing(x) -> bool:
@@ -755,9 +765,4 @@ def protocol_table(
 
 def write_table(tex: str, path) -> Path:
     """Write ``tex`` to ``path`` (parents created; replaced atomically so \\input never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tex if tex.endswith("\n") else tex + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomically(path, tex if tex.endswith("\n") else tex + "\n", "table")

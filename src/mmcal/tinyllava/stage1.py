@@ -29,12 +29,15 @@ from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
 from mmcal.tinyllava.model import assemble_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.training import (
+    Checkpointing,
     adamw,
     autocast,
     bucketed_order,
+    checkpoint_dir_for,
     collate,
     eager_attention,
     read_manifest,
+    run_key,
     run_steps,
     seed_everything,
     target_loss,
@@ -134,8 +137,9 @@ def train_stage1(cfg: dict, vision_dir: str | Path, lm_dir: str | Path, out_dir:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    resume = Checkpointing(checkpoint_dir_for(out_dir), params, optimizer, run_key(cfg, order), rng)
     with eager_attention(model):
-        record = run_steps(step, steps, "stage 1 (projector)")
+        record = run_steps(step, steps, "stage 1 (projector)", resume)
     for p in model.parameters():
         p.requires_grad_(True)
     evaluation = evaluate_stage(model, processor, data, cfg, STAGE1_READOUTS)

@@ -35,11 +35,14 @@ from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.stage1 import check_parent_classes, freeze_all_but
 from mmcal.tinyllava.training import (
+    Checkpointing,
     adamw,
     autocast,
     bucketed_order,
+    checkpoint_dir_for,
     collate,
     eager_attention,
+    run_key,
     run_steps,
     seed_everything,
     target_loss,
@@ -157,8 +160,10 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    trained_tensors = [p for group in optimizer.param_groups for p in group["params"]]
+    resume = Checkpointing(checkpoint_dir_for(out_dir), trained_tensors, optimizer, run_key(cfg, order), rng)
     with eager_attention(model):
-        record = run_steps(step, steps, "stage 2")
+        record = run_steps(step, steps, "stage 2", resume)
     if int(s2["lora_rank"]):
         merge_lora(adapted)
     for p in model.parameters():

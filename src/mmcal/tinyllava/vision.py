@@ -30,9 +30,12 @@ from mmcal.tinyllava.config import held_out_classes, resolve_config
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.training import (
+    Checkpointing,
     adamw,
     autocast,
+    checkpoint_dir_for,
     eager_attention,
+    run_key,
     run_steps,
     seed_everything,
     warmup_cosine,
@@ -215,8 +218,9 @@ def train_vision(cfg: dict, out_dir: str | Path) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    resume = Checkpointing(checkpoint_dir_for(out_dir), params, optimizer, run_key(cfg, order), rng)
     with eager_attention(tower):
-        record = run_steps(step, total, "vision tower")
+        record = run_steps(step, total, "vision tower", resume)
     val_acc = _accuracy(tower, head, x_val, y_val)
     log.info("vision tower: validation accuracy %.4f on %d images", val_acc, len(y_val))
 
