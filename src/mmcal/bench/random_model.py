@@ -27,14 +27,16 @@ def build_random_tiny_llava(lm_source: str | Path, out_dir: str | Path, seed: in
     from mmcal.tinyllava.vision import make_image_processor, vision_config
 
     torch.manual_seed(seed)
-    work = Path(tempfile.mkdtemp(prefix="mmcal-random-"))
-    lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(lm_source))
-    lm.save_pretrained(work / "lm")
-    AutoTokenizer.from_pretrained(lm_source).save_pretrained(work / "lm")
-    tower = CLIPVisionModel(vision_config(VISION_DEFAULTS))
-    tower.save_pretrained(work / "vision")
-    make_image_processor(int(VISION_DEFAULTS["image_size"])).save_pretrained(work / "vision")
-    model, processor = assemble_tiny_llava(work / "vision", work / "lm", seed=seed)
+    # the parts (~0.5 GB) only until they are assembled: removed afterwards, also when assembling fails
+    with tempfile.TemporaryDirectory(prefix="mmcal-random-") as tmp:
+        work = Path(tmp)
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(lm_source))
+        lm.save_pretrained(work / "lm")
+        AutoTokenizer.from_pretrained(lm_source).save_pretrained(work / "lm")
+        tower = CLIPVisionModel(vision_config(VISION_DEFAULTS))
+        tower.save_pretrained(work / "vision")
+        make_image_processor(int(VISION_DEFAULTS["image_size"])).save_pretrained(work / "vision")
+        model, processor = assemble_tiny_llava(work / "vision", work / "lm", seed=seed)
     return save_tiny_llava(model, processor, out_dir)
 
 
