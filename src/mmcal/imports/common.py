@@ -203,6 +203,29 @@ def read_jsonl(path: Path) -> list[tuple[int, dict | None, str | None]]:
     return out
 
 
+def collect_samples(log: TaskLog, entries, fill, id_field: str | None, cluster_field: str | None) -> bool:
+    """Every entry (where, object or None, why not) becomes a sample of ``log``, never dropped: ``fill(sample,
+    obj)`` reads its scores (a DataError becomes the sample's status), a line that could not be read keeps its
+    reason, and the doc's id and cluster fields name the item. True when any value was logged as a string."""
+    stringified = False
+    for where, obj, err in entries:
+        sample = Sample(source=where, doc_id=None)
+        log.samples.append(sample)
+        if obj is None:
+            sample.status = f"unreadable line: {err}"
+            continue
+        try:
+            stringified |= fill(sample, obj)
+        except DataError as exc:
+            sample.status = str(exc).removeprefix(where + ": ")
+        doc = obj.get("doc") if isinstance(obj.get("doc"), dict) else {}
+        if id_field and doc.get(id_field) is not None:
+            sample.item_id = str(doc[id_field])
+        if cluster_field and doc.get(cluster_field) is not None:
+            sample.cluster_id = str(doc[cluster_field])
+    return stringified
+
+
 def expand_paths(paths) -> list[Path]:
     """Files named, and every file inside folders named (sorted); a missing path is an error."""
     out: list[Path] = []

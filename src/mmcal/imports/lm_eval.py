@@ -27,6 +27,7 @@ from mmcal.imports.common import (
     TaskLog,
     as_bool,
     as_float,
+    collect_samples,
     letter_index,
     options_in_prompt,
     parse_letter,
@@ -89,25 +90,18 @@ def read_task(
     if len(filters) > 1:
         log.quirks.append(f"filters {filters}: the lines of filter {chosen!r} are imported (choose with filter:)")
     delimiter = config.get("target_delimiter", " ")
-    stringified = False
-    for f, lineno, obj, err in lines:
-        where = f"{f}:{lineno}"
-        if obj is not None and obj.get("filter", "none") != chosen:
-            continue
-        sample = Sample(source=where, doc_id=None)
-        log.samples.append(sample)
-        if obj is None:
-            sample.status = f"unreadable line: {err}"
-            continue
-        try:
-            stringified |= _fill(sample, obj, output_type, delimiter, metric, log)
-        except DataError as exc:
-            sample.status = str(exc).removeprefix(where + ": ")
-        doc = obj.get("doc") if isinstance(obj.get("doc"), dict) else {}
-        if id_field and doc.get(id_field) is not None:
-            sample.item_id = str(doc[id_field])
-        if cluster_field and doc.get(cluster_field) is not None:
-            sample.cluster_id = str(doc[cluster_field])
+    entries = [
+        (f"{f}:{lineno}", obj, err)
+        for f, lineno, obj, err in lines
+        if obj is None or obj.get("filter", "none") == chosen
+    ]
+    stringified = collect_samples(
+        log,
+        entries,
+        lambda sample, obj: _fill(sample, obj, output_type, delimiter, metric, log),
+        id_field,
+        cluster_field,
+    )
     _reported(log, results.get("results", {}).get(task, {}), chosen)
     if stringified:
         log.quirks.append("numbers are logged as strings (lm-eval 0.4 writes resps as text): parsed back")

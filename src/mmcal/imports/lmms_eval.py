@@ -35,6 +35,7 @@ from mmcal.imports.common import (
     Sample,
     TaskLog,
     as_float,
+    collect_samples,
     letter_index,
     options_in_prompt,
     parse_letter,
@@ -113,22 +114,13 @@ def read_task(
         files=[str(f) for f, _ in files] + list(results.get("files", [])),
         output_type=output_type,
     )
-    stringified = False
-    for where, obj, err in entries:
-        sample = Sample(source=where, doc_id=None)
-        log.samples.append(sample)
-        if obj is None:
-            sample.status = f"unreadable line: {err}"
-            continue
-        try:
-            stringified |= _fill(sample, obj, output_type, items, metric, log)
-        except DataError as exc:
-            sample.status = str(exc).removeprefix(where + ": ")
-        doc = obj.get("doc") if isinstance(obj.get("doc"), dict) else {}
-        if id_field and doc.get(id_field) is not None:
-            sample.item_id = str(doc[id_field])
-        if cluster_field and doc.get(cluster_field) is not None:
-            sample.cluster_id = str(doc[cluster_field])
+    stringified = collect_samples(
+        log,
+        entries,
+        lambda sample, obj: _fill(sample, obj, output_type, items, metric, log),
+        id_field,
+        cluster_field,
+    )
     _reported(log, results.get("results", {}).get(task, {}))
     if stringified:
         log.quirks.append("numbers are logged as strings (sanitize_list, v0.2.4 on): parsed back")
