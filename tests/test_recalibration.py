@@ -631,3 +631,24 @@ def test_format_p_floor():
     assert format_p_floor(0.0123, None) == "0.012"
     assert format_p_floor(1.0, 1.0) == "1.000"  # a floor of 1 bounds nothing
     assert format_p_floor(None, 0.001) == "--"
+
+
+def test_an_option_position_calib_never_had_makes_vector_scaling_not_applicable_and_only_it():
+    """MMBench-like sets mix 2-4 options: when every calib item has 3 and a test item has 4, vector scaling (one
+    scale and bias per position) has no parameters for the 4th; its row says so and the other methods run."""
+    from mmcal.calibration.study import split_robustness
+
+    df = make_records(n_items=200)
+    calib_wide = (df["split"] == "calib") & (df["n_options"] == 4)
+    df = df[~calib_wide].reset_index(drop=True)
+    methods = ["temperature", "vector", "platt"]
+    table, params, frames = recalibration_study(df, ["letter_restricted"], methods, B=50, p_bootstrap=200)
+    rows = {r["recalibrator"]: r for _, r in table.iterrows()}
+    assert set(rows) == {"none", "temperature", "vector", "platt"}
+    reason = json.loads(rows["vector"]["params"])["not_applicable"]
+    assert "fitted on 3 columns" in reason and "got 4" in reason
+    assert np.isnan(rows["vector"]["ece_10"]) and np.isfinite(rows["temperature"]["ece_10"])
+    assert "vector" not in params["m/d/s/p/letter_restricted"] and "vector" not in frames
+    # the repeated splits leave the method out too, the others in
+    splits = split_robustness(df, ["letter_restricted"], methods, n_seeds=2)
+    assert set(splits["method"]) <= {"temperature", "vector", "platt"} and "temperature" in set(splits["method"])

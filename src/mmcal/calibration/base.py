@@ -38,6 +38,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from mmcal.errors import DataError
+
 READOUT_MODES = ("restricted", "full_vocab")
 FORMAT_VERSION = 1
 METHODS = ("temperature", "temperature_grid", "vector", "platt", "histogram", "isotonic")
@@ -115,6 +117,10 @@ def register(cls):
     """Class decorator: make a recalibrator known to ``make_recalibrator`` and ``from_dict``."""
     _REGISTRY[cls.method] = cls
     return cls
+
+
+class NotApplicable(DataError, ValueError):
+    """A fitted recalibrator that cannot map these scores (e.g. an option position its calib rows never had)."""
 
 
 class Recalibrator(ABC):

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from mmcal.calibration.base import Calibrated, Recalibrator, argmax_answers, as_floats, register
+from mmcal.calibration.base import Calibrated, NotApplicable, Recalibrator, argmax_answers, as_floats, register
 from mmcal.records import log_softmax
 
 
@@ -205,7 +205,11 @@ class VectorScaling(Recalibrator):
 
     def _transform(self, z):
         if z.shape[1] != len(self.scale):
-            raise ValueError(f"vector scaling was fitted on {len(self.scale)} columns, got {z.shape[1]}")
+            # one scale and bias per option position: a position the calib rows never had has none
+            raise NotApplicable(
+                f"vector scaling was fitted on {len(self.scale)} columns (the calib rows' widest item), got "
+                f"{z.shape[1]}: no parameters for the other option positions"
+            )
         x, valid = self._features(z)
         log_probs = self._scaled_log_probs(x, valid, self.scale, self.bias)
         probs = np.exp(log_probs)

@@ -29,6 +29,7 @@ from mmcal.analysis.stats import (
     metric_cis,
     paired_metric_differences,
 )
+from mmcal.calibration.base import NotApplicable
 from mmcal.calibration.records_adapter import apply_to_records, fit_on_records, labelled_rows
 from mmcal.calibration.splits import repeated_splits, summarise_splits
 from mmcal.errors import DataError
@@ -129,8 +130,13 @@ def recalibrate_group(
     stats_none = metric_cis(**before, cluster_ids=clusters, B=B, seed=gseed, level=level, keys=TABLE_METRICS)
     out_rows.append({**base, "recalibrator": "none", "params": "{}", **stats_none, "accuracy_unchanged": True})
     for method in methods:
-        recal = fit_on_records(fit_rows, method, readout, split="calib")
-        after_df = apply_to_records(test, recal)
+        try:
+            recal = fit_on_records(fit_rows, method, readout, split="calib")
+            after_df = apply_to_records(test, recal)
+        except NotApplicable as exc:  # this method only: its row says why, the other methods go on
+            log.warning("recalibration %s/%s/%s: %s", "/".join(map(str, key)), readout, method, exc)
+            out_rows.append({**base, "recalibrator": method, "params": json.dumps({"not_applicable": str(exc)})})
+            continue
         after = afters[method] = metric_arrays(after_df)
         stats_after = metric_cis(**after, cluster_ids=clusters, B=B, seed=gseed, level=level, keys=TABLE_METRICS)
         paired = paired_metric_differences(before, after, clusters, PAIRED_METRICS, B=B, seed=gseed, level=level)
@@ -160,7 +166,7 @@ def recalibrate_group(
         frames[method] = after_df.assign(recalibrator=method)
     tests = paired_pvalues(before, afters, clusters, TESTED_METRIC, p_bootstrap, gseed) if afters else {}
     for row in out_rows[1:]:
-        row[f"p_{TESTED_METRIC}"], row[f"p_{TESTED_METRIC}_floor"] = tests[row["recalibrator"]]
+        row[f"p_{TESTED_METRIC}"], row[f"p_{TESTED_METRIC}_floor"] = tests.get(row["recalibrator"], (np.nan, np.nan))
     return out_rows, params, frames
 
 
@@ -237,7 +243,11 @@ def split_robustness(
                 continue
             for method in methods:
                 fit_df = fit_group(rows, fit_records)
-                per_seed = repeated_splits(rows, method, readout, n_seeds=n_seeds, seed=seed, fit_df=fit_df)
+                try:
+                    per_seed = repeated_splits(rows, method, readout, n_seeds=n_seeds, seed=seed, fit_df=fit_df)
+                except NotApplicable as exc:  # the recalibration table's row of this method says why
+                    log.warning("repeated splits %s/%s/%s: %s", "/".join(map(str, key)), readout, method, exc)
+                    continue
                 summary = summarise_splits(per_seed)
                 for col, val in zip(RUN_KEYS, key):
                     summary[col] = val
