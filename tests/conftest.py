@@ -32,7 +32,7 @@ FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-m
 # suite CI runs stays within its time; each is run and reported by hand when the workflow changes.
 ON_REQUEST = {
     "replica": "the paper study on hub-shaped replicas (minutes): pytest -m replica, in .venv-families",
-    "e2e": "a documented command end to end (minutes): pytest -m e2e",
+    "e2e": "a Snakemake run of a documented feature end to end (tens of seconds to minutes): pytest -m e2e",
     "faults_slow": "a fault injected into a Snakemake or training run (minutes): pytest -m faults_slow tests/faults",
 }
 

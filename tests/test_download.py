@@ -206,6 +206,7 @@ def test_release_needs_exactly_one_of_repo_and_path():
     }
 
 
+@pytest.mark.e2e  # a Snakemake run (CI time): pytest -m e2e
 def test_local_release_builds_through_the_dag(tmp_path):
     """The paper config with news-idk's release as a local folder (what the replica study does): the
     folder is the build job's input, hashed by hash_release, and the set is built from it for real."""

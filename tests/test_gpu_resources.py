@@ -133,6 +133,7 @@ def _probe(wd: Path, gpus: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+@pytest.mark.e2e  # a Snakemake run (CI time): pytest -m e2e
 @pytest.mark.slow  # two Snakemake runs of two 3 s jobs: 55 s measured on the loaded 2-core machine
 def test_global_gpu_resource_limits_concurrency_and_jobs_get_their_own_device(probe_workflow, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

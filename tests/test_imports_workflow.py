@@ -17,6 +17,8 @@ import pytest
 
 from conftest import ROOT, run_snakemake, workflow_copy
 
+pytestmark = pytest.mark.e2e  # an import-only study through Snakemake (CI time): pytest -m e2e
+
 CONFIG = ("--configfile", "config/imports.yaml")
 
 

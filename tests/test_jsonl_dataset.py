@@ -90,6 +90,7 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, change, message):
         read_jsonl_items(path, tmp_path / "out", "mine")
 
 
+@pytest.mark.e2e  # a Snakemake run (CI time): pytest -m e2e
 def test_an_edit_rebuilds_that_set_and_what_reads_it_nothing_else(tmp_path):
     """Two jsonl sets scored by one model: every job recorded as done (--touch), then one set's file, then one of
     its images, is edited: the dry run schedules that set's build and everything downstream of it only."""

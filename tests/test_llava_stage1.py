@@ -181,6 +181,7 @@ def test_reloads_and_image_tokens_match_features(assembled, reloaded):
     assert logits.shape == (1, inputs["input_ids"].shape[1], 32064) and torch.isfinite(logits).all()
 
 
+@pytest.mark.e2e  # a Snakemake run (CI time): pytest -m e2e
 @pytest.mark.slow  # two Snakemake jobs: ~25 s on 2 busy cores
 def test_rules_download_then_assemble(assembled, tmp_path):
     """The two rules through Snakemake (local mode: offline, local source folders): same tensors as above."""

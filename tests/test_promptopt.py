@@ -302,6 +302,7 @@ def test_a_local_hub_style_paraphraser_is_the_same_model_path(smollm2, smollm2_p
         make_paraphraser({"kind": "hf", "model": "x", "api_key": "k"})
 
 
+@pytest.mark.e2e  # a Snakemake run (CI time): pytest -m e2e
 def test_a_hub_paraphraser_is_downloaded_and_an_api_one_runs_where_snakemake_runs(tmp_path):
     """Compute nodes read the cache only: a hub paraphraser is a download source and the search job waits for the
     download; the OpenAI one needs the network, so its search is a local rule (the login node)."""
