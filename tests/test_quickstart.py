@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -57,8 +58,11 @@ def test_the_quick_start_runs_to_figures_and_tables_and_trains_nothing(tmp_path,
     log = proc.stdout + proc.stderr
     rules = set(re.findall(r"^(?:local)?rule (\w+):", log, re.M))
     assert not {r for r in rules if r.startswith(("train_", "convert_"))} and "prompt_search" not in rules, rules
-    assert {"download", "build_dataset", "score", "summarize", "figure", "tables", "paper"} <= rules, rules
+    expected = {"download", "build_dataset", "score", "summarize", "recalibrate", "figure", "tables", "paper"}
+    assert expected <= rules, rules
     for path in ("paper/tables/main_results.tex", "paper/main.tex", "figures/reliability_mine.pdf"):
         assert (wd / path).is_file(), path
     assert sorted(p.name for p in (wd / "data/records/mine/scienceqa").iterdir()) == ["blind", "image"]
+    recalibrated = pd.read_csv(wd / "data/metrics/recalibration.csv")  # the image run, fitted on its calib rows
+    assert set(recalibrated["scenario"]) == {"image"} and "temperature" in set(recalibrated["recalibrator"])
     assert "Nothing to be done" in run_snakemake(wd, "-n", "--configfile", "my-study.yaml", "stand-ins.yaml").stdout

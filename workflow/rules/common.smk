@@ -88,12 +88,20 @@ def _model_resource(name):
 
 
 def all_targets():
-    return [
-        "data/metrics/summary.csv",
-        "data/metrics/comparisons.csv",
-        "paper/tables",
-        "paper/main.tex",
-    ] + figure_targets()
+    # recalibration runs wherever a run has calib rows to fit on, also when no figure or table part shows it
+    recalibration = (
+        ["data/metrics/recalibration.csv"] if recalibration_records() else []
+    )
+    return (
+        [
+            "data/metrics/summary.csv",
+            "data/metrics/comparisons.csv",
+            "paper/tables",
+            "paper/main.tex",
+        ]
+        + recalibration
+        + figure_targets()
+    )
 
 
 IDK_BUILDERS = ("fmnist_idk", "llava_json", "dated_news")
