@@ -19,6 +19,7 @@ from PIL import Image
 
 from mmcal.hub.download import download_all
 from mmcal.hub.llava_stage1 import NEW_ROW_SCALE, PROJECTOR_FILE, build, new_rows
+from tiny_models import tiny_clip_vit_l336
 
 sys.path.insert(0, str(Path(__file__).parent / "replicas"))
 
@@ -36,24 +37,12 @@ def _replica(family: str) -> Path:
 
 @pytest.fixture(scope="module")
 def assembled(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+    from transformers import AutoModelForCausalLM
 
     tmp = tmp_path_factory.mktemp("stage1")
     lm_dir, processor_dir = _replica("vicuna-7b-v1.5"), _replica("llava-1.5")
     hidden = AutoModelForCausalLM.from_pretrained(lm_dir).config.hidden_size
-    torch.manual_seed(1)
-    vision = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=24,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=336,
-            patch_size=14,
-            projection_dim=24,
-        )
-    )
-    vision.save_pretrained(tmp / "clip")
+    vision = tiny_clip_vit_l336(tmp / "clip")
     projector = {
         "model.mm_projector.0.weight": torch.randn(hidden, 24),
         "model.mm_projector.0.bias": torch.randn(hidden),

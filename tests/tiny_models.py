@@ -213,3 +213,24 @@ def tiny_qwen2vl_parts(lm_dir: str | Path, seed: int = 0, video_processor=None):
         image_processor=ip, tokenizer=tok, video_processor=video_processor, chat_template=QWEN2VL_TEMPLATE
     )
     return model, proc
+
+
+def tiny_clip_vit_l336(out_dir: str | Path, seed: int = 1):
+    """A tiny ``CLIPVisionModel`` of CLIP ViT-L/336's geometry (336 px, patch 14: 576 patches), seeded from
+    ``seed`` with the global RNG (what is drawn after it continues from there), saved to ``out_dir``."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=336,
+            patch_size=14,
+            projection_dim=24,
+        )
+    )
+    vision.save_pretrained(out_dir)
+    return vision

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mmcal.hub.llava_stage1 import PROJECTOR_FILE, assemble, new_row_distribution
+from tiny_models import tiny_clip_vit_l336
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "replicas"))
 
@@ -35,7 +36,7 @@ def _sha(t: torch.Tensor) -> str:
 def sources(tmp_path_factory):
     """The fake sources of tests/test_llava_stage1.py (same seeds and shapes), checked against the oracle's inputs."""
     import build as replicas
-    from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+    from transformers import AutoModelForCausalLM
 
     try:
         lm_dir, processor_dir = replicas.build("vicuna-7b-v1.5"), replicas.build("llava-1.5")
@@ -43,19 +44,7 @@ def sources(tmp_path_factory):
         pytest.skip(f"replica sources not fetched: {exc}")
     tmp = tmp_path_factory.mktemp("stage1-oracle")
     lm = AutoModelForCausalLM.from_pretrained(lm_dir)
-    torch.manual_seed(1)
-    vision = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=24,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=336,
-            patch_size=14,
-            projection_dim=24,
-        )
-    )
-    vision.save_pretrained(tmp / "clip")
+    vision = tiny_clip_vit_l336(tmp / "clip")
     hidden = lm.config.hidden_size
     projector = {
         "model.mm_projector.0.weight": torch.randn(hidden, 24),
