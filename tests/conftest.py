@@ -60,6 +60,13 @@ def pytest_collection_modifyitems(config, items):
         items.reverse()
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    # The order of a random run (-p randomly) is its seed: printed also under -q, which hides the header.
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"random order: repeat it with -p randomly --randomly-seed={seed}")
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
@@ -80,6 +87,7 @@ def _global_state() -> dict:
     state = {
         "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
         "working directory": os.getcwd(),
+        "sys.path": list(sys.path),
         "random (Python)": random.getstate(),
         "numpy.random": np.random.get_state(legacy=False),
     }
@@ -96,7 +104,9 @@ def _global_state() -> dict:
 SET_ONCE_BY_LIBRARIES = {"TORCHINDUCTOR_CACHE_DIR"}
 
 
-def _changes(before: dict, after: dict) -> list[str]:
+def _changes(before: dict, after: dict, reseeded: bool = False) -> list[str]:
+    """What differs; ``reseeded``: pytest-randomly seeds Python's and numpy's global generators before and after
+    every test (``-p randomly``), so a draw from them cannot carry over to the next test and is not compared."""
     import numpy as np
 
     out = []
@@ -106,11 +116,18 @@ def _changes(before: dict, after: dict) -> list[str]:
             continue
         if env_a.get(name) != env_b.get(name):
             out.append(f"environment variable {name}: {env_a.get(name)!r} -> {env_b.get(name)!r}")
-    for key in ("working directory", "random (Python)", "torch threads"):
+    for key in ("working directory", "torch threads"):
         if key in before and before[key] != after[key]:
-            out.append(f"{key} changed" + (f": {before[key]} -> {after[key]}" if key != "random (Python)" else ""))
+            out.append(f"{key} changed: {before[key]} -> {after[key]}")
+    if before["sys.path"] != after["sys.path"]:
+        added = [p for p in after["sys.path"] if p not in before["sys.path"]]
+        out.append(f"sys.path changed (added {added})")
+    if not reseeded and before["random (Python)"] != after["random (Python)"]:
+        out.append("random (Python)'s global state changed (use random.Random(seed))")
     a, b = before["numpy.random"], after["numpy.random"]
-    if a["state"]["key"].tobytes() != b["state"]["key"].tobytes() or a["state"]["pos"] != b["state"]["pos"]:
+    if not reseeded and (
+        a["state"]["key"].tobytes() != b["state"]["key"].tobytes() or a["state"]["pos"] != b["state"]["pos"]
+    ):
         out.append("numpy.random's global state changed (use np.random.default_rng(seed))")
     if "torch RNG" in before and not np.array_equal(before["torch RNG"].numpy(), after["torch RNG"].numpy()):
         out.append("torch's global RNG changed (use torch.random.fork_rng() or a seeded torch.Generator)")
@@ -126,6 +143,7 @@ def _restore(state: dict) -> None:
         del os.environ[name]
     os.environ.update(state["environment"])
     os.chdir(state["working directory"])
+    sys.path[:] = state["sys.path"]
     random.setstate(state["random (Python)"])
     np.random.set_state(state["numpy.random"])
     if "torch threads" in state:
@@ -173,7 +191,8 @@ def pytest_runtest_teardown(item, nextitem):
         return result
     if "torch threads" not in before and "torch threads" in after:  # torch first imported by this test
         before = {**before, "torch threads": after["torch threads"], "torch RNG": after["torch RNG"]}
-    changes = _changes(before, after)
+    reseeded = item.config.pluginmanager.hasplugin("randomly") and item.config.getoption("randomly_reset_seed")
+    changes = _changes(before, after, reseeded=bool(reseeded))
     if changes:
         _restore(before)
         pytest.fail(f"{item.nodeid} left global state changed:\n  " + "\n  ".join(changes), pytrace=False)
