@@ -23,8 +23,11 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="mmcal-tests-"))
 os.environ.setdefault("MMCAL_HASH_CACHE", str(_SESSION_TMP / "file_hashes.jsonl"))
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(Path(__file__).parent) not in sys.path:  # tiny_models, conftest's helpers (pytest usually put it there)
-    sys.path.append(str(Path(__file__).parent))
+# tiny_models and conftest's helpers (pytest usually put tests/ there), then the replica builders of tests/replicas
+# (`import build`): appended, once, at the end, so that no module of theirs shadows an installed one.
+for _folder in (Path(__file__).parent, Path(__file__).parent / "replicas"):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 FMNIST_ROOT = os.environ.get("MMCAL_FMNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 
@@ -158,14 +161,15 @@ _STATE_BEFORE = pytest.StashKey[dict]()
 
 @contextlib.contextmanager
 def own_global_state():
-    """Run code that seeds or draws from the global generators or sets torch's thread count (a seeded model
-    build, a training run: what a Snakemake job does in its own process) and put all of it back afterwards."""
+    """Run code that seeds or draws from the global generators, sets torch's thread count or environment variables
+    (a seeded model build, a training run: what a Snakemake job does in its own process) and put all of it back
+    afterwards."""
     import random
 
     import numpy as np
     import torch
 
-    py, legacy, threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
+    py, legacy, threads, env = random.getstate(), np.random.get_state(), torch.get_num_threads(), dict(os.environ)
     with torch.random.fork_rng(devices=[]):
         try:
             yield
@@ -173,6 +177,9 @@ def own_global_state():
             random.setstate(py)
             np.random.set_state(legacy)
             torch.set_num_threads(threads)
+            for name in set(os.environ) - set(env):
+                del os.environ[name]
+            os.environ.update(env)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -43,8 +43,9 @@ def _checkpoint(folder: Path, layout: str = "safetensors", **config):
     cfg = AutoConfig.from_pretrained(folder, trust_remote_code=True, fp32=True)
     with qc.stand_ins_for_unimportable([qc.STREAM_GENERATOR]):  # the class passes transformers' import check
         model_class = get_class_from_dynamic_module(AUTO_MAP["AutoModelForCausalLM"], folder)
-    torch.manual_seed(0)
-    built = model_class(cfg).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the global generator left as it was
+        torch.manual_seed(0)
+        built = model_class(cfg).eval()
     if layout == "bin":
         torch.save(built.state_dict(), folder / "pytorch_model.bin")
     else:

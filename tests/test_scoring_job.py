@@ -225,3 +225,59 @@ def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys):
         == 2
     )
     assert "model 'ghost'" in capsys.readouterr().err
+
+
+def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path):
+    """`mmcal score`'s flags each reach the scoring job: the records equal those of score_to_records given the same
+    model entry (kind, chat template, dtype, batch size, image processor), scenario and prompt of the config,
+    readouts, splits and per-split limit."""
+    root, items = fmnist_items
+    folder = tmp_path / "fm"
+    folder.mkdir()
+    (folder / "images").symlink_to(root / "images")
+    items_path = folder / "items.jsonl"
+    write_items(items, items_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device": "cpu",
+                "prompts": {"terse": {"instruction": "Answer with the letter."}},
+                "scenarios": {"blind": {"image": False}},
+            }
+        )
+    )
+    via_cli = tmp_path / "cli.parquet"
+    args = ["score", "--config", str(config), "--model-name", "tiny", "--model-path", str(tiny_llava_dir)]
+    args += ["--kind", "mllm", "--chat-template", "chatml", "--dtype", "float32", "--batch-size", "2"]
+    args += ["--image-processor-backend", "pil", "--scenario", "blind", "--prompt", "terse"]
+    args += ["--readouts", "letter_restricted,option_loglik", "--splits", "test", "--limit", "2"]
+    assert mmcal_main([*args, "--items", str(items_path), "--out", str(via_cli)]) == 0
+    via_job = tmp_path / "job.parquet"
+    entry = {"path": str(tiny_llava_dir), "kind": "mllm", "chat_template": "chatml", "dtype": "float32"}
+    score_to_records(
+        "tiny",
+        {**entry, "batch_size": 2, "image_processor_backend": "pil"},
+        "fm",
+        items_path,
+        via_job,
+        Scenario(name="blind", image=False),
+        PromptVariant(name="terse", instruction="Answer with the letter."),
+        readouts=["letter_restricted", "option_loglik"],
+        splits=["test"],
+        device="cpu",
+        dtype="auto",
+        batch_size=8,
+        limit_per_split=2,
+        progress=False,
+    )
+    cli, job = pd.read_parquet(via_cli), pd.read_parquet(via_job)
+    pd.testing.assert_frame_equal(cli, job)
+    assert (
+        len(cli) == 4
+        and set(cli["split"]) == {"test"}
+        and set(cli["readout"]) == {"letter_restricted", "option_loglik"}
+    )
+    assert set(cli["scenario"]) == {"blind"} and set(cli["prompt"]) == {"terse"}
+    assert set(cli["model_fingerprint"]) == {engine_fingerprint("tiny", entry)}
+    assert engine_fingerprint("tiny", entry) != engine_fingerprint("tiny", {**entry, "chat_template": "raw"})
