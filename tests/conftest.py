@@ -206,6 +206,17 @@ def pytest_runtest_teardown(item, nextitem):
     return result
 
 
+@pytest.fixture
+def mmcal_cli(monkeypatch):
+    """``mmcal``'s command line run in this process: it sets the hub's offline variables for the libraries it
+    imports (``mmcal.cli.set_offline``), as the ``mmcal`` process does; here they are put back after the test."""
+    from mmcal.cli import HUB_OFFLINE_VARS, main
+
+    for name in HUB_OFFLINE_VARS:
+        monkeypatch.setenv(name, os.environ.get(name, "1"))
+    return main
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

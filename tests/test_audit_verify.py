@@ -177,7 +177,7 @@ def test_verify_names_a_changed_cpu_raw_source_workflow_script_and_a_missing_art
     assert f"environment: cpu model Another CPU 9000 -> {here}" in problems[cpu_art]
     assert f"source {raw} changed or missing" in problems[src_art]
     assert all(f"code workflow/scripts/{script} changed" in problems[a] for a in script_arts)
-    assert problems[missing] == ["missing"]
+    assert problems[missing][0] == "missing"
     assert set(problems) == _downstream(copy, {cpu_art, src_art, missing} | script_arts)
     proc = _audit("--verify", root=copy)
     assert proc.returncode == 1 and f"  {missing}\n      missing" in proc.stdout

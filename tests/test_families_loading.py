@@ -289,9 +289,10 @@ def load_calls(monkeypatch):
     return calls
 
 
-def test_scoring_prompt_search_and_cli_pass_trust_remote_code(tiny_llava_dir, tmp_path, load_calls):
-    from mmcal.cli import main
+def test_scoring_prompt_search_and_cli_pass_trust_remote_code(tiny_llava_dir, tmp_path, load_calls, mmcal_cli):
     from mmcal.promptopt.job import search_engine
+
+    main = mmcal_cli
 
     items = _image_items(tmp_path / "data", n=2)
     entry = {"path": str(tiny_llava_dir), "trust_remote_code": True}

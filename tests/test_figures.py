@@ -261,7 +261,7 @@ def test_confidence_histograms(tmp_path, drawn):
     (fig,) = drawn
     panels = [ax for ax in fig.axes if ax.containers]
     counted = sorted(
-        tuple(round(sum(bar.get_height() for bar in c)) for c in ax.containers if c.get_label() == name)
+        tuple(round(sum(bar.get_height() for bar in c)) for c in ax.containers if c[0].get_label() == name)
         for ax in panels
         for name in ("Correct", "Incorrect")
     )

@@ -7,7 +7,6 @@ import pytest
 import torch
 import yaml
 
-from mmcal.cli import main as mmcal_main
 from mmcal.engine.build import engine_fingerprint
 from mmcal.engine.job import JobSpec, run_job, score_to_records, scoring_engine, shard_dir_for
 from mmcal.engine.loading import load_model, model_fingerprint
@@ -163,7 +162,7 @@ def test_a_hub_revision_is_part_of_the_fingerprint(tmp_path, monkeypatch):
     assert engine_fingerprint("m", raw, path="org/other") != plain
 
 
-def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path):
+def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path, mmcal_cli):
     root, items = fmnist_items
     items_path = root / "items.jsonl"
     write_items(items, items_path)
@@ -198,7 +197,7 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     )
     via_cli = tmp_path / "cli.parquet"
     assert (
-        mmcal_main(
+        mmcal_cli(
             [
                 "score",
                 "--config",
@@ -216,18 +215,18 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     pd.testing.assert_frame_equal(pd.read_parquet(via_job), pd.read_parquet(via_cli))
 
 
-def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys):
+def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys, mmcal_cli):
     root, items = fmnist_items
     items_path = root / "items.jsonl"
     write_items(items, items_path)
     assert (
-        mmcal_main(["score", "--model-name", "ghost", "--items", str(items_path), "--out", str(tmp_path / "r.parquet")])
+        mmcal_cli(["score", "--model-name", "ghost", "--items", str(items_path), "--out", str(tmp_path / "r.parquet")])
         == 2
     )
     assert "model 'ghost'" in capsys.readouterr().err
 
 
-def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path):
+def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path, mmcal_cli):
     """`mmcal score`'s flags each reach the scoring job: the records equal those of score_to_records given the same
     model entry (kind, chat template, dtype, batch size, image processor), scenario and prompt of the config,
     readouts, splits and per-split limit."""
@@ -252,7 +251,7 @@ def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path):
     args += ["--kind", "mllm", "--chat-template", "chatml", "--dtype", "float32", "--batch-size", "2"]
     args += ["--image-processor-backend", "pil", "--scenario", "blind", "--prompt", "terse"]
     args += ["--readouts", "letter_restricted,option_loglik", "--splits", "test", "--limit", "2"]
-    assert mmcal_main([*args, "--items", str(items_path), "--out", str(via_cli)]) == 0
+    assert mmcal_cli([*args, "--items", str(items_path), "--out", str(via_cli)]) == 0
     via_job = tmp_path / "job.parquet"
     entry = {"path": str(tiny_llava_dir), "kind": "mllm", "chat_template": "chatml", "dtype": "float32"}
     score_to_records(
