@@ -21,6 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # temporary folder: a test run never writes into ~/.cache/mmcal (removed at the end, pytest_unconfigure).
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="mmcal-tests-"))
 os.environ.setdefault("MMCAL_HASH_CACHE", str(_SESSION_TMP / "file_hashes.jsonl"))
+# The same for transformers' copies of remote code (trust_remote_code: the Qwen stand-ins), instead of
+# ~/.cache/huggingface/modules; transformers puts that folder on sys.path the first time it loads such code.
+os.environ.setdefault("HF_MODULES_CACHE", str(_SESSION_TMP / "hf_modules"))
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny_models and conftest's helpers (pytest usually put tests/ there), then the replica builders of tests/replicas
@@ -47,9 +50,11 @@ def pytest_addoption(parser):
         help="run the tests in reverse order (with -p randomly: a random order): no test may depend on another",
     )
     parser.addoption(
-        "--check-global-state",
-        action="store_true",
-        help="fail a test that leaves an environment variable, the cwd, torch's threads or a global RNG changed",
+        "--no-check-global-state",
+        action="store_false",
+        dest="check_global_state",
+        help="do not fail a test that leaves an environment variable, the cwd, sys.path, torch's threads or a global "
+        "RNG changed (checked by default)",
     )
 
 
@@ -75,13 +80,13 @@ def pytest_unconfigure(config):
 
 
 # --- global state: every test leaves the process as it found it ----------------------------------------
-# A test (or a fixture it sets up) that changes an environment variable, the working directory, torch's
+# A test (or a fixture it sets up) that changes an environment variable, the working directory, sys.path, torch's
 # thread count or a global random generator makes later tests depend on the order they run in. The check
 # below (from before the test's fixtures are set up to after they are torn down) fails that test, naming
-# what changed, and puts the state back so that the tests after it still start clean (on request,
-# --check-global-state, until every leak the suite has is fixed). Fix a leak with
-# monkeypatch (variables, cwd), torch.random.fork_rng / a seeded torch.Generator / np.random.default_rng
-# (random draws), try/finally (threads).
+# what changed, and puts the state back so that the tests after it still start clean (always, unless
+# --no-check-global-state). Fix a leak with monkeypatch (variables, cwd, sys.path), own_global_state() around
+# code that seeds or sets threads as a job's process does (a seeded build, a training run, a rescore), a seeded
+# torch.Generator / np.random.default_rng for the test's own draws; mmcal's CLI in the test process: mmcal_cli.
 def _global_state() -> dict:
     import random
 
@@ -105,6 +110,7 @@ def _global_state() -> dict:
 # Set by a library itself, once per process, the first time it needs it (torch: when inductor's config is first
 # read): not a test's doing, and the same whatever order the tests run in.
 SET_ONCE_BY_LIBRARIES = {"TORCHINDUCTOR_CACHE_DIR"}
+ON_SYS_PATH_ONCE_BY_LIBRARIES = {os.environ["HF_MODULES_CACHE"]}  # transformers' remote-code modules
 
 
 def _changes(before: dict, after: dict, reseeded: bool = False) -> list[str]:
@@ -122,9 +128,11 @@ def _changes(before: dict, after: dict, reseeded: bool = False) -> list[str]:
     for key in ("working directory", "torch threads"):
         if key in before and before[key] != after[key]:
             out.append(f"{key} changed: {before[key]} -> {after[key]}")
-    if before["sys.path"] != after["sys.path"]:
-        added = [p for p in after["sys.path"] if p not in before["sys.path"]]
-        out.append(f"sys.path changed (added {added})")
+    path_a, path_b = (
+        [p for p in state["sys.path"] if p not in ON_SYS_PATH_ONCE_BY_LIBRARIES] for state in (before, after)
+    )
+    if path_a != path_b:
+        out.append(f"sys.path changed (added {[p for p in path_b if p not in path_a]})")
     if not reseeded and before["random (Python)"] != after["random (Python)"]:
         out.append("random (Python)'s global state changed (use random.Random(seed))")
     a, b = before["numpy.random"], after["numpy.random"]
@@ -146,7 +154,7 @@ def _restore(state: dict) -> None:
         del os.environ[name]
     os.environ.update(state["environment"])
     os.chdir(state["working directory"])
-    sys.path[:] = state["sys.path"]
+    sys.path[:] = state["sys.path"] + [p for p in sys.path if p in ON_SYS_PATH_ONCE_BY_LIBRARIES]
     random.setstate(state["random (Python)"])
     np.random.set_state(state["numpy.random"])
     if "torch threads" in state:
@@ -259,6 +267,19 @@ def fmnist_items(tmp_path_factory):
     root = tmp_path_factory.mktemp("fmnist")
     items = build_fashion_mnist_items(FMNIST_ROOT, root / "images", "images", {"calib": 4, "test": 4}, seed=1)
     return root, items
+
+
+def own_items_file(fmnist_items, folder: Path, items=None, name: str = "items.jsonl") -> Path:
+    """``fmnist_items`` (or ``items`` made from them) written to ``folder/name``, the session's images linked
+    beside it: a test writes its own items file, never into the shared fixture's folder."""
+    from mmcal.items import write_items
+
+    root, all_items = fmnist_items
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "images").exists():
+        (folder / "images").symlink_to(root / "images")
+    write_items(all_items if items is None else items, folder / name)
+    return folder / name
 
 
 # --- the workflow end to end (tests/test_workflow.py, tests/test_audit_verify.py) -----------------

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import own_global_state
 from mmcal.engine import qwen_remote_compat as qc
 from mmcal.errors import ConfigError, MmcalError
 
@@ -55,6 +56,13 @@ def _checkpoint(folder: Path, layout: str = "safetensors", **config):
     return folder, built
 
 
+@pytest.fixture(autouse=True)
+def _loading_keeps_global_state_to_itself():
+    """A model built or loaded here draws its missing tensors from torch's global generator."""
+    with own_global_state():
+        yield
+
+
 def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=IDS).logits
@@ -65,7 +73,9 @@ def test_the_stand_in_fails_under_transformers_5_as_the_real_code_does(tmp_path)
     """Without mmcal's fixes, the stand-in shows each failure the real remote code shows under transformers 5."""
     from transformers import AutoModelForCausalLM
 
-    folder, built = _checkpoint(tmp_path / "ckpt")
+    # A folder name of its own: transformers names the remote module after the folder and, once a model of that
+    # module was loaded in this process (by another test, with the stand-in), reuses the class without the check.
+    folder, built = _checkpoint(tmp_path / "never_loaded")
     try:
         importlib.import_module(qc.STREAM_GENERATOR)
     except ImportError:

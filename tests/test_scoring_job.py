@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
+from conftest import own_items_file
 from mmcal.engine.build import engine_fingerprint
 from mmcal.engine.job import JobSpec, run_job, score_to_records, scoring_engine, shard_dir_for
 from mmcal.engine.loading import load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
-from mmcal.items import write_items
 from mmcal.promptopt.job import search_engine
 
 
@@ -21,9 +21,8 @@ class Crash(RuntimeError):
     pass
 
 
-def _spec(root, items, out):
-    path = root / "items.jsonl"
-    write_items(items, path)
+def _spec(fmnist_items, out):
+    path = own_items_file(fmnist_items, out.parent / "fm")
     return JobSpec(
         model="tiny",
         dataset="fm",
@@ -38,7 +37,7 @@ def _spec(root, items, out):
 def test_killed_job_resumes_only_unfinished_items(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
     out = tmp_path / "records.parquet"
-    spec = _spec(root, items, out)
+    spec = _spec(fmnist_items, out)
     lm = load_model("tiny", str(tiny_llava_dir))
     calls = {"n": 0}
 
@@ -85,7 +84,7 @@ def test_same_config_gives_same_records(tiny_llava_dir, fmnist_items, tmp_path):
     frames = []
     for k in range(2):
         out = tmp_path / f"r{k}.parquet"
-        run_job(_spec(root, items, out), lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
+        run_job(_spec(fmnist_items, out), lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
         frames.append(pd.read_parquet(out))
     pd.testing.assert_frame_equal(frames[0], frames[1])
 
@@ -93,7 +92,7 @@ def test_same_config_gives_same_records(tiny_llava_dir, fmnist_items, tmp_path):
 def test_shards_of_another_model_are_discarded(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
     out = tmp_path / "records.parquet"
-    spec = _spec(root, items, out)
+    spec = _spec(fmnist_items, out)
     lm = load_model("tiny", str(tiny_llava_dir))
     run_job(spec, lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
     shard_dir_for(out).mkdir()
@@ -107,8 +106,7 @@ def test_shards_of_another_model_are_discarded(tiny_llava_dir, fmnist_items, tmp
 
 def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
-    items_path = root / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     # The entry's own options win over the study-wide dtype (bfloat16) and batch size (8).
     entry = {"path": str(tiny_llava_dir), "kind": "mllm", "revision": "v-test", "dtype": "float32", "batch_size": 3}
     scoring = scoring_engine(
@@ -121,12 +119,12 @@ def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir
         batch_size=8,
         items_path=items_path,
     )
-    search = search_engine("tiny", entry, device="cpu", dtype="bfloat16", batch_size=8, image_root=root)
+    search = search_engine("tiny", entry, device="cpu", dtype="bfloat16", batch_size=8, image_root=items_path.parent)
     for engine in (scoring, search):
         assert engine.lm.revision == "v-test"
         assert engine.lm.model.dtype == torch.float32
         assert engine.lm.multimodal and engine.lm.device == "cpu"
-        assert engine.batch_size == 3 and engine.image_root == root
+        assert engine.batch_size == 3 and engine.image_root == items_path.parent
         assert engine.lm.fingerprint == engine_fingerprint("tiny", entry)
     # Same model, same numbers: the search's default-prompt candidate is the scoring job's readout.
     # (to float32 rounding: the search runs the answer prefix on the prefix's KV cache)
@@ -164,8 +162,7 @@ def test_a_hub_revision_is_part_of_the_fingerprint(tmp_path, monkeypatch):
 
 def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path, mmcal_cli):
     root, items = fmnist_items
-    items_path = root / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     entry = {"path": str(tiny_llava_dir), "kind": "mllm"}
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -183,7 +180,7 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     score_to_records(
         "tiny",
         entry,
-        root.name,
+        items_path.parent.name,
         items_path,
         via_job,
         Scenario(),
@@ -217,8 +214,7 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
 
 def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys, mmcal_cli):
     root, items = fmnist_items
-    items_path = root / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     assert (
         mmcal_cli(["score", "--model-name", "ghost", "--items", str(items_path), "--out", str(tmp_path / "r.parquet")])
         == 2
@@ -231,11 +227,7 @@ def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path, mmcal
     model entry (kind, chat template, dtype, batch size, image processor), scenario and prompt of the config,
     readouts, splits and per-split limit."""
     root, items = fmnist_items
-    folder = tmp_path / "fm"
-    folder.mkdir()
-    (folder / "images").symlink_to(root / "images")
-    items_path = folder / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(
