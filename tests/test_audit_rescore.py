@@ -9,10 +9,18 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from conftest import own_global_state
 from mmcal.audit.rescore import TOLERANCE, rescore
 
 RECORDS = "data/records/tiny-llava-stage2/fmnist/image/default.parquet"
 MODEL = "data/models/tiny-llava-stage2"
+
+
+@pytest.fixture(autouse=True)
+def _rescoring_keeps_its_threads_to_itself():
+    """The rescore sets torch's threads as the scoring job ran (its own process in the workflow)."""
+    with own_global_state():
+        yield
 
 
 def test_rescore_equals_the_stored_rows(test_study, capsys):

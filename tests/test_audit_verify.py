@@ -144,6 +144,45 @@ def test_tamper_a_package_version_in_a_recorded_environment(copy):
     assert any("package numpy 0.0.1 ->" in r for r in result["problems"][art])
 
 
+def test_verify_names_a_changed_cpu_raw_source_workflow_script_and_a_missing_artifact(copy, tmp_path):
+    """The README's other --verify cases at once, each flagged with its reason, and everything downstream."""
+    from mmcal.hashing import path_sha256
+
+    records = provenance.all_records(copy)
+    # the CPU a data set was built on is not this one
+    cpu_art = "data/datasets/fmnist-text/items.jsonl"
+    rec = json.loads(provenance.store_path(cpu_art, copy).read_text())
+    here = rec["environment"]["cpu"]["model"]
+    rec["environment"]["cpu"]["model"] = "Another CPU 9000"
+    _replace(provenance.store_path(cpu_art, copy), json.dumps(rec).encode())
+    # a raw source outside the run changed since the build (the record points at a file of this test's)
+    src_art = next(a for a, r in sorted(records.items()) if any(s.get("kind") == "folder" for s in r["sources"]))
+    raw = tmp_path / "raw-source.bin"
+    raw.write_bytes(b"as built")
+    rec = json.loads(provenance.store_path(src_art, copy).read_text())
+    source = next(s for s in rec["sources"] if s.get("kind") == "folder")
+    source.update(kind="file", path=str(raw), sha256=path_sha256(raw))
+    _replace(provenance.store_path(src_art, copy), json.dumps(rec).encode())
+    raw.write_bytes(b"changed")
+    # a workflow script edited after the run
+    script = next(n for n in records["data/metrics/summary.csv"]["code"]["scripts"] if n != "_setup.py")
+    path = copy / "workflow/scripts" / script
+    _replace(path, path.read_bytes() + b"\n# edited\n")
+    script_arts = {a for a, r in records.items() if script in r["code"]["scripts"]}
+    # an artifact deleted
+    missing = "data/metrics/comparisons.csv"
+    (copy / missing).unlink()
+
+    problems = verify(copy)["problems"]
+    assert f"environment: cpu model Another CPU 9000 -> {here}" in problems[cpu_art]
+    assert f"source {raw} changed or missing" in problems[src_art]
+    assert all(f"code workflow/scripts/{script} changed" in problems[a] for a in script_arts)
+    assert problems[missing][0] == "missing"
+    assert set(problems) == _downstream(copy, {cpu_art, src_art, missing} | script_arts)
+    proc = _audit("--verify", root=copy)
+    assert proc.returncode == 1 and f"  {missing}\n      missing" in proc.stdout
+
+
 def test_export_is_a_workflow_run_crate(study, tmp_path):
     rocrate = pytest.importorskip("rocrate.rocrate")
     proc = _audit("--export", str(tmp_path / "crate"), root=study)

@@ -231,3 +231,19 @@ def test_local_release_builds_through_the_dag(tmp_path):
     assert rec["sha256"] == _expected_tree_hash(folder)
     n_records = len(json.loads((folder / "llava_idk.json").read_text()))
     assert json.loads((wd / "data/datasets/news-idk/manifest.json").read_text())["n_items"] == n_records
+
+
+def test_a_wrong_release_path_is_named(tmp_path):
+    """A local release folder that is not there, and a release without the data set's ``path``: each fails naming
+    the key, before any record is written (the second listing what the release holds)."""
+    record = tmp_path / "news-idk.resolved.json"
+    with pytest.raises(DataError, match=r"datasets\.news-idk\.release: local folder .*/nowhere does not exist"):
+        download_release("news-idk", {"path": str(tmp_path / "nowhere")}, False, None, record)
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "test.json").write_text(json.dumps([{"image": "a.png", "conversations": []}]))
+    with pytest.raises(DataError) as err:
+        download_release("news-idk", {"path": str(release)}, False, None, record, layout={"path": "questions.json"})
+    assert "datasets.news-idk.path: 'questions.json' is no file of the release" in str(err.value)
+    assert "test.json: a list of 1 records" in str(err.value)
+    assert not record.exists()

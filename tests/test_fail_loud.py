@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from conftest import own_items_file
 from mmcal.engine.forward import ForwardError
 from mmcal.engine.job import JobSpec, check_unscorable, score_to_records
 from mmcal.engine.loading import load_model
@@ -16,7 +17,6 @@ from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
 from mmcal.errors import MmcalError
-from mmcal.items import write_items
 
 READOUTS = ["letter_restricted", "letter_full_vocab", "option_loglik"]
 
@@ -42,14 +42,14 @@ def _score(entry, items_path, out, **kw):
 
 def test_a_forward_that_always_raises_fails_the_job(tiny_llava_dir, fmnist_items, tmp_path, monkeypatch):
     root, items = fmnist_items
-    write_items(items, root / "items.jsonl")
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
 
     def broken(self, *a, **kw):
         raise RuntimeError("Image features and image tokens do not match: tokens: 575, features 576")
 
     monkeypatch.setattr(LlavaForConditionalGeneration, "forward", broken)
     with pytest.raises(ForwardError) as err:
-        _score({"path": str(tiny_llava_dir)}, root / "items.jsonl", tmp_path / "r.parquet")
+        _score({"path": str(tiny_llava_dir)}, items_path, tmp_path / "r.parquet")
     msg = str(err.value)
     assert "dataset 'fm'" in msg and "model 'tiny'" in msg and "scenario 'image'" in msg
     assert "575" in msg and items[0].item_id in msg
@@ -96,8 +96,8 @@ def test_one_corrupt_image_is_a_recorded_row(tiny_llava_dir, fmnist_items, tmp_p
     broken_dir.mkdir()
     (broken_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     items = [dataclasses.replace(it, image=str(tmp_path / "images/broken.png")) if it is bad else it for it in items]
-    write_items(items, root / "items-corrupt.jsonl")
-    stats = _score({"path": str(tiny_llava_dir)}, root / "items-corrupt.jsonl", tmp_path / "r.parquet")
+    items_path = own_items_file(fmnist_items, tmp_path / "fm", items, "items-corrupt.jsonl")
+    stats = _score({"path": str(tiny_llava_dir)}, items_path, tmp_path / "r.parquet")
     assert (stats["ok"], stats["unscorable"]) == (len(items) - 1, 1)
     df = pd.read_parquet(tmp_path / "r.parquet")
     row = df[df["item_id"] == bad.item_id]

@@ -11,7 +11,6 @@ forward passes. The replicas' sources are fetched at set-up (envs/setup.sh); wit
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,6 @@ from mmcal.engine.readouts import encode_ids
 from mmcal.engine.scenarios import Scenario
 from mmcal.items import MCItem
 from mmcal.records import READOUTS
-
-sys.path.insert(0, str(Path(__file__).parent / "replicas"))
 
 PROMPT = PromptVariant()
 QUESTION = "What is shown in this image?"

@@ -11,6 +11,7 @@ import pytest
 
 from mmcal import figures as F
 from mmcal.errors import DataError
+from mmcal.figures.style import metric_label, scenario_label
 from mmcal.records import readout_row, to_frame
 
 DPI = 60  # small PNGs keep the tests fast; the figures' layout does not depend on dpi
@@ -197,6 +198,27 @@ BEST = {
 }
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plotting functions draw, kept open to be read: ``save_figure`` writes each figure's files,
+    then closes it (pyplot's close, held back here and done at the end)."""
+    import matplotlib.pyplot as plt
+
+    kept, close = [], plt.close
+    monkeypatch.setattr(plt, "close", kept.append)
+    yield kept
+    for fig in kept:
+        close(fig)
+
+
+def errorbar_points(ax) -> np.ndarray:
+    """The (x, y) of every errorbar's marker on ``ax``."""
+    from matplotlib.container import ErrorbarContainer
+
+    parts = [c.lines[0].get_xydata() for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    return np.concatenate(parts) if parts else np.empty((0, 2))
+
+
 def assert_written(paths, stem):
     assert [p.name for p in paths] == [stem.name + ".pdf", stem.name + ".png"]
     for p in paths:
@@ -231,31 +253,89 @@ def test_reliability_groups_and_pair(tmp_path):
     assert_written(F.plot_reliability_pair(a, b, stem, labels=("small", "large"), n_boot=20, dpi=DPI), stem)
 
 
-def test_confidence_histograms(tmp_path):
+def test_confidence_histograms(tmp_path, drawn):
+    """One panel per model and scenario; its bars count that group's correct and incorrect items."""
+    records = make_records(scenarios=("image", "blind"))
     stem = tmp_path / "hist"
-    assert_written(F.plot_confidence_histograms(make_records(scenarios=("image", "blind")), stem, dpi=DPI), stem)
+    assert_written(F.plot_confidence_histograms(records, stem, dpi=DPI), stem)
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.containers]
+    counted = sorted(
+        tuple(round(sum(bar.get_height() for bar in c)) for c in ax.containers if c[0].get_label() == name)
+        for ax in panels
+        for name in ("Correct", "Incorrect")
+    )
+    expected = sorted(
+        (int((g["correct"] == is_correct).sum()),)
+        for _, g in records.groupby(["model", "scenario"])
+        for is_correct in (True, False)
+    )
+    assert len(panels) == 4 and counted == expected
 
 
-def test_risk_coverage(tmp_path):
+def test_risk_coverage(tmp_path, drawn):
+    """One curve per group: the coverage and risk of ``risk_coverage_curve``, its AURC in the legend."""
+    records = make_records(scenarios=("image", "blind"))
     stem = tmp_path / "rc"
-    assert_written(F.plot_risk_coverage(make_records(scenarios=("image", "blind")), stem, dpi=DPI), stem)
+    assert_written(F.plot_risk_coverage(records, stem, dpi=DPI), stem)
+    (fig,) = drawn
+    lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    curves = [F.risk_coverage_curve(g["confidence"], g["correct"]) for _, g in records.groupby(["model", "scenario"])]
+    assert len(lines) == len(curves) == 4
+    for curve in curves:
+        matching = [
+            line
+            for line in lines
+            if len(line.get_xdata()) == len(curve)
+            and np.allclose(line.get_xydata(), curve[["coverage", "risk"]].to_numpy())
+        ]
+        assert len(matching) == 1 and f"(AURC {curve.attrs['aurc']:.3f})" in matching[0].get_label()
 
 
-def test_forest(tmp_path):
+def test_forest(tmp_path, drawn):
+    """A panel per metric, a row per comparison (first on top), the difference as a point: filled where the Holm
+    p-value is below 0.05."""
+    comparisons = make_comparisons()
     stem = tmp_path / "forest"
-    assert_written(F.plot_forest(make_comparisons(), stem, dpi=DPI), stem)
+    assert_written(F.plot_forest(comparisons, stem, dpi=DPI), stem)
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [metric_label(m) for m in ("accuracy", "ece_10", "nll")]
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["image vs blind", "visual fine-tuning"]
+    for ax, metric in zip(panels, ("accuracy", "ece_10", "nll")):
+        rows = comparisons[comparisons["metric"] == metric].set_index("comparison")
+        points = {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines() if line.get_marker() == "o"}
+        # p_holm 0.03 (visual fine-tuning, top row) and 0.06 (image vs blind)
+        assert points == {
+            "Holm p < 0.05": [[rows.loc["visual fine-tuning", "diff"], 1.0]],
+            "not significant": [[rows.loc["image vs blind", "diff"], 0.0]],
+        }
 
 
-def test_text_vs_image_skips_missing_metric(tmp_path):
+def test_text_vs_image_skips_missing_metric(tmp_path, drawn):
+    """A metric the summary lacks (entropy) gets no panel; the others show each model's value per scenario."""
     summary = make_summary().drop(columns=["mean_entropy", "mean_entropy_lo", "mean_entropy_hi"])
     stem = tmp_path / "ti"
     assert_written(F.plot_text_vs_image(summary, stem, dpi=DPI), stem)
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel()]
+    metrics = ("accuracy", "mean_confidence")
+    assert [ax.get_xlabel() for ax in panels] == [metric_label(m) for m in metrics]
+    scenarios = ["image", "blind", "text-desc", "image-desc-consistent"]  # TEXT_IMAGE_SCENARIOS' order, top down
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == [scenario_label(s) for s in reversed(scenarios)]
+    for ax, metric in zip(panels, metrics):
+        assert sorted(errorbar_points(ax)[:, 0]) == pytest.approx(sorted(summary[metric]))
 
 
-def test_entropy_shift_plot(tmp_path):
+def test_entropy_shift_plot(tmp_path, drawn):
+    """Per model and condition, the items' mean entropy change (the errorbar's point)."""
     records = make_records(scenarios=("image", "image-desc-consistent", "image-desc-conflicting"))
     stem = tmp_path / "es"
     assert_written(F.plot_entropy_shift(records, stem, n_boot=20, dpi=DPI), stem)
+    (fig,) = drawn
+    shifts = F.entropy_shift(records)
+    means = shifts.groupby(["model", "condition"])["delta_entropy"].mean()
+    assert sorted(errorbar_points(fig.axes[0])[:, 1]) == pytest.approx(sorted(means))
 
 
 def test_position_bias(tmp_path):
@@ -264,9 +344,13 @@ def test_position_bias(tmp_path):
     assert_written(F.plot_position_bias(records, stem, n_boot=20, dpi=DPI), stem)
 
 
-def test_idk_figures(tmp_path):
+def test_idk_figures(tmp_path, drawn):
+    table = make_idk_table()
     stem = tmp_path / "tradeoff"
-    assert_written(F.plot_idk_tradeoff(make_idk_table(), stem, dpi=DPI), stem)
+    assert_written(F.plot_idk_tradeoff(table, stem, dpi=DPI), stem)
+    # one point per model and prompt at (false IDK rate, admit rate)
+    points = sorted(map(tuple, errorbar_points(drawn[0].axes[0]).round(9)))
+    assert points == sorted(zip(table["false_idk_rate"].round(9), table["admit_rate"].round(9)))
     records = make_records(dataset="idk", prompts=("idk-neutral", "idk-hint"), idk=True)
     for value in ("confidence", "p_idk"):
         stem = tmp_path / f"idk_{value}"

@@ -9,18 +9,20 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_snakemake, workflow_copy
+from conftest import SNAKEMAKE, run_snakemake, workflow_copy
+from mmcal.engine.devices import gpu_count, visible_gpus
+from mmcal.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIM = """
-import os, sys, time
+import logging, os, sys, time
 from pathlib import Path
 from mmcal.engine.devices import claim_gpus
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 ids = claim_gpus(int(sys.argv[1]), lock_dir=Path(sys.argv[2]), poll_seconds=0.05)
 print(",".join(ids), os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
 release = Path(sys.argv[3])
@@ -54,10 +56,11 @@ def test_concurrent_processes_get_distinct_devices_and_release_on_exit(tmp_path)
     dev_a, dev_b = a.stdout.readline().split(), b.stdout.readline().split()
     assert dev_a[0] == dev_a[1] and dev_b[0] == dev_b[1]  # each sees only the device it holds
     assert {dev_a[0], dev_b[0]} == {"0", "1"}
-    # A third job waits while both devices are held, then takes the one its predecessor left.
+    # A third job waits while both devices are held (it says so once it found both locks taken), then takes the
+    # one its predecessor left.
     third_release = tmp_path / "release-3"
     c = _claimer(1, locks, third_release)
-    time.sleep(1.0)
+    assert "all 2 GPUs are taken" in c.stderr.readline()
     assert c.poll() is None
     first.write_text("")
     assert a.wait(timeout=30) == 0
@@ -143,6 +146,58 @@ def test_global_gpu_resource_limits_concurrency_and_jobs_get_their_own_device(pr
     (a, b) = _probe(probe_workflow, gpus=2)
     assert max(a[1], b[1]) < min(a[2], b[2])  # two GPUs: they run together...
     assert {a[0], b[0]} == {"0", "1"}  # ...each on its own device
+
+
+FAKE_SMI = """#!/bin/sh
+# nvidia-smi -L of a machine with two GPUs (this machine has none, nor nvidia-smi)
+echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
+echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-1111-1111-1111-111111111111)"
+"""
+
+
+def _fake_nvidia_smi(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "nvidia-smi").write_text(FAKE_SMI)
+    (folder / "nvidia-smi").chmod(0o755)
+    return folder
+
+
+def test_gpus_unset_counts_the_visible_gpus(tmp_path, monkeypatch):
+    """``gpus:`` unset (null): CUDA_VISIBLE_DEVICES when set (``-1``: none), else the GPUs ``nvidia-smi -L`` lists,
+    else none; a configured count wins."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2,3")
+    assert visible_gpus() == ["0", "2", "3"] and gpu_count(None) == 3
+    assert gpu_count(1) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpu_count(None) == 0
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    assert gpu_count(None) == 0
+    monkeypatch.setenv("PATH", str(_fake_nvidia_smi(tmp_path / "bin")))
+    assert visible_gpus() == ["0", "1"] and gpu_count(None) == 2
+    with pytest.raises(ConfigError, match="config gpus: -1 is negative"):
+        gpu_count(-1)
+
+
+def test_the_snakefile_registers_the_detected_gpus_when_gpus_is_unset(tmp_path):
+    """A local run with ``gpus:`` unset gets a ``gpu`` resource of the GPUs nvidia-smi lists: a job asking for
+    three is scaled to the two there are (dry run; the job's resources line shows it)."""
+    (tmp_path / "wd").mkdir()
+    wd = workflow_copy(tmp_path / "wd")
+    with open(wd / "Snakefile", "a") as f:
+        f.write(
+            '\nrule three_gpus:\n    output:\n        "three.txt",\n    resources:\n        gpu=3,\n'
+            '    shell:\n        "touch {output}"\n'
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    bin_dir = _fake_nvidia_smi(tmp_path / "bin")
+    args = [SNAKEMAKE, "three.txt", "-n", "--cores", "1", "--configfile", "config/test.yaml"]
+    detected = subprocess.run(
+        args, cwd=wd, env={**env, "PATH": f"{bin_dir}:{env['PATH']}"}, capture_output=True, text=True, timeout=300
+    )
+    assert detected.returncode == 0, detected.stderr[-3000:]
+    out = detected.stdout + detected.stderr
+    assert re.search(r"rule three_gpus:.*?resources: .*gpu=2\b", out, flags=re.S), out[-3000:]
 
 
 def test_per_model_resources_reach_the_jobs(tmp_path):

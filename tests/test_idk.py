@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -652,10 +651,13 @@ def test_idk_bootstrap_ci_brackets_point_and_is_seeded():
     assert c["admit_rate_lo"] == c["admit_rate_hi"] == pytest.approx(0.25)
 
 
-def test_idk_bootstrap_is_fast_on_600_items():
+def test_idk_bootstrap_replicates_are_the_metrics_of_resampled_clusters():
+    """The bootstrap's replicates (weighted cluster sums, one matrix product for all B) are the point metrics of
+    data sets resampled cluster by cluster: rebuilt here row by row from the same draws, an independent
+    computation."""
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(600):
+    for i in range(120):
         answerable = i % 2 == 0
         probs = rng.dirichlet(np.ones(4))
         pred = int(np.argmax(probs))
@@ -669,16 +671,32 @@ def test_idk_bootstrap_is_fast_on_600_items():
                 pred,
                 float(probs[pred]),
                 probs.tolist(),
-                f"k{i // 2}",
+                f"k{i // 2:03d}",
             )
         )
     df = records_frame(rows, unscored=False).assign(
         meta=lambda d: d["meta"].str.replace('"idk_index": 2', '"idk_index": 3')
     )
-    start = time.perf_counter()
-    m = idk_metrics_with_ci(df, B=1000)
-    assert time.perf_counter() - start < 5.0
-    assert m["n_items"] == 600 and m["n_clusters"] == 300 and 0 <= m["admit_rate_lo"] <= 1
+    B, seed = 20, 7
+    m = idk_metrics_with_ci(df, B=B, seed=seed)
+    assert m["n_items"] == 120 and m["n_clusters"] == 60
+    # the same draws: B multinomial counts over the clusters in sorted order (what idk_metrics_with_ci documents)
+    clusters = sorted(df["cluster_id"].unique())
+    counts = np.random.default_rng(seed).multinomial(len(clusters), np.full(len(clusters), 1 / len(clusters)), B)
+    by_cluster = {c: g for c, g in df.groupby("cluster_id")}
+    replicates = []
+    for b in range(B):
+        parts = [
+            by_cluster[c].assign(item_id=lambda g, c=c, k=k: g["item_id"] + f"~{k}", cluster_id=f"{c}~{k}")
+            for c, n in zip(clusters, counts[b])
+            for k in range(n)
+        ]
+        replicates.append(idk_point_metrics(pd.concat(parts, ignore_index=True)))
+    for key in ("admit_rate", "false_idk_rate", "answerable_accuracy", "answered_ece_10"):
+        values = np.array([r[key] for r in replicates], dtype=float)
+        values = values[np.isfinite(values)]
+        lo, hi = np.quantile(values, [0.025, 0.975])
+        assert (m[f"{key}_lo"], m[f"{key}_hi"]) == pytest.approx((lo, hi), abs=1e-12), key
 
 
 def test_idk_table_one_row_per_group_and_split_filter():

@@ -10,18 +10,17 @@ gives them: through the download rule's record in local mode.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import own_global_state
 from mmcal.hub.download import download_all
-from mmcal.hub.llava_stage1 import NEW_ROW_SCALE, PROJECTOR_FILE, build, new_rows
+from mmcal.hub.llava_stage1 import NEW_ROW_SCALE, PROJECTOR_FILE, build
 from tiny_models import tiny_clip_vit_l336
-
-sys.path.insert(0, str(Path(__file__).parent / "replicas"))
 
 MODEL = "llava-1.5-7b-stage1"
 
@@ -42,13 +41,14 @@ def assembled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stage1")
     lm_dir, processor_dir = _replica("vicuna-7b-v1.5"), _replica("llava-1.5")
     hidden = AutoModelForCausalLM.from_pretrained(lm_dir).config.hidden_size
-    vision = tiny_clip_vit_l336(tmp / "clip")
-    projector = {
-        "model.mm_projector.0.weight": torch.randn(hidden, 24),
-        "model.mm_projector.0.bias": torch.randn(hidden),
-        "model.mm_projector.2.weight": torch.randn(hidden, hidden),
-        "model.mm_projector.2.bias": torch.randn(hidden),
-    }
+    with own_global_state():  # the tiny CLIP seeds torch's generator; the projector is drawn after it
+        vision = tiny_clip_vit_l336(tmp / "clip")
+        projector = {
+            "model.mm_projector.0.weight": torch.randn(hidden, 24),
+            "model.mm_projector.0.bias": torch.randn(hidden),
+            "model.mm_projector.2.weight": torch.randn(hidden, hidden),
+            "model.mm_projector.2.bias": torch.randn(hidden),
+        }
     (tmp / "projector").mkdir()
     torch.save(projector, tmp / "projector" / PROJECTOR_FILE)
     sources = {
@@ -113,19 +113,23 @@ def test_every_tensor_equals_its_source(assembled, reloaded):
 
 def test_new_rows_follow_llava_hf_rule(assembled, reloaded):
     """Rows 32000..32063: the two halves of one seeded draw from N(mu, 1e-5 Sigma) of the original
-    input-embedding rows; checked against a draw computed here, and their spread against the rule's."""
+    input-embedding rows (llava-hf's conversion rule), rebuilt here without mmcal's code: mu and Sigma (population
+    covariance) in numpy, its Cholesky factor L, and mu + L z for the seed's standard normal draws z."""
     from transformers import AutoModelForCausalLM
 
     state = reloaded.state_dict()
     embed = AutoModelForCausalLM.from_pretrained(assembled["lm"]).state_dict()["model.embed_tokens.weight"]
-    drawn = new_rows(embed, 128, seed=0)
-    assert torch.equal(state["model.language_model.embed_tokens.weight"][32000:], drawn[:64])
-    assert torch.equal(state["lm_head.weight"][32000:], drawn[64:])
-    # independent check of the distribution: mean of the rows near mu, spread ~ sqrt(1e-5) of the rows'
-    mu = embed.double().mean(0)
-    spread = ((drawn.double() - mu) ** 2).sum(1).mean().sqrt()
-    expected = (((embed.double() - mu) ** 2).sum(1).mean() * NEW_ROW_SCALE).sqrt()
-    assert 0.8 < (spread / expected).item() < 1.2
+    e = embed.double().numpy()
+    mu = e.mean(0)
+    sigma = (e - mu).T @ (e - mu) / e.shape[0]
+    chol = np.linalg.cholesky(1e-5 * sigma)
+    z = torch.randn(128, e.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    expected = mu + z @ chol.T
+    got = torch.cat([state["model.language_model.embed_tokens.weight"][32000:], state["lm_head.weight"][32000:]])
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    # and the distribution itself: the rows' spread around mu is sqrt(1e-5) of the embedding rows'
+    spread = np.sqrt(((got.double().numpy() - mu) ** 2).sum(1).mean())
+    assert 0.8 < spread / np.sqrt(((e - mu) ** 2).sum(1).mean() * NEW_ROW_SCALE) < 1.2
 
 
 def test_config_and_sources_record(assembled):

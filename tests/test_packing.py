@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import own_global_state
 from mmcal.engine.forward import NO_SPAN, Forward, Row
 from mmcal.engine.packing import PREFIX, build_tree
 from mmcal.engine.prompts import PromptVariant
@@ -73,7 +74,8 @@ def default_size_llava(tmp_path_factory, smollm2_dir):
     from mmcal.bench.random_model import build_random_tiny_llava
     from mmcal.engine.loading import load_model
 
-    folder = build_random_tiny_llava(smollm2_dir, tmp_path_factory.mktemp("default-size-llava"))
+    with own_global_state():  # a seeded build
+        folder = build_random_tiny_llava(smollm2_dir, tmp_path_factory.mktemp("default-size-llava"))
     return load_model("default-size", str(folder), device="cpu", dtype="float32")
 
 

@@ -147,10 +147,7 @@ def test_replica_plans_the_paper_jobs(tmp_path):
 @pytest.mark.replica
 def test_replica_study_end_to_end(tmp_path):
     """The documented command in a fresh copy: fixtures materialised, then the whole paper DAG on CPU."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests/replicas"))
-    import build as replicas
+    import build as replicas  # tests/replicas (on sys.path: tests/conftest.py)
     import paper_fixtures
 
     # Qwen2-VL's processor loads a video processor, which needs torchvision: .venv-families (README)

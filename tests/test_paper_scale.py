@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import own_global_state
 from mmcal.bench import paper_scale
 from mmcal.engine.scenarios import Scenario
 from mmcal.records import READOUTS
@@ -17,7 +18,8 @@ def reduced(tmp_path_factory):
     if not (paper_scale.REPLICA / "tokenizer.json").exists():
         pytest.skip(f"no LLaVA-1.5 replica at {paper_scale.REPLICA} (envs/setup.sh builds it)")
     config = paper_scale.llava_config(reduced=True)
-    model = paper_scale.build_model(config, "cpu", torch.float32)
+    with own_global_state():  # a seeded build
+        model = paper_scale.build_model(config, "cpu", torch.float32)
     lm = paper_scale.loaded_model(model, paper_scale.REPLICA, "cpu")
     root = tmp_path_factory.mktemp("paper-scale")
     return config, lm, root, paper_scale.make_items(2, root, n_images=2)

@@ -20,8 +20,7 @@ REPLICAS = ROOT / "tests" / "replicas"
 
 @pytest.fixture(scope="module")
 def replica() -> Path:
-    sys.path.insert(0, str(REPLICAS))
-    import build
+    import build  # tests/replicas (on sys.path: tests/conftest.py)
 
     try:
         return build.build("llava-1.5")

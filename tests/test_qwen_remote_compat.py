@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import own_global_state
 from mmcal.engine import qwen_remote_compat as qc
 from mmcal.errors import ConfigError, MmcalError
 
@@ -43,8 +44,9 @@ def _checkpoint(folder: Path, layout: str = "safetensors", **config):
     cfg = AutoConfig.from_pretrained(folder, trust_remote_code=True, fp32=True)
     with qc.stand_ins_for_unimportable([qc.STREAM_GENERATOR]):  # the class passes transformers' import check
         model_class = get_class_from_dynamic_module(AUTO_MAP["AutoModelForCausalLM"], folder)
-    torch.manual_seed(0)
-    built = model_class(cfg).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the global generator left as it was
+        torch.manual_seed(0)
+        built = model_class(cfg).eval()
     if layout == "bin":
         torch.save(built.state_dict(), folder / "pytorch_model.bin")
     else:
@@ -52,6 +54,13 @@ def _checkpoint(folder: Path, layout: str = "safetensors", **config):
     saved = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**saved, "bf16": False, "fp16": False, "fp32": False}))
     return folder, built
+
+
+@pytest.fixture(autouse=True)
+def _loading_keeps_global_state_to_itself():
+    """A model built or loaded here draws its missing tensors from torch's global generator."""
+    with own_global_state():
+        yield
 
 
 def _logits(model) -> torch.Tensor:
@@ -64,7 +73,9 @@ def test_the_stand_in_fails_under_transformers_5_as_the_real_code_does(tmp_path)
     """Without mmcal's fixes, the stand-in shows each failure the real remote code shows under transformers 5."""
     from transformers import AutoModelForCausalLM
 
-    folder, built = _checkpoint(tmp_path / "ckpt")
+    # A folder name of its own: transformers names the remote module after the folder and, once a model of that
+    # module was loaded in this process (by another test, with the stand-in), reuses the class without the check.
+    folder, built = _checkpoint(tmp_path / "never_loaded")
     try:
         importlib.import_module(qc.STREAM_GENERATOR)
     except ImportError:

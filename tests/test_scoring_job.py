@@ -7,14 +7,13 @@ import pytest
 import torch
 import yaml
 
-from mmcal.cli import main as mmcal_main
+from conftest import own_items_file
 from mmcal.engine.build import engine_fingerprint
 from mmcal.engine.job import JobSpec, run_job, score_to_records, scoring_engine, shard_dir_for
 from mmcal.engine.loading import load_model, model_fingerprint
 from mmcal.engine.prompts import PromptVariant
 from mmcal.engine.scenarios import Scenario
 from mmcal.engine.scoring import Engine
-from mmcal.items import write_items
 from mmcal.promptopt.job import search_engine
 
 
@@ -22,9 +21,8 @@ class Crash(RuntimeError):
     pass
 
 
-def _spec(root, items, out):
-    path = root / "items.jsonl"
-    write_items(items, path)
+def _spec(fmnist_items, out):
+    path = own_items_file(fmnist_items, out.parent / "fm")
     return JobSpec(
         model="tiny",
         dataset="fm",
@@ -39,7 +37,7 @@ def _spec(root, items, out):
 def test_killed_job_resumes_only_unfinished_items(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
     out = tmp_path / "records.parquet"
-    spec = _spec(root, items, out)
+    spec = _spec(fmnist_items, out)
     lm = load_model("tiny", str(tiny_llava_dir))
     calls = {"n": 0}
 
@@ -86,7 +84,7 @@ def test_same_config_gives_same_records(tiny_llava_dir, fmnist_items, tmp_path):
     frames = []
     for k in range(2):
         out = tmp_path / f"r{k}.parquet"
-        run_job(_spec(root, items, out), lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
+        run_job(_spec(fmnist_items, out), lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
         frames.append(pd.read_parquet(out))
     pd.testing.assert_frame_equal(frames[0], frames[1])
 
@@ -94,7 +92,7 @@ def test_same_config_gives_same_records(tiny_llava_dir, fmnist_items, tmp_path):
 def test_shards_of_another_model_are_discarded(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
     out = tmp_path / "records.parquet"
-    spec = _spec(root, items, out)
+    spec = _spec(fmnist_items, out)
     lm = load_model("tiny", str(tiny_llava_dir))
     run_job(spec, lambda: Engine(lm, PromptVariant(), image_root=root), Scenario())
     shard_dir_for(out).mkdir()
@@ -108,8 +106,7 @@ def test_shards_of_another_model_are_discarded(tiny_llava_dir, fmnist_items, tmp
 
 def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir, fmnist_items, tmp_path):
     root, items = fmnist_items
-    items_path = root / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     # The entry's own options win over the study-wide dtype (bfloat16) and batch size (8).
     entry = {"path": str(tiny_llava_dir), "kind": "mllm", "revision": "v-test", "dtype": "float32", "batch_size": 3}
     scoring = scoring_engine(
@@ -122,12 +119,12 @@ def test_prompt_search_and_scoring_load_a_model_entry_identically(tiny_llava_dir
         batch_size=8,
         items_path=items_path,
     )
-    search = search_engine("tiny", entry, device="cpu", dtype="bfloat16", batch_size=8, image_root=root)
+    search = search_engine("tiny", entry, device="cpu", dtype="bfloat16", batch_size=8, image_root=items_path.parent)
     for engine in (scoring, search):
         assert engine.lm.revision == "v-test"
         assert engine.lm.model.dtype == torch.float32
         assert engine.lm.multimodal and engine.lm.device == "cpu"
-        assert engine.batch_size == 3 and engine.image_root == root
+        assert engine.batch_size == 3 and engine.image_root == items_path.parent
         assert engine.lm.fingerprint == engine_fingerprint("tiny", entry)
     # Same model, same numbers: the search's default-prompt candidate is the scoring job's readout.
     # (to float32 rounding: the search runs the answer prefix on the prefix's KV cache)
@@ -163,10 +160,9 @@ def test_a_hub_revision_is_part_of_the_fingerprint(tmp_path, monkeypatch):
     assert engine_fingerprint("m", raw, path="org/other") != plain
 
 
-def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path):
+def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_items, tmp_path, mmcal_cli):
     root, items = fmnist_items
-    items_path = root / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     entry = {"path": str(tiny_llava_dir), "kind": "mllm"}
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -184,7 +180,7 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     score_to_records(
         "tiny",
         entry,
-        root.name,
+        items_path.parent.name,
         items_path,
         via_job,
         Scenario(),
@@ -198,7 +194,7 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     )
     via_cli = tmp_path / "cli.parquet"
     assert (
-        mmcal_main(
+        mmcal_cli(
             [
                 "score",
                 "--config",
@@ -216,12 +212,63 @@ def test_cli_writes_the_records_the_workflow_job_writes(tiny_llava_dir, fmnist_i
     pd.testing.assert_frame_equal(pd.read_parquet(via_job), pd.read_parquet(via_cli))
 
 
-def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys):
+def test_an_entry_without_a_path_is_named(fmnist_items, tmp_path, capsys, mmcal_cli):
     root, items = fmnist_items
-    items_path = root / "items.jsonl"
-    write_items(items, items_path)
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
     assert (
-        mmcal_main(["score", "--model-name", "ghost", "--items", str(items_path), "--out", str(tmp_path / "r.parquet")])
+        mmcal_cli(["score", "--model-name", "ghost", "--items", str(items_path), "--out", str(tmp_path / "r.parquet")])
         == 2
     )
     assert "model 'ghost'" in capsys.readouterr().err
+
+
+def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path, mmcal_cli):
+    """`mmcal score`'s flags each reach the scoring job: the records equal those of score_to_records given the same
+    model entry (kind, chat template, dtype, batch size, image processor), scenario and prompt of the config,
+    readouts, splits and per-split limit."""
+    root, items = fmnist_items
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device": "cpu",
+                "prompts": {"terse": {"instruction": "Answer with the letter."}},
+                "scenarios": {"blind": {"image": False}},
+            }
+        )
+    )
+    via_cli = tmp_path / "cli.parquet"
+    args = ["score", "--config", str(config), "--model-name", "tiny", "--model-path", str(tiny_llava_dir)]
+    args += ["--kind", "mllm", "--chat-template", "chatml", "--dtype", "float32", "--batch-size", "2"]
+    args += ["--image-processor-backend", "pil", "--scenario", "blind", "--prompt", "terse"]
+    args += ["--readouts", "letter_restricted,option_loglik", "--splits", "test", "--limit", "2"]
+    assert mmcal_cli([*args, "--items", str(items_path), "--out", str(via_cli)]) == 0
+    via_job = tmp_path / "job.parquet"
+    entry = {"path": str(tiny_llava_dir), "kind": "mllm", "chat_template": "chatml", "dtype": "float32"}
+    score_to_records(
+        "tiny",
+        {**entry, "batch_size": 2, "image_processor_backend": "pil"},
+        "fm",
+        items_path,
+        via_job,
+        Scenario(name="blind", image=False),
+        PromptVariant(name="terse", instruction="Answer with the letter."),
+        readouts=["letter_restricted", "option_loglik"],
+        splits=["test"],
+        device="cpu",
+        dtype="auto",
+        batch_size=8,
+        limit_per_split=2,
+        progress=False,
+    )
+    cli, job = pd.read_parquet(via_cli), pd.read_parquet(via_job)
+    pd.testing.assert_frame_equal(cli, job)
+    assert (
+        len(cli) == 4
+        and set(cli["split"]) == {"test"}
+        and set(cli["readout"]) == {"letter_restricted", "option_loglik"}
+    )
+    assert set(cli["scenario"]) == {"blind"} and set(cli["prompt"]) == {"terse"}
+    assert set(cli["model_fingerprint"]) == {engine_fingerprint("tiny", entry)}
+    assert engine_fingerprint("tiny", entry) != engine_fingerprint("tiny", {**entry, "chat_template": "raw"})

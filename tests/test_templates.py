@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pandas as pd
 import pytest
@@ -107,7 +106,7 @@ def _no_template_checkpoint(src, dst, weights: bytes | None):
 @pytest.mark.parametrize("weights", [b"not a safetensors file", None])
 def test_no_template_and_no_key_fails_before_weights_load(smollm2_dir, tmp_path, weights):
     ckpt = _no_template_checkpoint(smollm2_dir, tmp_path / "vicuna-like", weights)
-    t0 = time.perf_counter()
+    # before the weights: garbage or absent weights would fail otherwise (not a ConfigError naming the key)
     with pytest.raises(ConfigError) as err:
         build_engine(
             "vicuna",
@@ -119,7 +118,6 @@ def test_no_template_and_no_key_fails_before_weights_load(smollm2_dir, tmp_path,
             batch_size=1,
             image_root=tmp_path,
         )
-    assert time.perf_counter() - t0 < 2
     msg = str(err.value)
     assert "models.vicuna.chat_template" in msg
     assert all(name in msg for name in BUILTIN_FORMATS)
@@ -162,3 +160,16 @@ def test_a_model_without_template_scores_with_a_configured_format(smollm2_dir, t
     # the format is part of the fingerprint; without a key the checkpoint's own fingerprint stands
     assert len(fingerprints) == 2
     assert engine_fingerprint("s", {"path": str(smollm2_dir)}) not in fingerprints
+    # the user's template renders what it says: each message's content after "Q: ", then "A:" and the answer prefix
+    engine = build_engine(
+        "base",
+        {"path": str(ckpt), "kind": "llm", "chat_template": str(jinja)},
+        device="cpu",
+        dtype="float32",
+        prompt=PromptVariant(),
+        readouts=["letter_restricted"],
+        batch_size=1,
+        image_root=tmp_path,
+    )
+    question = "Is 1 even?\n(A) yes\n(B) no\nPlease provide the option letter directly."
+    assert engine.render(items[1], Scenario(name="blind", image=False)) == f"Q: {question}\nA:Answer: ("

@@ -24,6 +24,7 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch = pytest.importorskip("torch")
 
+from conftest import own_global_state  # noqa: E402
 from mmcal import hashing  # noqa: E402
 from mmcal.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist  # noqa: E402
 from mmcal.errors import ConfigError  # noqa: E402
@@ -39,25 +40,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir():
-    path = REPO / "data" / "models" / "smollm2-135m-instruct"
-    if not (path / "config.json").exists():
-        from mmcal.errors import MmcalError
-        from mmcal.tinyllava.smollm2 import convert_smollm2, find_smollm2_gguf
-
-        try:
-            find_smollm2_gguf()
-        except MmcalError as exc:
-            pytest.skip(str(exc))
-        convert_smollm2(path)
-    return path
+@pytest.fixture(autouse=True)
+def _training_keeps_its_global_state_to_itself():
+    """A training run seeds the global generators and sets torch's threads, as its Snakemake job does in its own
+    process; run here, in the test process, it gives them back afterwards."""
+    with own_global_state():
+        yield
 
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, smollm2_dir):
-    """Vision tower, stage 1 and stage 2 trained a few steps each on the CI preset."""
-    os.environ.update(OFFLINE)
+    """Vision tower, stage 1 and stage 2 trained a few steps each on the CI preset (on SmolLM2 converted by
+    tests/conftest.py's session fixture, under pytest's temporary folder, never into this checkout)."""
     from mmcal.tinyllava.stage1 import train_stage1
     from mmcal.tinyllava.stage2 import train_stage2
     from mmcal.tinyllava.vision import train_vision
@@ -65,9 +59,10 @@ def tiny_build(tmp_path_factory, smollm2_dir):
     root = tmp_path_factory.mktemp("tiny-llava")
     dirs = {k: root / k for k in ("vision", "stage1", "stage2")}
     out = {"dirs": dirs, "lm": smollm2_dir}
-    out["vision"] = train_vision(TINY_TEST_CONFIG, dirs["vision"])
-    out["stage1"] = train_stage1(TINY_TEST_CONFIG, dirs["vision"], smollm2_dir, dirs["stage1"])
-    out["stage2"] = train_stage2(TINY_TEST_CONFIG, dirs["stage1"], dirs["stage2"])
+    with own_global_state():
+        out["vision"] = train_vision(TINY_TEST_CONFIG, dirs["vision"])
+        out["stage1"] = train_stage1(TINY_TEST_CONFIG, dirs["vision"], smollm2_dir, dirs["stage1"])
+        out["stage2"] = train_stage2(TINY_TEST_CONFIG, dirs["stage1"], dirs["stage2"])
     return out
 
 
@@ -435,18 +430,19 @@ def test_lora_adapters_merge_into_the_weights_they_adapt():
     """A merged adapter computes what the adapted layer computed, and leaves a plain nn.Linear."""
     from mmcal.tinyllava.lora import add_lora, merge_lora
 
-    torch.manual_seed(0)
-    block = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.GELU(), torch.nn.Linear(6, 4))
-    params = add_lora([block], rank=2, alpha=4.0)
-    assert len(params) == 4 and all(p.requires_grad for p in params)
-    assert not any(p.requires_grad for n, p in block.named_parameters() if "lora" not in n)
-    x = torch.randn(5, 8)
-    untouched = block(x).detach()
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p))  # as if trained
-    adapted = block(x).detach()
-    assert not torch.allclose(adapted, untouched)
-    assert merge_lora([block]) == 2
-    assert all(type(m) is torch.nn.Linear for m in (block[0], block[2]))
-    assert torch.allclose(block(x), adapted, atol=1e-5)
+    with torch.random.fork_rng(devices=[]):  # seeded; the global generator left as it was
+        torch.manual_seed(0)
+        block = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.GELU(), torch.nn.Linear(6, 4))
+        params = add_lora([block], rank=2, alpha=4.0)
+        assert len(params) == 4 and all(p.requires_grad for p in params)
+        assert not any(p.requires_grad for n, p in block.named_parameters() if "lora" not in n)
+        x = torch.randn(5, 8)
+        untouched = block(x).detach()
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))  # as if trained
+        adapted = block(x).detach()
+        assert not torch.allclose(adapted, untouched)
+        assert merge_lora([block]) == 2
+        assert all(type(m) is torch.nn.Linear for m in (block[0], block[2]))
+        assert torch.allclose(block(x), adapted, atol=1e-5)

@@ -13,6 +13,8 @@ import yaml
 
 from conftest import run_snakemake as _run
 from conftest import workflow_copy as _workdir
+from mmcal import provenance
+from mmcal.hashing import path_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,21 @@ def test_study_outputs_and_provenance(study):
         conf, correct = rows.confidence.tolist(), rows.correct.tolist()
         assert abs(_independent_ece10(conf, correct) - row.ece_10) < 1e-9
         assert abs(np.mean(correct) - row.accuracy) < 1e-9
+    # ...and their provenance: summary.csv's record names the job and every records file it read, each with the
+    # SHA-256 that file has now; the records file's own record (in its Parquet metadata) names the model it scored
+    # with the model folder's hash, and the study's raw source.
+    summary_rec = provenance.read_record("data/metrics/summary.csv", study)
+    assert summary_rec["rule"] == "summarize"
+    assert summary_rec["sha256"] == path_sha256(study / "data/metrics/summary.csv")
+    inputs = {i["path"]: i["sha256"] for i in summary_rec["inputs"]}
+    records = "data/records/tiny-llava-stage2/fmnist/image/default.parquet"
+    assert records in inputs and len([p for p in inputs if p.startswith("data/records/")]) >= 4
+    for path, sha in inputs.items():
+        assert sha == path_sha256(study / path), path
+    score_rec = provenance.parquet_record(study / records)
+    assert score_rec["rule"] == "score" and score_rec["wildcards"]["model"] == "tiny-llava-stage2"
+    model = {i["path"]: i["sha256"] for i in score_rec["inputs"]}["data/models/tiny-llava-stage2"]
+    assert model == path_sha256(study / "data/models/tiny-llava-stage2")
 
 
 def test_reference_protocol_beside_ours(study):

@@ -10,15 +10,12 @@ turn the way LLaVA's own answered turn continues it.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from mmcal.engine.chat import BUILTIN_FORMATS, VICUNA_SYSTEM, render_prompt
 from mmcal.engine.prompts import PromptVariant
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "replicas"))
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llava_conv_vicuna_v1.json").read_text())
 SHAPES = {s["name"]: s for s in FIXTURE["shapes"]}

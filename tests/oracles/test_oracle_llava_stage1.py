@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import own_global_state
 from mmcal.hub.llava_stage1 import PROJECTOR_FILE, assemble, new_row_distribution
 from tiny_models import tiny_clip_vit_l336
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "replicas"))
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llava_stage1_conversion.json").read_text())
 RESIZED = ("model.language_model.embed_tokens.weight", "lm_head.weight")
@@ -44,14 +42,15 @@ def sources(tmp_path_factory):
         pytest.skip(f"replica sources not fetched: {exc}")
     tmp = tmp_path_factory.mktemp("stage1-oracle")
     lm = AutoModelForCausalLM.from_pretrained(lm_dir)
-    vision = tiny_clip_vit_l336(tmp / "clip")
     hidden = lm.config.hidden_size
-    projector = {
-        "model.mm_projector.0.weight": torch.randn(hidden, 24),
-        "model.mm_projector.0.bias": torch.randn(hidden),
-        "model.mm_projector.2.weight": torch.randn(hidden, hidden),
-        "model.mm_projector.2.bias": torch.randn(hidden),
-    }
+    with own_global_state():  # the tiny CLIP seeds torch's generator; the projector is drawn after it
+        vision = tiny_clip_vit_l336(tmp / "clip")
+        projector = {
+            "model.mm_projector.0.weight": torch.randn(hidden, 24),
+            "model.mm_projector.0.bias": torch.randn(hidden),
+            "model.mm_projector.2.weight": torch.randn(hidden, hidden),
+            "model.mm_projector.2.bias": torch.randn(hidden),
+        }
     (tmp / "projector").mkdir()
     torch.save(projector, tmp / "projector" / PROJECTOR_FILE)
     # the LLaVA checkpoint layout the conversion read: LM, projector, CLIP under model.vision_tower.vision_tower.

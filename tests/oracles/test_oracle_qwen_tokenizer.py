@@ -9,7 +9,6 @@ qwen-7b replica (tests/replicas, fetched at set-up) and skip without it. The rem
 from __future__ import annotations
 
 import json
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import pytest
 
 from mmcal.engine import qwen_vl
 from mmcal.errors import MmcalError
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "replicas"))
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "qwen_tokenizers.json").read_text())
 CASES = FIXTURE["vl_cases"]

@@ -8,7 +8,6 @@ verbatim`, the image or none (`recalibration.fit_scenario` / `promptopt.scenario
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,7 @@ from mmcal.engine.prompts import prompt_from_config
 from mmcal.engine.scenarios import Scenario
 from mmcal.promptopt.job import answer_prefix_for
 from mmcal.promptopt.ranking import accuracy_band
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from test_families_loading import StandInQwenTokenizer, StandInQwenVLModel  # noqa: E402
+from test_families_loading import StandInQwenTokenizer, StandInQwenVLModel  # tests/ (on sys.path: tests/conftest.py)
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "reference_prompts.json").read_text())
 TS_PROMPT = {"prompt_format": "reference", "question": "verbatim"}

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+if str(HERE) not in sys.path:  # imported (tests/conftest.py appends it); as a script it is already first
+    sys.path.append(str(HERE))
 from fetch import CACHE, sha256_file  # noqa: E402
 
 BUILT = CACHE / "built"
@@ -337,14 +338,20 @@ def build(family: str) -> Path:
     key = build_key(family)
     if (out / KEY_FILE).is_file() and (out / KEY_FILE).read_text() == key:
         return out
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # one per process: two test runs may build at once
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.manual_seed(0)
-    FAMILIES[family][0](tmp)
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator left as it was
+        torch.manual_seed(0)
+        FAMILIES[family][0](tmp)
     (tmp / KEY_FILE).write_text(key)
     shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process put its build there first: the same sources, the same replica
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not ((out / KEY_FILE).is_file() and (out / KEY_FILE).read_text() == key):
+            raise
     return out
 
 

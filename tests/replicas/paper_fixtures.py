@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+if str(HERE) not in sys.path:  # imported (tests/conftest.py appends it); as a script it is already first
+    sys.path.append(str(HERE))
 import build as replicas  # noqa: E402
 
 SEED = 20240701
@@ -104,24 +105,25 @@ def write_stage1_sources(out: Path) -> None:
 
     hidden = AutoConfig.from_pretrained(out / "models" / "vicuna-7b-v1.5").hidden_size
     width = 24
-    torch.manual_seed(SEED)
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=width,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=336,
-            patch_size=14,
-            projection_dim=width,
-        )
-    ).save_pretrained(out / "stage1" / "clip-vit-large-patch14-336")
-    projector = {
-        "model.mm_projector.0.weight": torch.randn(hidden, width) * 0.1,
-        "model.mm_projector.0.bias": torch.zeros(hidden),
-        "model.mm_projector.2.weight": torch.randn(hidden, hidden) * 0.1,
-        "model.mm_projector.2.bias": torch.zeros(hidden),
-    }
+    with torch.random.fork_rng(devices=[]):  # seeded; the caller's generator left as it was
+        torch.manual_seed(SEED)
+        CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=width,
+                intermediate_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=336,
+                patch_size=14,
+                projection_dim=width,
+            )
+        ).save_pretrained(out / "stage1" / "clip-vit-large-patch14-336")
+        projector = {
+            "model.mm_projector.0.weight": torch.randn(hidden, width) * 0.1,
+            "model.mm_projector.0.bias": torch.zeros(hidden),
+            "model.mm_projector.2.weight": torch.randn(hidden, hidden) * 0.1,
+            "model.mm_projector.2.bias": torch.zeros(hidden),
+        }
     (out / "stage1" / "projector").mkdir(parents=True, exist_ok=True)
     torch.save(projector, out / "stage1" / "projector" / "mm_projector.bin")
 
