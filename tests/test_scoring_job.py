@@ -272,3 +272,27 @@ def test_score_flags_reach_the_job(tiny_llava_dir, fmnist_items, tmp_path, mmcal
     assert set(cli["scenario"]) == {"blind"} and set(cli["prompt"]) == {"terse"}
     assert set(cli["model_fingerprint"]) == {engine_fingerprint("tiny", entry)}
     assert engine_fingerprint("tiny", entry) != engine_fingerprint("tiny", {**entry, "chat_template": "raw"})
+
+
+def test_score_scenarios_and_prompts_come_from_the_config_or_the_defaults(
+    tiny_llava_dir, fmnist_items, tmp_path, mmcal_cli, capsys, repo_root
+):
+    """Without --config, `--scenario blind` is config/defaults.yaml's blind (no image), not the image under another
+    name; a scenario or prompt defined nowhere is an error naming it, before any weights load."""
+    items_path = own_items_file(fmnist_items, tmp_path / "fm")
+    base = ["score", "--model-name", "tiny", "--model-path", str(tiny_llava_dir), "--root", str(repo_root)]
+    base += ["--readouts", "letter_restricted", "--splits", "test", "--limit", "2", "--items", str(items_path)]
+    blind = tmp_path / "blind.parquet"
+    assert mmcal_cli([*base, "--scenario", "blind", "--out", str(blind)]) == 0
+    via_job = tmp_path / "job.parquet"
+    score_to_records(
+        "tiny", {"path": str(tiny_llava_dir)}, "fm", items_path, via_job, Scenario(name="blind", image=False),
+        PromptVariant(name="default"), readouts=["letter_restricted"], splits=["test"], device="auto",
+        dtype="auto", batch_size=8, limit_per_split=2, progress=False,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_parquet(blind), pd.read_parquet(via_job))
+    for flag, name in (("--scenario", "blnd"), ("--prompt", "tersest")):
+        assert mmcal_cli([*base, flag, name, "--out", str(tmp_path / "x.parquet")]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[2:]} {name!r} is not defined" in err and ("'blind'" in err or "'idk-hint'" in err), err
+    assert not (tmp_path / "x.parquet").exists()

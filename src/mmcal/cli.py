@@ -50,16 +50,46 @@ def model_entry_for(args, cfg: dict) -> dict:
     return entry
 
 
-def cmd_score(args) -> int:
-    import yaml
+def study_settings(config: str | None, root: str | None) -> dict:
+    """``--config`` on its base chain (so a file without ``base`` brings the shared prompts and scenarios of
+    ``config/defaults.yaml``), else those shared settings alone. ``root`` (default: the checkout this mmcal runs
+    from) holds ``config/defaults.yaml``; where there is none (mmcal installed elsewhere), the file as it is."""
+    from mmcal import config as study_config
 
+    if root is None:
+        checkout = Path(__file__).resolve().parents[2]
+        root = checkout if (checkout / study_config.DEFAULTS_FILE).is_file() else Path(".")
+    defaults = Path(root) / study_config.DEFAULTS_FILE
+    if not defaults.is_file():
+        return study_config.read_config_file(config) if config else {}
+    if config:
+        return study_config.load_study([config], root=root)
+    return study_config.read_config_file(defaults)
+
+
+def named_setting(cfg: dict, section: str, name: str, builtin: dict) -> dict:
+    """``cfg[section][name]``, or the built-in entry of that name; a name defined nowhere is an error (it
+    must not silently score another scenario or prompt under the name asked for)."""
+    known = {**builtin, **(cfg.get(section) or {})}
+    if name not in known:
+        raise ConfigError(
+            f"{section[:-1]} {name!r} is not defined: known {sorted(known)} "
+            "(from --config, else config/defaults.yaml under --root)"
+        )
+    return known[name] or {}
+
+
+def cmd_score(args) -> int:
     from mmcal.engine.job import score_to_records
     from mmcal.engine.prompts import prompt_from_config
     from mmcal.engine.scenarios import scenario_from_config
 
-    cfg = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    cfg = study_settings(args.config, args.root)
     entry = model_entry_for(args, cfg)
-    scenario_cfg = (cfg.get("scenarios") or {}).get(args.scenario) or {"image": entry.get("kind") != "llm"}
+    scenario_cfg = named_setting(cfg, "scenarios", args.scenario, {"image": {"image": True}})
+    if entry.get("kind") == "llm" and args.scenario == "image":
+        scenario_cfg = {**scenario_cfg, "image": False}  # a text-only model's "image" run shows it no image
+    prompt_cfg = named_setting(cfg, "prompts", args.prompt, {"default": {}})
     stats = score_to_records(
         args.model_name,
         entry,
@@ -67,7 +97,7 @@ def cmd_score(args) -> int:
         args.items,
         args.out,
         scenario_from_config(args.scenario, scenario_cfg),
-        prompt_from_config(args.prompt, (cfg.get("prompts") or {}).get(args.prompt)),
+        prompt_from_config(args.prompt, prompt_cfg),
         readouts=args.readouts.split(","),
         splits=args.splits.split(","),
         device=args.device or cfg.get("device", "auto"),
@@ -222,8 +252,9 @@ def main(argv=None) -> int:
     s.add_argument("--items", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="a study config: the model entry, prompts, scenarios, defaults")
-    s.add_argument("--scenario", default="image")
-    s.add_argument("--prompt", default="default")
+    s.add_argument("--scenario", default="image", help="a scenario of the config (or of config/defaults.yaml)")
+    s.add_argument("--prompt", default="default", help="a prompt of the config (or of config/defaults.yaml)")
+    s.add_argument("--root", help="where config/defaults.yaml is (default: the checkout mmcal runs from, else .)")
     s.add_argument("--descriptions")
     s.add_argument("--splits", default="calib,test")
     s.add_argument("--readouts", default="letter_restricted,letter_full_vocab,option_loglik")
