@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import own_global_state
 from mmcal.hub.download import download_all
 from mmcal.hub.llava_stage1 import NEW_ROW_SCALE, PROJECTOR_FILE, build
-from tiny_models import tiny_clip_vit_l336
+from tiny_models import tiny_llava_stage1_inputs
 
 MODEL = "llava-1.5-7b-stage1"
 
@@ -42,15 +42,7 @@ def assembled(tmp_path_factory):
     lm_dir, processor_dir = _replica("vicuna-7b-v1.5"), _replica("llava-1.5")
     hidden = AutoModelForCausalLM.from_pretrained(lm_dir).config.hidden_size
     with own_global_state():  # the tiny CLIP seeds torch's generator; the projector is drawn after it
-        vision = tiny_clip_vit_l336(tmp / "clip")
-        projector = {
-            "model.mm_projector.0.weight": torch.randn(hidden, 24),
-            "model.mm_projector.0.bias": torch.randn(hidden),
-            "model.mm_projector.2.weight": torch.randn(hidden, hidden),
-            "model.mm_projector.2.bias": torch.randn(hidden),
-        }
-    (tmp / "projector").mkdir()
-    torch.save(projector, tmp / "projector" / PROJECTOR_FILE)
+        vision, projector = tiny_llava_stage1_inputs(tmp, hidden, PROJECTOR_FILE)
     sources = {
         "projector": {"path": str(tmp / "projector")},
         "language_model": {"path": str(lm_dir)},

@@ -234,3 +234,19 @@ def tiny_clip_vit_l336(out_dir: str | Path, seed: int = 1):
     )
     vision.save_pretrained(out_dir)
     return vision
+
+
+def tiny_llava_stage1_inputs(out_dir: Path, hidden: int, projector_file: str):
+    """The CLIP of :func:`tiny_clip_vit_l336` (``out_dir/clip``) and, drawn after it from the same generator, a
+    LLaVA-1.5 ``mm_projector`` (24 -> ``hidden``, GELU, ``hidden``) saved as ``out_dir/projector/projector_file``;
+    returns (vision, projector state dict). Call inside ``own_global_state()``."""
+    vision = tiny_clip_vit_l336(out_dir / "clip")
+    projector = {
+        "model.mm_projector.0.weight": torch.randn(hidden, 24),
+        "model.mm_projector.0.bias": torch.randn(hidden),
+        "model.mm_projector.2.weight": torch.randn(hidden, hidden),
+        "model.mm_projector.2.bias": torch.randn(hidden),
+    }
+    (out_dir / "projector").mkdir()
+    torch.save(projector, out_dir / "projector" / projector_file)
+    return vision, projector

@@ -20,7 +20,7 @@ import torch
 
 from conftest import own_global_state
 from mmcal.hub.llava_stage1 import PROJECTOR_FILE, assemble, new_row_distribution
-from tiny_models import tiny_clip_vit_l336
+from tiny_models import tiny_llava_stage1_inputs
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llava_stage1_conversion.json").read_text())
 RESIZED = ("model.language_model.embed_tokens.weight", "lm_head.weight")
@@ -44,15 +44,7 @@ def sources(tmp_path_factory):
     lm = AutoModelForCausalLM.from_pretrained(lm_dir)
     hidden = lm.config.hidden_size
     with own_global_state():  # the tiny CLIP seeds torch's generator; the projector is drawn after it
-        vision = tiny_clip_vit_l336(tmp / "clip")
-        projector = {
-            "model.mm_projector.0.weight": torch.randn(hidden, 24),
-            "model.mm_projector.0.bias": torch.randn(hidden),
-            "model.mm_projector.2.weight": torch.randn(hidden, hidden),
-            "model.mm_projector.2.bias": torch.randn(hidden),
-        }
-    (tmp / "projector").mkdir()
-    torch.save(projector, tmp / "projector" / PROJECTOR_FILE)
+        vision, projector = tiny_llava_stage1_inputs(tmp, hidden, PROJECTOR_FILE)
     # the LLaVA checkpoint layout the conversion read: LM, projector, CLIP under model.vision_tower.vision_tower.
     old = {**lm.state_dict(), **projector}
     old.update({"model.vision_tower.vision_tower.vision_model." + k: v for k, v in vision.state_dict().items()})
