@@ -366,7 +366,9 @@ def test_stage2_trains_only_the_top_layers_it_is_told_to(tiny_build, tmp_path):
 
     from mmcal.tinyllava.stage2 import train_stage2
 
-    cfg = {**TINY_TEST_CONFIG, "stage2": {**TINY_TEST_CONFIG["stage2"], "train_layers": 2, "train_projector": False}}
+    # 3 steps x batch 4 = 12 examples seen, 8 distinct: the frozen layers' output is cached and reused
+    top2 = {"train_layers": 2, "train_projector": False, "n_examples": 8}
+    cfg = {**TINY_TEST_CONFIG, "stage2": {**TINY_TEST_CONFIG["stage2"], **top2}}
     train_stage2(cfg, tiny_build["dirs"]["stage1"], tmp_path / "top2")
     before = load_file(tiny_build["dirs"]["stage1"] / "model.safetensors")
     after = load_file(tmp_path / "top2" / "model.safetensors")
@@ -377,6 +379,58 @@ def test_stage2_trains_only_the_top_layers_it_is_told_to(tiny_build, tmp_path):
     assert any(top[0] in k for k in changed) and any(top[1] in k for k in changed)
     manifest = json.loads((tmp_path / "top2" / "training_manifest.json").read_text())
     assert manifest["trained"] == [f"language_model.layers[{n_layers - 2}:{n_layers}]", "language_model.norm"]
+    assert manifest["distinct_examples"] == 8
+    train_stage2(cfg, tiny_build["dirs"]["stage1"], tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (
+        tmp_path / "top2" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_cached_lower_layers_give_the_logits_of_the_whole_forward(tiny_build):
+    """A stage that trains only the top layers caches what enters them; the top layers run on the cache
+    must compute exactly what the whole model computes, right padding included."""
+    from mmcal.tinyllava.model import (
+        decoder_entry,
+        load_tiny_llava,
+        logits_from_entry,
+        logits_from_features,
+        n_image_tokens,
+    )
+    from mmcal.tinyllava.vision import patch_features, pixel_values
+
+    model, proc = load_tiny_llava(tiny_build["dirs"]["stage2"])
+    images, _ = load_fashion_mnist(DEFAULT_ROOT, "train")
+    image = proc.tokenizer.convert_tokens_to_ids("<image>")
+    texts = ["A short one.", "A somewhat longer text, padded less than the first."]
+    rows = [[image] * n_image_tokens(model) + proc.tokenizer(t)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.full((2, width), proc.tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), 1
+    positions = torch.tensor([[len(r) - 2, len(r) - 1] for r in rows])
+    feats = patch_features(model.model.vision_tower, pixel_values(images[:2]), model.config.vision_feature_layer)
+    with torch.no_grad():
+        whole = logits_from_features(model, ids, mask, feats, positions)
+        for first in range(len(model.model.language_model.layers)):
+            entry = decoder_entry(model, ids, mask, feats, first)
+            assert not entry.requires_grad
+            assert torch.equal(logits_from_entry(model, entry, mask, positions, first), whole), first
+
+
+def test_epochs_show_every_distinct_example_once_each():
+    from mmcal.tinyllava.stage2 import epoch_order, n_distinct
+
+    lengths = np.random.default_rng(0).integers(55, 64, size=32)
+    order = epoch_order(lengths, 80, 8, 2, np.random.default_rng(1))  # 2.5 epochs of 32
+    assert len(order) == 80
+    epochs = [order[:32], order[32:64]]
+    assert all(sorted(e.tolist()) == list(range(32)) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+    assert len(set(order[64:].tolist())) == 16
+    assert n_distinct({"steps": 10, "batch_size": 8, "n_examples": None}) == 80
+    assert n_distinct({"steps": 10, "batch_size": 8, "n_examples": 32}) == 32
+    assert n_distinct({"steps": 2, "batch_size": 8, "n_examples": 32}) == 16
 
 
 def test_length_buckets_keep_every_example_within_its_window():

@@ -97,6 +97,10 @@ STAGE2_DEFAULTS = {
     "warmup": 10,
     "seed": 0,
     "n_train": None,  # None: steps * batch_size instructions, each on a different image
+    # Distinct instruction examples (image + options), cycled in reshuffled epochs over the steps; None: each of
+    # the steps * batch_size examples is new. When the bottom is frozen (train_layers N, train_projector and
+    # train_embeddings false), the frozen layers run once per distinct example (cached), not once per step.
+    "n_examples": None,
     "n_options": 4,  # an int, or a list of ints to mix (one drawn per example)
     "train_embeddings": False,  # the tied (49k x 576) embedding matrix stays frozen: cheaper steps
     # Which decoder layers train: None, all of them; N, the top N (+ the final norm). With the projector

@@ -135,12 +135,60 @@ def logits_from_features(model, input_ids, attention_mask, features, positions):
     """
     import torch
 
+    embeds = _input_embeddings(model, input_ids, features)
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+    rows = torch.arange(len(input_ids)).unsqueeze(1)
+    return model.lm_head(hidden[rows, positions])
+
+
+def _input_embeddings(model, input_ids, features):
+    """Token embeddings with the projected patch features scattered into the ``<image>`` slots."""
     embeds = model.get_input_embeddings()(input_ids)
     projected = model.model.multi_modal_projector(features).to(embeds.dtype)
     slots = (input_ids == model.config.image_token_id).unsqueeze(-1)
     if int(slots.sum()) != projected.numel() // projected.shape[-1]:
         raise MmcalError(f"{int(slots.sum())} <image> tokens but {projected.shape[0] * projected.shape[1]} features")
-    embeds = embeds.masked_scatter(slots, projected)
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-    rows = torch.arange(len(input_ids)).unsqueeze(1)
+    return embeds.masked_scatter(slots, projected)
+
+
+def _run_decoder_layers(language_model, hidden, attention_mask, layers):
+    """``layers`` of the language model on ``hidden``, as its own forward runs them (default positions,
+    its causal mask and rotary embeddings, no cache); no final norm."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+
+    position_ids = torch.arange(hidden.shape[1]).unsqueeze(0)
+    mask = create_causal_mask(
+        config=language_model.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        cache=None,
+        position_ids=position_ids,
+    )
+    rotary = language_model.rotary_emb(hidden, position_ids=position_ids)
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
+    return hidden
+
+
+def decoder_entry(model, input_ids, attention_mask, features, first_layer: int):
+    """The hidden states entering decoder layer ``first_layer``: what a stage that trains only the layers
+    from there up (projector frozen) can compute once per example and cache (no autograd)."""
+    import torch
+
+    lm = model.model.language_model
+    with torch.no_grad():
+        embeds = _input_embeddings(model, input_ids, features)
+        return _run_decoder_layers(lm, embeds, attention_mask, lm.layers[:first_layer])
+
+
+def logits_from_entry(model, hidden, attention_mask, positions, first_layer: int):
+    """Logits at ``positions`` [B, K] from :func:`decoder_entry`'s states: the layers from ``first_layer``
+    up, the final norm and the LM head (only where a loss reads it); with ``first_layer`` 0 and the
+    embeddings as ``hidden``, the same arithmetic as :func:`logits_from_features`."""
+    import torch
+
+    lm = model.model.language_model
+    hidden = lm.norm(_run_decoder_layers(lm, hidden, attention_mask, lm.layers[first_layer:]))
+    rows = torch.arange(len(hidden)).unsqueeze(1)
     return model.lm_head(hidden[rows, positions])

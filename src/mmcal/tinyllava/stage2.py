@@ -31,7 +31,14 @@ from mmcal.tinyllava.evaluation import evaluate_stage, stratified_subset
 from mmcal.tinyllava.fmnist_splits import draw_indices, index_summary, load_train_file
 from mmcal.tinyllava.instructions import PromptTokenizer, mc_item
 from mmcal.tinyllava.lora import add_lora, merge_lora
-from mmcal.tinyllava.model import load_tiny_llava, logits_from_features, n_image_tokens, save_tiny_llava
+from mmcal.tinyllava.model import (
+    decoder_entry,
+    load_tiny_llava,
+    logits_from_entry,
+    logits_from_features,
+    n_image_tokens,
+    save_tiny_llava,
+)
 from mmcal.tinyllava.model_card import plot_training_curve, write_model_card
 from mmcal.tinyllava.stage1 import check_parent_classes, freeze_all_but
 from mmcal.tinyllava.training import (
@@ -57,10 +64,10 @@ STAGE2_READOUTS = ("letter_restricted", "letter_full_vocab")
 
 
 def plan_instructions(cfg: dict, data, rng: np.random.Generator):
-    """(image index per example, item per example) for ``steps * batch_size`` examples."""
+    """(image index per example, item per example) for the stage's distinct examples (:func:`n_distinct`)."""
     s2 = cfg["stage2"]
     classes = cfg["train_classes"]
-    n = int(s2["steps"]) * int(s2["batch_size"])
+    n = n_distinct(s2)
     idk_classes = s2["idk_train_classes"]
     frac = float(s2["idk_fraction"]) if idk_classes else 0.0
     n_idk = int(round(frac * n))
@@ -122,8 +129,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     prompt = PromptVariant()
     examples = [prompts.instruction_example(int(r), it, prompt) for r, it in zip(rows, items)]
     steps, batch = int(s2["steps"]), int(s2["batch_size"])
-    order = bucketed_order([len(e.ids) for e in examples], batch, int(s2["bucket_window"]), rng)
-    examples = [examples[k] for k in order]
+    order = epoch_order([len(e.ids) for e in examples], steps * batch, batch, int(s2["bucket_window"]), rng)
 
     trained = trained_parts(model, s2)
     freeze_all_but(model, [module for _, module in trained])
@@ -146,14 +152,21 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
         betas=tuple(float(b) for b in s2["betas"]),
     )
     pad_id = processor.tokenizer.pad_token_id
+    first_trained = frozen_bottom(model, s2)
+    entries = cache_entries(model, examples, features, first_trained, pad_id) if first_trained else None
 
     def step(i: int) -> float:
-        b = collate(examples[i * batch : (i + 1) * batch], pad_id)
+        rows = order[i * batch : (i + 1) * batch]
+        b = collate([examples[k] for k in rows], pad_id)
         factor = warmup_cosine(i, steps, int(s2["warmup"]))
         for group in optimizer.param_groups:
             group["lr"] = lr[group["name"]] * factor
         with autocast(bool(s2["bf16"])):
-            logits = logits_from_features(model, b.input_ids, b.attention_mask, features[b.rows], b.positions)
+            if entries is None:
+                logits = logits_from_features(model, b.input_ids, b.attention_mask, features[b.rows], b.positions)
+            else:
+                hidden = padded_entries(entries, rows, b.input_ids.shape[1])
+                logits = logits_from_entry(model, hidden, b.attention_mask, b.positions, first_trained)
         loss = target_loss(logits, b.targets, per="example")
         loss.backward()
         optimizer.step()
@@ -194,6 +207,7 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
             },
             "steps": steps,
             "batch_size": batch,
+            "distinct_examples": len(examples),
             "trained": [name for name, _ in trained],
             "lora_rank": int(s2["lora_rank"]),
             "config": cfg,
@@ -203,7 +217,8 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
         **record.summary(),
         "seed": seed,
         "trained": ", ".join(name for name, _ in trained) + " (the rest frozen)",
-        "instruction examples": len(examples),
+        "instruction examples": f"{len(examples)} distinct, {steps * batch} seen"
+        + (f" (layers below {first_trained} run once per example, cached)" if first_trained else ""),
         "classes": ", ".join(CLASSES[c] for c in cfg["train_classes"]),
         "IDK classes": ", ".join(CLASSES[c] for c in s2["idk_train_classes"] or []) or "none",
         "wall_seconds": round(time.time() - t_start, 1),
@@ -216,6 +231,62 @@ def train_stage2(cfg: dict, stage1_dir: str | Path, out_dir: str | Path) -> dict
     write_model_card(out_dir, title, __doc__, summary, card_eval, cfg)
     log.info("stage 2 done in %.1f s: %s", time.time() - t_start, evaluation)
     return {**summary, **evaluation}
+
+
+def n_distinct(s2: dict) -> int:
+    """How many distinct instruction examples a stage draws: ``n_examples``, else one per example seen."""
+    seen = int(s2["steps"]) * int(s2["batch_size"])
+    return seen if s2["n_examples"] is None else min(int(s2["n_examples"]), seen)
+
+
+def epoch_order(lengths, n_seen: int, batch: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Which distinct example fills each of the ``n_seen`` training slots: epochs over the examples, the
+    first in drawn order, each later one reshuffled, each bucketed by length (``bucketed_order``)."""
+    n = len(lengths)
+    lengths = np.asarray(lengths)
+    epochs = []
+    for e in range(-(-n_seen // n)):
+        perm = np.arange(n) if e == 0 else rng.permutation(n)
+        epochs.append(perm[bucketed_order(lengths[perm], batch, window, rng)])
+    return np.concatenate(epochs)[:n_seen]
+
+
+def frozen_bottom(model, s2: dict) -> int:
+    """The first trained decoder layer when everything below it is frozen (projector, embeddings, lower
+    layers), so its input can be cached per example; 0 when a gradient must reach the bottom."""
+    n_layers = len(model.model.language_model.layers)
+    if s2["train_projector"] or s2["train_embeddings"] or s2["train_layers"] is None:
+        return 0
+    return n_layers - int(s2["train_layers"])
+
+
+def cache_entries(model, examples, features, first_layer: int, pad_id: int, chunk: int = 32) -> list:
+    """Each example's hidden states entering ``first_layer`` (unpadded [T, D]): the frozen layers run once
+    per distinct example instead of once per step that sees it. Examples go through in length order, so
+    chunks carry little padding; the result does not depend on the steps' order."""
+    t0 = time.time()
+    by_length = sorted(range(len(examples)), key=lambda k: (len(examples[k].ids), k))
+    entries: list = [None] * len(examples)
+    for start in range(0, len(by_length), chunk):
+        rows = by_length[start : start + chunk]
+        b = collate([examples[k] for k in rows], pad_id)
+        hidden = decoder_entry(model, b.input_ids, b.attention_mask, features[b.rows], first_layer)
+        for j, k in enumerate(rows):
+            entries[k] = hidden[j, : len(examples[k].ids)].clone()
+    log.info(
+        "stage 2: cached the input of layer %d for %d examples in %.1f s", first_layer, len(examples), time.time() - t0
+    )
+    return entries
+
+
+def padded_entries(entries: list, rows, width: int):
+    """The cached states of ``rows``, right-padded with zeros to ``width`` (padding is masked out)."""
+    import torch
+
+    hidden = torch.zeros((len(rows), width, entries[rows[0]].shape[-1]), dtype=entries[rows[0]].dtype)
+    for j, k in enumerate(rows):
+        hidden[j, : len(entries[k])] = entries[k]
+    return hidden
 
 
 def trained_parts(model, s2: dict) -> list[tuple[str, object]]:
