@@ -254,10 +254,9 @@ def epoch_order(lengths, n_seen: int, batch: int, window: int, rng: np.random.Ge
 def frozen_bottom(model, s2: dict) -> int:
     """The first trained decoder layer when everything below it is frozen (projector, embeddings, lower
     layers), so its input can be cached per example; 0 when a gradient must reach the bottom."""
-    n_layers = len(model.model.language_model.layers)
-    if s2["train_projector"] or s2["train_embeddings"] or s2["train_layers"] is None:
+    if s2["train_projector"] or s2["train_embeddings"]:
         return 0
-    return n_layers - int(s2["train_layers"])
+    return len(model.model.language_model.layers) - n_trained_layers(model, s2)
 
 
 def cache_entries(model, examples, features, first_layer: int, pad_id: int, chunk: int = 32) -> list:
@@ -289,15 +288,21 @@ def padded_entries(entries: list, rows, width: int):
     return hidden
 
 
+def n_trained_layers(model, s2: dict) -> int:
+    """How many top decoder layers stage 2 trains (``train_layers``; None: all of them)."""
+    n_layers = len(model.model.language_model.layers)
+    k = n_layers if s2["train_layers"] is None else int(s2["train_layers"])
+    if not 1 <= k <= n_layers:
+        raise MmcalError(f"tiny_llava.stage2.train_layers {k}: the language model has {n_layers} layers")
+    return k
+
+
 def trained_parts(model, s2: dict) -> list[tuple[str, object]]:
     """(name, module) of what stage 2 trains: the projector (``train_projector``), the top
     ``train_layers`` decoder layers (all when None) and the final norm, the tied embeddings if
     ``train_embeddings``."""
     lm = model.model.language_model
-    n_layers = len(lm.layers)
-    k = n_layers if s2["train_layers"] is None else int(s2["train_layers"])
-    if not 1 <= k <= n_layers:
-        raise MmcalError(f"tiny_llava.stage2.train_layers {k}: the language model has {n_layers} layers")
+    n_layers, k = len(lm.layers), n_trained_layers(model, s2)
     parts = [("multi_modal_projector", model.model.multi_modal_projector)] if s2["train_projector"] else []
     layers = "language_model.layers" + ("" if k == n_layers else f"[{n_layers - k}:{n_layers}]")
     parts += [(layers, lm.layers[n_layers - k :]), ("language_model.norm", lm.norm)]
