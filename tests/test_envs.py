@@ -199,8 +199,8 @@ def test_every_rule_declares_conda_log_benchmark(repo_root):
 
 def test_import_closure_of_a_known_script():
     """The walker itself: score.py reaches transformers through mmcal.engine and torchvision through a guarded
-    import in mmcal.image_backend; a lazy torch import inside a function (``claim_gpus``, which _setup's start
-    imports inside start) is seen."""
+    import in mmcal.image_backend; a lazy torch import inside a function is seen (``mmcal.engine.devices.claim_gpus``,
+    which _setup's start imports for a job with GPUs)."""
     external = _closure(SCRIPTS / "score.py")
     assert external["transformers"].startswith("src/mmcal/engine/")
     assert external["torchvision"] == "src/mmcal/image_backend.py"

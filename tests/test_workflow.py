@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -102,6 +103,16 @@ def test_report_has_a_caption_per_figure_and_the_tables(study):
         html = z.read("report/report.html").decode()
     assert "Reliability of tiny-llava-stage2 (dataset fmnist, scenario image" in html
     assert "IDK trade-off on idk" in html and "LaTeX table" in html and "Accuracy and calibration" in html
+
+
+def test_jobs_that_do_not_use_torch_never_load_it(study):
+    """_setup passes the thread count through OMP_NUM_THREADS, so a figure or table job skips torch's import
+    (~1.5 s a job): its provenance records no torch numerics, while a score job records its threads."""
+    for path in ("provenance/figures/text_vs_image.pdf.json", "provenance/paper/tables.json"):
+        assert json.loads((study / path).read_text())["environment"]["numerics"] is None, path
+    score = study / "provenance/data/records/tiny-llava-stage2/fmnist/image/default.parquet.json"
+    numerics = json.loads(score.read_text())["environment"]["numerics"]
+    assert numerics["torch_threads"] == 1 and numerics["env"]["OMP_NUM_THREADS"] == "1"
 
 
 def test_nothing_to_do_after_a_complete_run(study):
