@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,55 @@ def test_mmcal_config_check_prints_every_problem(tmp_path):
     assert "3 problem(s)" in out.stdout and "'threads'?" in out.stdout
     assert "parts.main.datset: unknown key (did you mean 'dataset'?)" in out.stdout
     assert "parts.main: 'dataset' is a required property" in out.stdout
+
+
+def _planned(tmp_path: Path, overrides: dict) -> dict:
+    """The default study with ``overrides``, its schema defaults filled as the Snakefile fills them."""
+    study = _write(tmp_path / "study.yaml", {"base": str(ROOT / "config/config.yaml"), **overrides})
+    return _filled(load_study([study], root=ROOT))
+
+
+def _filled(study: dict) -> dict:
+    """``study`` with the schema's defaults filled in by Snakemake's own ``validate``, as the Snakefile does."""
+    saved = list(sys.path)
+    from snakemake.utils import validate  # importing Snakemake adds its deployment folder to sys.path
+
+    sys.path[:] = saved
+    validate(study, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    return study
+
+
+def test_the_master_seed_reaches_every_training_stage_unless_the_stage_sets_its_own(tmp_path):
+    """config/README.md: `seed` seeds training too. The schema used to fill each stage's `seed: 0`, which hid it."""
+    from mmcal.tinyllava.config import STAGES, stage_config
+
+    def seeds(overrides):
+        study = _planned(tmp_path, overrides)
+        return {s: stage_config(study, s)["stage2" if s == "stage2_idk" else s]["seed"] for s in STAGES}
+
+    assert seeds({}) == dict.fromkeys(STAGES, 0)
+    assert seeds({"seed": 3}) == dict.fromkeys(STAGES, 3)
+    assert seeds({"seed": 3, "training": {"stage1": {"seed": 7}}}) == {**dict.fromkeys(STAGES, 3), "stage1": 7}
+
+
+def test_the_idk_variant_trains_with_stage_2_settings_its_section_does_not_override(tmp_path):
+    """`stage2_idk` holds overrides of `stage2`: a schema default there used to undo a study's stage-2 setting
+    (the test study's stage 2 trained at batch 4, its IDK variant at the schema's 16)."""
+    from mmcal.tinyllava.config import stage_config
+
+    study = _planned(tmp_path, {"training": {"stage2": {"batch_size": 8, "lr_lm": 5.0e-4}}})
+    stage2, idk = stage_config(study, "stage2")["stage2"], stage_config(study, "stage2_idk")["stage2"]
+    own = study["training"]["stage2_idk"]
+    assert own == {"idk_fraction": 0.2, "steps": 80, "warmup": 5}  # config.yaml's, nothing filled in
+    assert idk == {**stage2, **own, "idk_train_classes": study["classes"]["idk_train"]}
+    assert idk["batch_size"] == 8 and idk["lr_lm"] == 5.0e-4 and idk["steps"] == 80
+    test = _filled(load_study([ROOT / "config/test.yaml"], root=ROOT))
+    assert stage_config(test, "stage2")["stage2"]["batch_size"] == 4
+    assert stage_config(test, "stage2_idk")["stage2"]["batch_size"] == 4
+
+
+def test_a_training_stage_outside_the_recipe_is_named():
+    from mmcal.tinyllava.config import stage_config
+
+    with pytest.raises(ConfigError, match="training stage 'stage3'"):
+        stage_config({"training": {}, "classes": {"known": [0, 1]}, "seed": 0}, "stage3")

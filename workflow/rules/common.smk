@@ -3,7 +3,7 @@ import re
 
 from mmcal.errors import ConfigError
 from mmcal.scheduling import score_priorities
-from mmcal.tinyllava.config import resolve_config
+from mmcal.tinyllava.config import resolve_config, stage_config
 from mmcal.promptopt.openai_paraphraser import check_no_key
 
 # A prompt-search API key comes from the environment only: params (and so provenance) never hold it.
@@ -223,24 +223,8 @@ def paper_figures():
 
 
 def training_cfg(section, idk=False):
-    """The tiny-LLaVA training config for one stage: shared keys + that stage's section only,
-    so changing stage 2 settings never re-trains the vision tower or stage 1."""
-    t = config["training"]
-    shared = {
-        k: v
-        for k, v in t.items()
-        if k not in ("vision", "stage1", "stage2", "stage2_idk")
-    }
-    cfg = {
-        **shared,
-        "train_classes": config["classes"]["known"],
-        "fmnist_root": config["fmnist_root"],
-        section: {"seed": config["seed"], **(t.get(section) or {})},
-    }
-    if idk:
-        cfg[section].update(t.get("stage2_idk") or {})
-        cfg[section]["idk_train_classes"] = config["classes"]["idk_train"]
-    return cfg
+    """The tiny-LLaVA training config for one stage (mmcal.tinyllava.config.stage_config)."""
+    return stage_config(config, "stage2_idk" if idk else section)
 
 
 # --- priorities and thread counts (mmcal.scheduling; the training recipe fixes its threads) ---

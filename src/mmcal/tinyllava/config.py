@@ -85,9 +85,9 @@ STAGE1_DEFAULTS = {
 }
 
 STAGE2_DEFAULTS = {
-    # Measured (default stage 1): 300 steps give 85.2 % letter accuracy on the 1,000 test items
-    # (1.4 s/step on 2 cores); the loss sits at ln 4 for the first 60-100 steps, whose length
-    # varies with the stage-1 projector (batch 8 x 400 steps or lr_lm 6e-4: ~80 %).
+    # Measured (default stage 1): 300 steps give 85-87 % letter accuracy on the 1,000 test items (~4.5 s/step
+    # at 2 threads on a Zen 4 EPYC in fp32, docs/training-plan.md); the loss sits at ln 4 for the first
+    # 60-100 steps, whose length varies with the stage-1 projector (batch 8 x 400 steps or lr_lm 6e-4: ~80 %).
     "steps": 300,
     "batch_size": 16,
     # Measured: lr_lm 5e-5 stays at chance (ln 4) for 150+ steps; 3e-4 escapes within ~60-100.
@@ -139,6 +139,30 @@ TINY_TEST_CONFIG = {
     "stage1": {"steps": 3, "batch_size": 4, "warmup": 1},
     "stage2": {"steps": 3, "batch_size": 4, "warmup": 1},
 }
+
+
+STAGES = ("vision", "stage1", "stage2", "stage2_idk")  # a training job each; stage2_idk: the IDK-trained variant
+
+
+def stage_config(config: dict, stage: str) -> dict:
+    """What the training job of ``stage`` is given, from a study config (schema defaults filled): the shared
+    training keys, the known classes, the Fashion-MNIST folder (when the config names one) and that stage's
+    section alone, so that changing one stage never retrains another. The master ``seed`` is the stage's
+    unless its section sets one; ``stage2_idk`` is stage 2's section with its own keys on top (the schema
+    gives that section no defaults, so what it leaves out stays as stage 2 has it)."""
+    if stage not in STAGES:
+        raise ConfigError(f"training stage {stage!r}: one of {', '.join(STAGES)}")
+    training = config["training"]
+    section = "stage2" if stage == "stage2_idk" else stage
+    cfg = {k: v for k, v in training.items() if k not in STAGES}
+    cfg["train_classes"] = config["classes"]["known"]
+    if "fmnist_root" in config:
+        cfg["fmnist_root"] = config["fmnist_root"]
+    cfg[section] = {"seed": config["seed"], **(training.get(section) or {})}
+    if stage == "stage2_idk":
+        cfg[section].update(training.get("stage2_idk") or {})
+        cfg[section]["idk_train_classes"] = config["classes"]["idk_train"]
+    return cfg
 
 
 def resolve_config(cfg: dict | None) -> dict:

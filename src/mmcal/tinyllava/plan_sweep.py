@@ -29,22 +29,20 @@ import sys
 import time
 from pathlib import Path
 
+from mmcal.tinyllava.config import STAGES
+from mmcal.tinyllava.config import stage_config as study_stage_config
+
 log = logging.getLogger("mmcal.plan_sweep")
 
-STAGES = ("vision", "stage1", "stage2", "stage2_idk")
 KNOWN = [0, 1, 2, 3, 4, 6, 7]  # config.yaml classes.known
 IDK_TRAIN = [5]  # config.yaml classes.idk_train
 
 
 def stage_config(training: dict, stage: str, seed: int = 0) -> dict:
-    """What the workflow's ``training_cfg(stage)`` passes the stage (workflow/rules/common.smk)."""
-    shared = {k: v for k, v in training.items() if k not in STAGES}
-    section = "stage2" if stage == "stage2_idk" else stage
-    cfg = {**copy.deepcopy(shared), "train_classes": KNOWN, section: {"seed": seed, **(training.get(section) or {})}}
-    if stage == "stage2_idk":
-        cfg[section].update(training.get("stage2_idk") or {})
-        cfg[section]["idk_train_classes"] = IDK_TRAIN
-    return cfg
+    """What the workflow's ``training_cfg(stage)`` passes the stage, for a candidate's ``training`` section
+    and the default study's classes."""
+    study = {"training": training, "classes": {"known": KNOWN, "idk_train": IDK_TRAIN}, "seed": seed}
+    return study_stage_config(study, stage)
 
 
 def stage_key(cfg: dict, stage: str, parent: str | None) -> str:

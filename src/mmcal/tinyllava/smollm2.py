@@ -8,6 +8,8 @@ we rebuild a plain model from its config and load the dequantised state dict int
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import time
@@ -33,6 +35,31 @@ def find_smollm2_gguf() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF file once for the tokenizer, once for the config and once for the
+    weights (~4 s each: 49k vocabulary strings read field by field), and rebuilds llama.cpp's tensor-name
+    table for each of the 272 tensors (~14 ms each). Both are pure functions of their arguments and
+    transformers imports them from ``gguf`` when it calls them, so memoising them here for the length of
+    one conversion gives the same objects at a third of the cost (~21 s -> ~9 s)."""
+    import gguf
+
+    saved = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = saved[0](path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(saved[1])
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = saved
+
+
 def convert_smollm2(out_dir: str | Path, gguf_path: str | Path | None = None) -> dict:
     """Dequantise the GGUF to fp32 and save a standard checkpoint to ``out_dir``."""
     import torch
@@ -41,8 +68,9 @@ def convert_smollm2(out_dir: str | Path, gguf_path: str | Path | None = None) ->
     t0 = time.time()
     gguf_path = Path(gguf_path) if gguf_path else find_smollm2_gguf()
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
