@@ -244,14 +244,8 @@ def test_paraphraser_config_errors():
 
 
 @pytest.fixture(scope="session")
-def smollm2_path(smollm2_dir) -> Path:
-    """The real SmolLM2-135M-Instruct checkpoint: conftest's, so a session converts the GGUF once."""
-    return smollm2_dir
-
-
-@pytest.fixture(scope="session")
-def smollm2(smollm2_path) -> SmolLM2Paraphraser:
-    return SmolLM2Paraphraser(smollm2_path)
+def smollm2(smollm2_dir) -> SmolLM2Paraphraser:
+    return SmolLM2Paraphraser(smollm2_dir)
 
 
 def test_smollm2_gives_distinct_short_candidates_under_a_seed(smollm2):
@@ -265,7 +259,7 @@ def test_smollm2_gives_distinct_short_candidates_under_a_seed(smollm2):
     assert smollm2.loads == 1
 
 
-def test_smollm2_replay_does_not_load_the_model(smollm2, smollm2_path, tmp_path, monkeypatch):
+def test_smollm2_replay_does_not_load_the_model(smollm2, smollm2_dir, tmp_path, monkeypatch):
     first = run_search(SEEDS, smollm2, SyntheticScorer(), rounds=1, m=2, k=1, seed=2, cache=tmp_path)
     assert {c.source for c in first.trajectory} - {
         "seed",
@@ -277,16 +271,16 @@ def test_smollm2_replay_does_not_load_the_model(smollm2, smollm2_path, tmp_path,
         raise AssertionError("a cached replay must not load the model")
 
     monkeypatch.setattr(smollm2_paraphraser, "load_paraphrase_model", refuse)
-    fresh = SmolLM2Paraphraser(smollm2_path)
+    fresh = SmolLM2Paraphraser(smollm2_dir)
     second = run_search(SEEDS, fresh, SyntheticScorer(), rounds=1, m=2, k=1, seed=2, cache=tmp_path)
     assert second.to_json() == first.to_json() and fresh.loads == 0
 
 
-def test_a_local_hub_style_paraphraser_is_the_same_model_path(smollm2, smollm2_path):
+def test_a_local_hub_style_paraphraser_is_the_same_model_path(smollm2, smollm2_dir):
     """kind: hf (any chat LM, e.g. the paper study's, run in the search job on the compute node) on the SmolLM2
     folder samples what kind: smollm2 samples; its settings name the model and revision it was given."""
-    local = make_paraphraser({"kind": "hf", "model": str(smollm2_path), "device": "cpu", "dtype": "float32"})
-    assert local.kind == "hf" and local.settings()["model"] == str(smollm2_path)
+    local = make_paraphraser({"kind": "hf", "model": str(smollm2_dir), "device": "cpu", "dtype": "float32"})
+    assert local.kind == "hf" and local.settings()["model"] == str(smollm2_dir)
     assert local.settings()["revision"] is None and "revision" not in smollm2.settings()
     ours = propose_paraphrases(local, "The answer might be", m=2, round_index=1, seed=0)
     theirs = propose_paraphrases(smollm2, "The answer might be", m=2, round_index=1, seed=0)
